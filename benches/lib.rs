@@ -1,0 +1,1 @@
+//! Criterion benches of conntrail live in `benches/`; this crate has no library code of its own.

@@ -1,0 +1,318 @@
+//! The `conntrail` command line.
+
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use engine::replay::{replay, ReplayOptions, ReplaySummary};
+use engine::show;
+use engine::synth::{self, SynthOptions};
+use flowtable::config::{Config, DEFAULT_TOML};
+use flowtable::packet::Malformed;
+use flowtable::record::CloseReason;
+use flowtable::table::RecordMode;
+
+#[derive(Parser)]
+#[command(
+    name = "conntrail",
+    version,
+    about = "Poll-mode connection tracker: keeps the trail of every anomalous TCP/UDP/ICMP connection"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Record {
+    /// Only connections that tripped a trigger.
+    Anomalous,
+    /// Every connection (flag `all` added).
+    All,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay pcap/pcapng captures through the workers into a log.
+    Replay {
+        /// Configuration file (TOML); defaults apply without one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Worker threads, each pinned to a core with its own flow table.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Which connections to record.
+        #[arg(long, value_enum, default_value_t = Record::Anomalous)]
+        record: Record,
+        /// The log to write (rotated segments are LOG.1, LOG.2, ...).
+        #[arg(long)]
+        log: PathBuf,
+        /// Capture files, replayed in order.
+        #[arg(required = true)]
+        pcaps: Vec<PathBuf>,
+    },
+    /// Decode a log: one block per record, or JSON Lines.
+    Show {
+        log: PathBuf,
+        /// JSON Lines, one object per record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a deterministic capture of concurrent flows with known anomalies, and its
+    /// ground truth (PCAP.truth.jsonl).
+    Synth {
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        flows: u64,
+        #[arg(long, default_value_t = 20000)]
+        packets: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of flows with an anomaly (0..1).
+        #[arg(long, default_value_t = 0.2)]
+        anomaly_share: f64,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+    },
+    /// Check or print configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a file: errors name the file, line and key.
+    Check { file: PathBuf },
+    /// Print the documented default configuration.
+    Default,
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            Ok(Config::parse(&text, &p.display().to_string())?)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("conntrail: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Replay {
+            config,
+            workers,
+            record,
+            log,
+            pcaps,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let opts = ReplayOptions {
+                workers,
+                mode: match record {
+                    Record::Anomalous => RecordMode::Anomalous,
+                    Record::All => RecordMode::All,
+                },
+                log,
+                captures: pcaps,
+                progress: io::stderr().is_terminal(),
+            };
+            let summary = replay(&cfg, &opts)?;
+            print_summary(&summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { log, json } => show_log(&log, json),
+        Command::Synth {
+            output,
+            flows,
+            packets,
+            seed,
+            anomaly_share,
+            duration_s,
+        } => {
+            let truth = truth_path(&output);
+            let opts = SynthOptions {
+                flows,
+                packets,
+                seed,
+                anomaly_share,
+                duration_s,
+            };
+            let s = synth::write(&opts, &output, &truth)?;
+            println!("capture: {}", output.display());
+            println!("truth: {}", truth.display());
+            println!("flows: {}", s.flows);
+            println!("packets: {}", s.packets);
+            for (class, n) in &s.by_class {
+                println!("  {class}: {n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Default => {
+                print!("{DEFAULT_TOML}");
+                Ok(ExitCode::SUCCESS)
+            }
+            ConfigAction::Check { file } => {
+                load_config(Some(&file))?;
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}
+
+/// `X.pcap` -> `X.pcap.truth.jsonl`.
+fn truth_path(pcap: &Path) -> PathBuf {
+    let mut s = pcap.as_os_str().to_owned();
+    s.push(".truth.jsonl");
+    PathBuf::from(s)
+}
+
+fn show_log(log: &Path, json: bool) -> Result<ExitCode> {
+    let reader = recorder::reader::LogReader::open(log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut damaged = 0u64;
+    for item in reader {
+        match item {
+            Ok(frame) => match ring::codec::decode(&frame.payload) {
+                Ok(rec) => {
+                    let written = if json {
+                        writeln!(out, "{}", show::to_json(&rec))
+                    } else {
+                        show::write_text(&mut out, &rec)
+                    };
+                    if let Err(e) = written {
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => {
+                    damaged += 1;
+                    eprintln!(
+                        "conntrail: {} at byte {}: undecodable record: {e}",
+                        frame.segment.display(),
+                        frame.offset
+                    );
+                }
+            },
+            Err(damage) => {
+                damaged += 1;
+                eprintln!("conntrail: damaged log: {damage}");
+            }
+        }
+    }
+    if let Err(e) = out.flush() {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    Ok(if damaged > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_summary(s: &ReplaySummary) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let secs = s.elapsed.as_secs_f64();
+    writeln!(out, "packets: {}", s.packets())?;
+    writeln!(out, "flows: {}", s.flows())?;
+    writeln!(out, "records: {}", s.records())?;
+    writeln!(out, "ring drops: {}", s.ring_drops())?;
+    writeln!(out, "elapsed: {secs:.3} s")?;
+    writeln!(out, "pps: {:.0}", s.pps())?;
+    let mut closed = [0u64; 8];
+    let mut malformed = [0u64; Malformed::COUNT];
+    for w in &s.workers {
+        for (a, b) in closed.iter_mut().zip(w.table.flows_closed) {
+            *a += b;
+        }
+        for (a, b) in malformed.iter_mut().zip(w.malformed) {
+            *a += b;
+        }
+    }
+    let reasons: Vec<String> = CloseReason::ALL
+        .iter()
+        .zip(closed)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{} {n}", r.as_str()))
+        .collect();
+    writeln!(out, "closed: {}", reasons.join(", "))?;
+    let bad: Vec<String> = Malformed::ALL
+        .iter()
+        .zip(malformed)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{} {n}", r.as_str()))
+        .collect();
+    writeln!(
+        out,
+        "malformed: {}",
+        if bad.is_empty() {
+            "0".to_string()
+        } else {
+            bad.join(", ")
+        }
+    )?;
+    for (path, c) in &s.captures {
+        if c.unsupported_link > 0 {
+            writeln!(
+                out,
+                "{}: {} frames of an unsupported link type",
+                path.display(),
+                c.unsupported_link
+            )?;
+        }
+        if let Some(d) = &c.damage {
+            writeln!(
+                out,
+                "{}: capture damaged {d}; read up to there",
+                path.display()
+            )?;
+        }
+    }
+    for w in &s.workers {
+        writeln!(
+            out,
+            "worker {} (core {}): packets {}, flows {}, records {}, ring drops {}, evictions {}, malformed {}",
+            w.worker,
+            w.core.map_or_else(|| "unpinned".to_string(), |c| c.to_string()),
+            w.table.packets,
+            w.table.flows_created,
+            w.records,
+            w.ring_drops,
+            w.table.evictions,
+            w.malformed_total()
+        )?;
+    }
+    writeln!(
+        out,
+        "log: {} bytes in {} segment(s)",
+        s.log_bytes, s.log_segments
+    )?;
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Replay: capture files through pinned workers into the log.
+//!
+//! The calling thread reads the captures and spreads frames over the workers in batches, by
+//! a symmetric hash of the 5-tuple so both directions of a connection meet on one worker.
+//! Each worker thread is pinned to a core and owns its flow table and ring; the recorder
+//! thread drains the rings into the log. At the end of the captures every worker closes its
+//! open flows (`shutdown`), the recorder drains and flushes, and the summary is returned.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use flowtable::config::Config;
+use flowtable::key::FlowKey;
+use flowtable::packet::{parse, LinkType};
+use flowtable::table::RecordMode;
+use recorder::writer::LogWriter;
+
+use crate::source::pcap::{read_capture, CaptureStats};
+use crate::source::Batch;
+use crate::worker::{Worker, WorkerStats};
+
+/// What to replay and how.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub workers: usize,
+    pub mode: RecordMode,
+    pub log: PathBuf,
+    pub captures: Vec<PathBuf>,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// The outcome of a replay.
+#[derive(Clone, Debug, Default)]
+pub struct ReplaySummary {
+    pub captures: Vec<(PathBuf, CaptureStats)>,
+    pub workers: Vec<WorkerStats>,
+    pub frames_written: u64,
+    pub log_bytes: u64,
+    pub log_segments: u32,
+    pub elapsed: Duration,
+}
+
+impl ReplaySummary {
+    pub fn packets(&self) -> u64 {
+        self.captures.iter().map(|(_, c)| c.frames).sum()
+    }
+
+    pub fn records(&self) -> u64 {
+        self.frames_written
+    }
+
+    pub fn flows(&self) -> u64 {
+        self.workers.iter().map(|w| w.table.flows_created).sum()
+    }
+
+    pub fn ring_drops(&self) -> u64 {
+        self.workers.iter().map(|w| w.ring_drops).sum()
+    }
+
+    pub fn pps(&self) -> f64 {
+        self.packets() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Batches in flight per worker (bounded: the reader waits for a free batch, workers never
+/// wait for anything but work).
+const BATCHES_PER_WORKER: usize = 8;
+
+/// Replays `opts.captures` under `cfg` into `opts.log`.
+pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
+    if opts.workers == 0 || opts.workers > 256 {
+        bail!("--workers must be between 1 and 256");
+    }
+    let started = Instant::now();
+    let ring_dir = PathBuf::from(&cfg.ring.dir);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut consumers = Vec::new();
+    let mut ring_paths = Vec::new();
+    let mut worker_handles = Vec::new();
+    let mut to_workers: Vec<Sender<Batch>> = Vec::new();
+    let (recycle_tx, recycle_rx) = bounded::<Batch>(opts.workers * BATCHES_PER_WORKER);
+    for _ in 0..opts.workers * BATCHES_PER_WORKER {
+        recycle_tx.send(Batch::new()).context("preparing batches")?;
+    }
+    for w in 0..opts.workers {
+        let path = ring_dir.join(format!("conntrail-{}-{w}.ring", std::process::id()));
+        let (producer, consumer) = ring::create(&path, cfg.ring.bytes as usize)
+            .with_context(|| format!("creating ring {}", path.display()))?;
+        ring_paths.push(path);
+        consumers.push(consumer);
+        let (tx, rx) = bounded::<Batch>(BATCHES_PER_WORKER);
+        to_workers.push(tx);
+        // Worker w on the core after the reader's, wrapping round.
+        let core = (!cores.is_empty()).then(|| cores[(w + 1) % cores.len()]);
+        let mut worker = Worker::new(cfg, w as u16, opts.mode, producer);
+        let recycle = recycle_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("conntrail-w{w}"))
+            .spawn(move || {
+                let pinned = core.filter(|c| core_affinity::set_for_current(*c));
+                worker.set_core(pinned.map(|c| c.id));
+                run_worker(&mut worker, &rx, &recycle);
+                worker.finish()
+            })
+            .context("starting a worker thread")?;
+        worker_handles.push(handle);
+    }
+    drop(recycle_tx);
+
+    let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
+        .with_context(|| format!("creating log {}", opts.log.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&stop));
+
+    let read_result = read_all(opts, &to_workers, &recycle_rx);
+    drop(to_workers);
+    let mut workers = Vec::new();
+    for h in worker_handles {
+        workers.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?,
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let rec_stats = recorder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?
+        .context("writing the log")?;
+    for p in &ring_paths {
+        let _ = std::fs::remove_file(p);
+    }
+    let captures = read_result?;
+    Ok(ReplaySummary {
+        captures,
+        workers,
+        frames_written: rec_stats.writer.frames,
+        log_bytes: rec_stats.writer.file_bytes,
+        log_segments: rec_stats.writer.segments,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
+    while let Ok(mut batch) = rx.recv() {
+        for (meta, bytes) in batch.iter() {
+            worker.frame(meta.link, meta.ts_ns, meta.wire_len, bytes);
+        }
+        batch.clear();
+        // The reader may be gone already at the end; a lost batch is fine then.
+        let _ = recycle.send(batch);
+    }
+}
+
+/// Which worker a frame goes to: a symmetric hash of its flow key.
+fn spread(link: LinkType, frame: &[u8], workers: usize) -> usize {
+    if workers == 1 {
+        return 0;
+    }
+    match parse(link, frame) {
+        Ok(pkt) => {
+            let key = match pkt.l4 {
+                flowtable::packet::L4::Icmp {
+                    quoted: Some(q), ..
+                } => Some(
+                    FlowKey::from_endpoints(
+                        q.proto,
+                        q.src,
+                        q.sport,
+                        q.dst,
+                        q.dport,
+                        flowtable::key::KeyKind::Ports,
+                    )
+                    .0,
+                ),
+                _ => FlowKey::of(&pkt).map(|(k, _)| k),
+            };
+            match key {
+                Some(k) => (k.spread_hash() % workers as u64) as usize,
+                // Fragments and other protocols: by address pair, so fragments of one
+                // datagram meet.
+                None => {
+                    let (k, _) = FlowKey::from_endpoints(
+                        0,
+                        pkt.src,
+                        0,
+                        pkt.dst,
+                        0,
+                        flowtable::key::KeyKind::Ports,
+                    );
+                    (k.spread_hash() % workers as u64) as usize
+                }
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+fn read_all(
+    opts: &ReplayOptions,
+    to_workers: &[Sender<Batch>],
+    recycle: &Receiver<Batch>,
+) -> Result<Vec<(PathBuf, CaptureStats)>> {
+    let n = to_workers.len();
+    let total_bytes: u64 = opts
+        .captures
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = if opts.progress {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut current: Vec<Option<Batch>> = (0..n).map(|_| None).collect();
+    let mut results = Vec::new();
+    let mut done_bytes = 0u64;
+    let mut failure = None;
+    for path in &opts.captures {
+        let mut send_failed = false;
+        let stats = read_capture(
+            path,
+            |link, ts_ns, wire_len, frame| {
+                if send_failed {
+                    return;
+                }
+                let frame = frame.get(..Batch::BYTES).unwrap_or(frame);
+                let w = spread(link, frame, n);
+                let slot = &mut current[w];
+                if slot.as_ref().is_some_and(|b| !b.fits(frame.len())) {
+                    if let Some(full) = slot.take() {
+                        send_failed |= to_workers[w].send(full).is_err();
+                    }
+                }
+                if slot.is_none() {
+                    match recycle.recv() {
+                        Ok(b) => *slot = Some(b),
+                        Err(_) => {
+                            send_failed = true;
+                            return;
+                        }
+                    }
+                }
+                if let Some(b) = slot.as_mut() {
+                    b.push(link, ts_ns, wire_len, frame);
+                }
+            },
+            |consumed| {
+                if let Some(bar) = &bar {
+                    bar.set_position(done_bytes + consumed);
+                }
+            },
+        );
+        match stats {
+            Ok(s) => {
+                done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                results.push((path.clone(), s));
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        if send_failed {
+            bail!("a worker stopped early");
+        }
+    }
+    for (w, slot) in current.iter_mut().enumerate() {
+        if let Some(b) = slot.take() {
+            if !b.is_empty() {
+                let _ = to_workers[w].send(b);
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(results),
+    }
+}

@@ -1,0 +1,579 @@
+//! Configuration: table sizes, idle timeouts and every anomaly threshold, read from TOML.
+//!
+//! The documented default file is [`DEFAULT_TOML`] (`conntrail config default` prints it);
+//! every key is optional and falls back to it. Unknown keys, wrong types and bad values are
+//! errors that name the file, the line and the key. Per-port and per-network overrides
+//! (`[[override]]`) replace any trigger key for the connections they match.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::packet::Ip;
+use crate::record::Addr;
+
+/// The documented default configuration.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Sizes of the per-worker structures; all of it is allocated before the first packet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableConfig {
+    pub capacity: u32,
+    pub points_per_flow: u32,
+    pub fragments: u32,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            capacity: 262_144,
+            points_per_flow: 16,
+            fragments: 4096,
+        }
+    }
+}
+
+/// Idle timeouts in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    pub tcp_syn_s: f64,
+    pub tcp_established_s: f64,
+    pub tcp_closing_s: f64,
+    pub tcp_closed_s: f64,
+    pub udp_s: f64,
+    pub icmp_s: f64,
+    pub fragment_s: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_s: 30.0,
+            tcp_established_s: 3600.0,
+            tcp_closing_s: 120.0,
+            tcp_closed_s: 10.0,
+            udp_s: 60.0,
+            icmp_s: 30.0,
+            fragment_s: 30.0,
+        }
+    }
+}
+
+/// The shared-memory ring of each worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingConfig {
+    pub bytes: u64,
+    pub dir: String,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            bytes: 4 << 20,
+            dir: "/dev/shm".to_string(),
+        }
+    }
+}
+
+/// The log written by the recorder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub rotate_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            rotate_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `error` triggers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorTriggers {
+    pub rst_client: bool,
+    pub rst_server: bool,
+    pub rejected: bool,
+    pub unanswered: bool,
+    pub icmp_error: bool,
+    pub tls_fatal_alert: bool,
+}
+
+impl Default for ErrorTriggers {
+    fn default() -> Self {
+        ErrorTriggers {
+            rst_client: true,
+            rst_server: true,
+            rejected: true,
+            unanswered: true,
+            icmp_error: true,
+            tls_fatal_alert: true,
+        }
+    }
+}
+
+/// `latency` triggers, in milliseconds; 0 switches one off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatencyTriggers {
+    pub syn_synack_ms: f64,
+    pub synack_ack_ms: f64,
+    pub ttfb_ms: f64,
+    pub stall_ms: f64,
+    pub syn_retransmit: bool,
+}
+
+impl Default for LatencyTriggers {
+    fn default() -> Self {
+        LatencyTriggers {
+            syn_synack_ms: 100.0,
+            synack_ack_ms: 100.0,
+            ttfb_ms: 1000.0,
+            stall_ms: 5000.0,
+            syn_retransmit: true,
+        }
+    }
+}
+
+/// `protocol` triggers; counts are "at least N", 0 switches one off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolTriggers {
+    pub retransmissions: u32,
+    pub out_of_order: u32,
+    pub dup_acks: u32,
+    pub zero_window: bool,
+    pub bad_flags: bool,
+    pub data_after_fin: bool,
+}
+
+impl Default for ProtocolTriggers {
+    fn default() -> Self {
+        ProtocolTriggers {
+            retransmissions: 3,
+            out_of_order: 3,
+            dup_acks: 3,
+            zero_window: true,
+            bad_flags: true,
+            data_after_fin: true,
+        }
+    }
+}
+
+/// `resource` triggers; limits of 0 are off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceTriggers {
+    pub truncated: bool,
+    pub evicted: bool,
+    pub max_packets: u64,
+    pub max_bytes: u64,
+    pub max_duration_s: f64,
+}
+
+impl Default for ResourceTriggers {
+    fn default() -> Self {
+        ResourceTriggers {
+            truncated: true,
+            evicted: true,
+            max_packets: 0,
+            max_bytes: 0,
+            max_duration_s: 0.0,
+        }
+    }
+}
+
+/// `path` triggers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathTriggers {
+    pub fragments: bool,
+    pub ttl_change: bool,
+    pub frag_needed: bool,
+    pub vlan_change: bool,
+}
+
+impl Default for PathTriggers {
+    fn default() -> Self {
+        PathTriggers {
+            fragments: true,
+            ttl_change: true,
+            frag_needed: true,
+            vlan_change: true,
+        }
+    }
+}
+
+/// All anomaly triggers, evaluated when a connection closes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Triggers {
+    pub error: ErrorTriggers,
+    pub latency: LatencyTriggers,
+    pub protocol: ProtocolTriggers,
+    pub resource: ResourceTriggers,
+    pub path: PathTriggers,
+}
+
+/// An IP network in CIDR form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub addr: Ip,
+    /// Prefix length over the 128-bit (IPv4-mapped) address.
+    pub prefix: u8,
+}
+
+impl Net {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(text: &str) -> Option<Net> {
+        let (ip, len) = match text.split_once('/') {
+            Some((ip, len)) => (ip, Some(len.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let ip: IpAddr = ip.trim().parse().ok()?;
+        let (max, offset) = match ip {
+            IpAddr::V4(_) => (32, 96),
+            IpAddr::V6(_) => (128, 0),
+        };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return None;
+        }
+        Some(Net {
+            addr: Addr::from_ip(ip).0,
+            prefix: len + offset,
+        })
+    }
+
+    pub fn contains(&self, ip: &Ip) -> bool {
+        let a = u128::from_be_bytes(self.addr);
+        let b = u128::from_be_bytes(*ip);
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        a & mask == b & mask
+    }
+}
+
+/// A per-port / per-network override of trigger settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    /// Server ports it applies to (empty: any).
+    pub ports: Vec<u16>,
+    /// Networks of either endpoint it applies to (empty: any).
+    pub nets: Vec<Net>,
+    /// The full trigger set for matching connections.
+    pub triggers: Triggers,
+}
+
+impl Override {
+    pub fn matches(&self, server_port: u16, client: &Ip, server: &Ip) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&server_port))
+            && (self.nets.is_empty()
+                || self
+                    .nets
+                    .iter()
+                    .any(|n| n.contains(client) || n.contains(server)))
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub table: TableConfig,
+    pub timeouts: Timeouts,
+    pub ring: RingConfig,
+    pub log: LogConfig,
+    pub triggers: Triggers,
+    pub overrides: Vec<Override>,
+}
+
+impl Config {
+    /// The triggers that apply to a connection: the first matching override, else the base.
+    pub fn triggers_for(&self, server_port: u16, client: &Ip, server: &Ip) -> &Triggers {
+        self.overrides
+            .iter()
+            .find(|o| o.matches(server_port, client, server))
+            .map_or(&self.triggers, |o| &o.triggers)
+    }
+
+    /// Parses a configuration file's text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                origin: origin.to_string(),
+                line,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let raw: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().to_string(),
+        })?;
+        let err = |key: &str, message: String| ConfigError {
+            origin: origin.to_string(),
+            line: find_key_line(text, key),
+            message: format!("key `{key}`: {message}"),
+        };
+        let mut cfg = Config {
+            table: file.table,
+            timeouts: file.timeouts,
+            ring: file.ring,
+            log: file.log,
+            triggers: file.triggers,
+            overrides: Vec::new(),
+        };
+        cfg.validate().map_err(|(key, m)| err(key, m))?;
+        let raw_overrides = raw
+            .get("override")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (i, (o, raw_o)) in file.overrides.into_iter().zip(raw_overrides).enumerate() {
+            let mut nets = Vec::new();
+            for n in &o.nets {
+                nets.push(Net::parse(n).ok_or_else(|| {
+                    err(
+                        "nets",
+                        format!("override {}: `{n}` is not a network", i + 1),
+                    )
+                })?);
+            }
+            let triggers = match raw_o.get("triggers") {
+                Some(patch) => {
+                    let mut merged = toml::Value::try_from(&cfg.triggers)
+                        .map_err(|e| err("triggers", e.to_string()))?;
+                    merge(&mut merged, patch);
+                    merged
+                        .try_into()
+                        .map_err(|e: toml::de::Error| err("triggers", e.message().to_string()))?
+                }
+                None => cfg.triggers.clone(),
+            };
+            cfg.overrides.push(Override {
+                ports: o.ports,
+                nets,
+                triggers,
+            });
+        }
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.table.capacity == 0 {
+            return Err(("capacity", "must be at least 1".into()));
+        }
+        if self.table.points_per_flow < 2 || self.table.points_per_flow > 1024 {
+            return Err(("points_per_flow", "must be between 2 and 1024".into()));
+        }
+        let t = &self.timeouts;
+        for (key, v) in [
+            ("tcp_syn_s", t.tcp_syn_s),
+            ("tcp_established_s", t.tcp_established_s),
+            ("tcp_closing_s", t.tcp_closing_s),
+            ("tcp_closed_s", t.tcp_closed_s),
+            ("udp_s", t.udp_s),
+            ("icmp_s", t.icmp_s),
+            ("fragment_s", t.fragment_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((
+                    key,
+                    format!("must be a positive number of seconds, not {v}"),
+                ));
+            }
+        }
+        if self.ring.bytes < 4096 {
+            return Err(("bytes", "the ring needs at least 4096 bytes".into()));
+        }
+        if self.log.rotate_bytes < 4096 {
+            return Err(("rotate_bytes", "must be at least 4096".into()));
+        }
+        let l = &self.triggers.latency;
+        for (key, v) in [
+            ("syn_synack_ms", l.syn_synack_ms),
+            ("synack_ack_ms", l.synack_ack_ms),
+            ("ttfb_ms", l.ttfb_ms),
+            ("stall_ms", l.stall_ms),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err((
+                    key,
+                    format!("must be 0 (off) or a positive number, not {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration error: file, line (when known) and what is wrong with which key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub origin: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} line {}: {}", self.origin, line, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigFile {
+    table: TableConfig,
+    timeouts: Timeouts,
+    ring: RingConfig,
+    log: LogConfig,
+    triggers: Triggers,
+    #[serde(rename = "override")]
+    overrides: Vec<OverrideFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct OverrideFile {
+    ports: Vec<u16>,
+    nets: Vec<String>,
+    triggers: Triggers,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+fn merge(base: &mut toml::Value, patch: &toml::Value) {
+    match (base, patch) {
+        (toml::Value::Table(b), toml::Value::Table(p)) => {
+            for (k, v) in p {
+                match b.get_mut(k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_is_the_default() {
+        let cfg = Config::parse(DEFAULT_TOML, "default.toml").expect("default parses");
+        assert_eq!(cfg.table, TableConfig::default());
+        assert_eq!(cfg.timeouts, Timeouts::default());
+        assert_eq!(cfg.ring, RingConfig::default());
+        assert_eq!(cfg.log, LogConfig::default());
+        assert_eq!(cfg.triggers, Triggers::default());
+        assert!(cfg.overrides.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[table]\ncapacity = 10\n\n[triggers.latency]\nsyn_synack = 5\n";
+        let e = Config::parse(text, "/etc/conntrail.toml").unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("syn_synack"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/conntrail.toml line 5:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_value_are_errors() {
+        let e = Config::parse("[timeouts]\nudp_s = \"soon\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = Config::parse("[timeouts]\nudp_s = -1\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("udp_s"), "{e}");
+    }
+
+    #[test]
+    fn override_patches_only_its_keys() {
+        let text = r#"
+[triggers.latency]
+ttfb_ms = 2000
+
+[[override]]
+ports = [443]
+nets = ["10.0.0.0/8"]
+[override.triggers.latency]
+syn_synack_ms = 300
+"#;
+        let cfg = Config::parse(text, "c.toml").expect("parses");
+        let o = &cfg.overrides[0];
+        assert_eq!(o.triggers.latency.syn_synack_ms, 300.0);
+        assert_eq!(o.triggers.latency.ttfb_ms, 2000.0);
+        let inside = Net::parse("10.1.2.3").unwrap().addr;
+        let outside = Net::parse("192.0.2.1").unwrap().addr;
+        assert_eq!(
+            cfg.triggers_for(443, &inside, &outside)
+                .latency
+                .syn_synack_ms,
+            300.0
+        );
+        assert_eq!(
+            cfg.triggers_for(80, &inside, &outside)
+                .latency
+                .syn_synack_ms,
+            100.0
+        );
+        assert_eq!(
+            cfg.triggers_for(443, &outside, &outside)
+                .latency
+                .syn_synack_ms,
+            100.0
+        );
+    }
+
+    #[test]
+    fn unknown_key_inside_override_is_an_error() {
+        let text = "[[override]]\nports = [53]\n[override.triggers.latency]\nttbf_ms = 5\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn nets_parse_and_match() {
+        let n = Net::parse("192.168.0.0/16").unwrap();
+        assert!(n.contains(&Net::parse("192.168.3.4").unwrap().addr));
+        assert!(!n.contains(&Net::parse("192.169.0.1").unwrap().addr));
+        let v6 = Net::parse("fd00::/8").unwrap();
+        assert!(v6.contains(&Net::parse("fd12::1").unwrap().addr));
+        assert!(Net::parse("10.0.0.0/33").is_none());
+        assert!(Net::parse("nonsense").is_none());
+    }
+}

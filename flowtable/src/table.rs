@@ -1,0 +1,1118 @@
+//! The flow table of one worker: fixed capacity, every byte allocated in [`FlowTable::new`].
+//!
+//! Per packet: advance the timer wheel to the packet's time (closing idle flows), account IP
+//! fragments, attribute ICMP errors to the flow they quote, find or create the flow, update
+//! its counters, TCP state and tracking points. When a flow closes its record is built,
+//! the anomaly rules decide whether it is kept, and kept records are handed to the caller's
+//! `emit` closure (which encodes them into the worker's ring). Nothing here allocates after
+//! construction.
+
+use std::borrow::Cow;
+
+use hashbrown::HashMap;
+
+use crate::config::{Config, Triggers};
+use crate::frag::FragTable;
+use crate::key::{FlowKey, KeyKind};
+use crate::packet::{tcp_flags, Packet, L4, MAX_VLANS};
+use crate::point::{Arena, Dir, Point, PointKind, Severity, Trail};
+use crate::record::{
+    Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto, Record,
+};
+use crate::rules::{self, Events};
+use crate::tcp::{self, Segment, TcpDir};
+use crate::tls::{self, TlsEvent};
+use crate::wheel::{Due, Wheel};
+
+/// Which records a table hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordMode {
+    /// Only connections that tripped a trigger.
+    Anomalous,
+    /// Every connection, with flag `all` added.
+    All,
+}
+
+/// How the client of a flow was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Orient {
+    /// Sender of the first SYN without ACK.
+    Syn,
+    /// Receiver of the first SYN-ACK.
+    SynAck,
+    /// Sender of the first packet (mid-stream pick-up, UDP, ICMP).
+    FirstPacket,
+}
+
+/// How a TCP connection ended, once it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Terminal {
+    Open,
+    Fin,
+    /// First RST, by direction index.
+    Rst(u8),
+}
+
+const NS_PER_US: u64 = 1_000;
+const DEFAULT_OOO_NS: u64 = 3_000_000;
+
+/// One tracked connection. Directions are indexed by the canonical key: 0 is `lo -> hi`.
+#[derive(Clone)]
+struct Flow {
+    key: FlowKey,
+    id: u64,
+    start_ns: u64,
+    last_ns: u64,
+    deadline_ns: u64,
+    stats: [DirStats; 2],
+    tcp: [TcpDir; 2],
+    syn_ns: Option<u64>,
+    synack_ns: Option<u64>,
+    latency: Latency,
+    first_payload_ns: [Option<u64>; 2],
+    icmp_error_ns: Option<u64>,
+    history: History,
+    trail: Trail,
+    events: Events,
+    vlans: [u16; MAX_VLANS],
+    vlan_count: u8,
+    ttl: [u8; 2],
+    /// Direction index whose sender is the client.
+    client_dir: u8,
+    orient: Orient,
+    terminal: Terminal,
+    proto: Proto,
+    ip_version: u8,
+    icmp_type_code: u16,
+    /// 0: base triggers; n: override n-1.
+    triggers_idx: u8,
+    in_use: bool,
+}
+
+impl Flow {
+    fn empty() -> Flow {
+        Flow {
+            key: FlowKey {
+                lo_ip: [0; 16],
+                hi_ip: [0; 16],
+                lo_port: 0,
+                hi_port: 0,
+                proto: 0,
+                kind: KeyKind::Ports,
+            },
+            id: 0,
+            start_ns: 0,
+            last_ns: 0,
+            deadline_ns: 0,
+            stats: [DirStats::default(); 2],
+            tcp: [TcpDir::default(); 2],
+            syn_ns: None,
+            synack_ns: None,
+            latency: Latency::default(),
+            first_payload_ns: [None; 2],
+            icmp_error_ns: None,
+            history: History::default(),
+            trail: Trail::default(),
+            events: Events::default(),
+            vlans: [0; MAX_VLANS],
+            vlan_count: 0,
+            ttl: [0; 2],
+            client_dir: 0,
+            orient: Orient::FirstPacket,
+            terminal: Terminal::Open,
+            proto: Proto::Udp,
+            ip_version: 4,
+            icmp_type_code: 0,
+            triggers_idx: 0,
+            in_use: false,
+        }
+    }
+
+    fn dir_of(&self, d: usize) -> Dir {
+        if d == usize::from(self.client_dir) {
+            Dir::C2s
+        } else {
+            Dir::S2c
+        }
+    }
+
+    fn is_client(&self, d: usize) -> bool {
+        d == usize::from(self.client_dir)
+    }
+}
+
+/// Counters of one table, plain integers owned by its worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableCounters {
+    pub packets: u64,
+    pub flows_created: u64,
+    /// Flows closed, by [`CloseReason`] in [`CloseReason::ALL`] order.
+    pub flows_closed: [u64; 8],
+    pub records_emitted: u64,
+    /// Fragments that did not (yet) complete a datagram.
+    pub fragments_pending: u64,
+    /// ICMP errors attributed to a tracked flow.
+    pub icmp_errors_attributed: u64,
+    /// Packets of protocols we do not track (and non-first fragments of unknown datagrams).
+    pub untracked: u64,
+    /// Flows evicted because the table was full.
+    pub evictions: u64,
+}
+
+/// The flow table of one worker.
+pub struct FlowTable {
+    map: HashMap<FlowKey, u32>,
+    flows: Box<[Flow]>,
+    free: Vec<u32>,
+    arena: Arena,
+    wheel: Wheel,
+    frags: FragTable,
+    expired: Vec<u32>,
+    scratch_points: Vec<Point>,
+    cfg: Config,
+    timeouts_ns: TimeoutsNs,
+    worker: u16,
+    next_id: u64,
+    mode: RecordMode,
+    counters: TableCounters,
+}
+
+#[derive(Clone, Copy)]
+struct TimeoutsNs {
+    tcp_syn: u64,
+    tcp_established: u64,
+    tcp_closing: u64,
+    tcp_closed: u64,
+    udp: u64,
+    icmp: u64,
+}
+
+fn secs_to_ns(s: f64) -> u64 {
+    (s * 1e9) as u64
+}
+
+const WHEEL_SLOTS: usize = 4096;
+const WHEEL_TICK_NS: u64 = 100_000_000;
+
+impl FlowTable {
+    /// Allocates a table for `cfg.table.capacity` flows, with its arena, wheel and fragment
+    /// table; records say they come from `worker`. Records only anomalous connections until
+    /// [`FlowTable::set_mode`] says otherwise.
+    pub fn new(cfg: &Config, worker: u16) -> FlowTable {
+        let cap = cfg.table.capacity as usize;
+        let per_slot = cfg.table.points_per_flow as usize;
+        let t = &cfg.timeouts;
+        FlowTable {
+            map: HashMap::with_capacity(cap),
+            flows: vec![Flow::empty(); cap].into_boxed_slice(),
+            free: (0..cap as u32).rev().collect(),
+            arena: Arena::new(cap, per_slot),
+            wheel: Wheel::new(cap, WHEEL_SLOTS, WHEEL_TICK_NS),
+            frags: FragTable::new(cfg.table.fragments as usize, secs_to_ns(t.fragment_s)),
+            expired: Vec::with_capacity(cap),
+            scratch_points: Vec::with_capacity(per_slot.max(2) + 1),
+            timeouts_ns: TimeoutsNs {
+                tcp_syn: secs_to_ns(t.tcp_syn_s),
+                tcp_established: secs_to_ns(t.tcp_established_s),
+                tcp_closing: secs_to_ns(t.tcp_closing_s),
+                tcp_closed: secs_to_ns(t.tcp_closed_s),
+                udp: secs_to_ns(t.udp_s),
+                icmp: secs_to_ns(t.icmp_s),
+            },
+            cfg: cfg.clone(),
+            worker,
+            next_id: 0,
+            mode: RecordMode::Anomalous,
+            counters: TableCounters::default(),
+        }
+    }
+
+    pub fn set_mode(&mut self, mode: RecordMode) {
+        self.mode = mode;
+    }
+
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    /// Flows currently open.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of memory allocated per tracked connection at the configured capacity
+    /// (flow state, arena slot, hash-table entry and timer links).
+    pub fn bytes_per_flow(&self) -> usize {
+        std::mem::size_of::<Flow>()
+            + self.arena.bytes() / self.flows.len().max(1)
+            + std::mem::size_of::<(FlowKey, u32)>()
+            + 1
+            + 12
+            + std::mem::size_of::<u32>() * 2
+    }
+
+    /// Advances time to `now_ns` without a packet (idle periods of a live source).
+    pub fn tick<F: FnMut(&Record<'_>)>(&mut self, now_ns: u64, emit: &mut F) {
+        self.expire(now_ns, emit);
+    }
+
+    /// Processes one parsed packet seen at `ts_ns` with `frame_len` bytes on the wire.
+    pub fn process<F: FnMut(&Record<'_>)>(
+        &mut self,
+        pkt: &Packet<'_>,
+        ts_ns: u64,
+        frame_len: u32,
+        emit: &mut F,
+    ) {
+        self.counters.packets += 1;
+        self.expire(ts_ns, emit);
+        if pkt.fragment.is_some() {
+            match self.frags.feed(pkt, ts_ns) {
+                Some(whole) => self.track(&whole, ts_ns, frame_len, true, emit),
+                None => self.counters.fragments_pending += 1,
+            }
+            return;
+        }
+        self.track(pkt, ts_ns, frame_len, false, emit);
+    }
+
+    /// Closes every open flow with reason `shutdown` (or the reason it already had).
+    pub fn shutdown<F: FnMut(&Record<'_>)>(&mut self, emit: &mut F) {
+        for idx in 0..self.flows.len() as u32 {
+            if self.flows[idx as usize].in_use {
+                self.close(idx, CloseReason::Shutdown, emit);
+            }
+        }
+    }
+
+    fn expire<F: FnMut(&Record<'_>)>(&mut self, now_ns: u64, emit: &mut F) {
+        let flows = &self.flows;
+        let expired = &mut self.expired;
+        self.wheel.advance(now_ns, |idx, horizon| {
+            let deadline = flows[idx as usize].deadline_ns;
+            if deadline < horizon {
+                expired.push(idx);
+                Due::Expire
+            } else {
+                Due::Later(deadline)
+            }
+        });
+        while let Some(idx) = self.expired.pop() {
+            self.close(idx, CloseReason::AgedOut, emit);
+        }
+    }
+
+    fn track<F: FnMut(&Record<'_>)>(
+        &mut self,
+        pkt: &Packet<'_>,
+        ts_ns: u64,
+        frame_len: u32,
+        fragmented: bool,
+        emit: &mut F,
+    ) {
+        if let L4::Icmp {
+            quoted: Some(q),
+            icmp_type,
+            code,
+            v6,
+            ..
+        } = pkt.l4
+        {
+            let (key, _) =
+                FlowKey::from_endpoints(q.proto, q.src, q.sport, q.dst, q.dport, KeyKind::Ports);
+            if let Some(&idx) = self.map.get(&key) {
+                self.icmp_error(idx, pkt, ts_ns, v6, icmp_type, code);
+                return;
+            }
+        }
+        let Some((key, src_is_lo)) = FlowKey::of(pkt) else {
+            self.counters.untracked += 1;
+            return;
+        };
+        let d = usize::from(!src_is_lo);
+        let idx = match self.map.get(&key) {
+            Some(&idx) => {
+                if self.is_new_connection(idx, d, pkt) {
+                    let reason = match self.flows[idx as usize].terminal {
+                        Terminal::Open => CloseReason::TcpReuse,
+                        _ => CloseReason::TcpFin,
+                    };
+                    self.close(idx, reason, emit);
+                    self.create(key, d, pkt, ts_ns, emit)
+                } else {
+                    idx
+                }
+            }
+            None => self.create(key, d, pkt, ts_ns, emit),
+        };
+        self.update(idx, d, pkt, ts_ns, frame_len, fragmented);
+    }
+
+    /// A SYN whose sequence number differs from the first one its sender used starts a new
+    /// connection on the same 5-tuple (as Wireshark splits streams).
+    fn is_new_connection(&self, idx: u32, d: usize, pkt: &Packet<'_>) -> bool {
+        let L4::Tcp { flags, seq, .. } = pkt.l4 else {
+            return false;
+        };
+        if flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+            return false;
+        }
+        self.flows[idx as usize].tcp[d]
+            .base_seq()
+            .is_some_and(|base| base != seq)
+    }
+
+    fn create<F: FnMut(&Record<'_>)>(
+        &mut self,
+        key: FlowKey,
+        d: usize,
+        pkt: &Packet<'_>,
+        ts_ns: u64,
+        emit: &mut F,
+    ) -> u32 {
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None => {
+                // Table full: evict the flow that is due soonest.
+                let victim = self.wheel.soonest().unwrap_or(0);
+                self.counters.evictions += 1;
+                let f = &mut self.flows[victim as usize];
+                let t = ts_ns.saturating_sub(f.start_ns);
+                let dir = f.dir_of(0);
+                self.arena.push(
+                    victim,
+                    &mut f.trail,
+                    Point {
+                        t_ns: t,
+                        kind: PointKind::Eviction,
+                        dir,
+                        severity: Severity::Error,
+                        arg: 0,
+                    },
+                );
+                self.close(victim, CloseReason::ResourceLimit, emit);
+                self.free.pop().unwrap_or(victim)
+            }
+        };
+        self.counters.flows_created += 1;
+        let id = u64::from(self.worker) << 48 | self.next_id;
+        self.next_id += 1;
+        let (proto, orient, client_dir, icmp_type_code) = match pkt.l4 {
+            L4::Tcp { flags, .. } => {
+                let syn = flags & tcp_flags::SYN != 0;
+                let ack = flags & tcp_flags::ACK != 0;
+                match (syn, ack) {
+                    (true, false) => (Proto::Tcp, Orient::Syn, d, 0),
+                    (true, true) => (Proto::Tcp, Orient::SynAck, 1 - d, 0),
+                    _ => (Proto::Tcp, Orient::FirstPacket, d, 0),
+                }
+            }
+            L4::Icmp {
+                icmp_type, code, ..
+            } => (
+                Proto::Icmp,
+                Orient::FirstPacket,
+                d,
+                u16::from(icmp_type) << 8 | u16::from(code),
+            ),
+            _ => (Proto::Udp, Orient::FirstPacket, d, 0),
+        };
+        let mut vlans = [0u16; MAX_VLANS];
+        let vlan_count = usize::from(pkt.vlan_count).min(MAX_VLANS);
+        vlans[..vlan_count].copy_from_slice(&pkt.vlans[..vlan_count]);
+        let f = &mut self.flows[idx as usize];
+        *f = Flow {
+            key,
+            id,
+            start_ns: ts_ns,
+            last_ns: ts_ns,
+            deadline_ns: ts_ns,
+            vlans,
+            vlan_count: vlan_count as u8,
+            client_dir: client_dir as u8,
+            orient,
+            proto,
+            ip_version: pkt.ip_version,
+            icmp_type_code,
+            in_use: true,
+            ..Flow::empty()
+        };
+        f.triggers_idx = triggers_index(&self.cfg, f);
+        self.map.insert(key, idx);
+        self.wheel
+            .schedule(idx, ts_ns.saturating_add(self.timeouts_ns.tcp_closed));
+        idx
+    }
+
+    fn point(
+        &mut self,
+        idx: u32,
+        d: usize,
+        ts_ns: u64,
+        kind: PointKind,
+        severity: Severity,
+        arg: u32,
+    ) {
+        let f = &mut self.flows[idx as usize];
+        let p = Point {
+            t_ns: ts_ns.saturating_sub(f.start_ns),
+            kind,
+            dir: f.dir_of(d),
+            severity,
+            arg,
+        };
+        self.arena.push(idx, &mut f.trail, p);
+    }
+
+    fn triggers(&self, idx: u32) -> &Triggers {
+        let i = usize::from(self.flows[idx as usize].triggers_idx);
+        match i.checked_sub(1) {
+            Some(o) => self
+                .cfg
+                .overrides
+                .get(o)
+                .map_or(&self.cfg.triggers, |o| &o.triggers),
+            None => &self.cfg.triggers,
+        }
+    }
+
+    fn update(
+        &mut self,
+        idx: u32,
+        d: usize,
+        pkt: &Packet<'_>,
+        ts_ns: u64,
+        frame_len: u32,
+        fragmented: bool,
+    ) {
+        let first_packet = {
+            let f = &self.flows[idx as usize];
+            f.stats[0].pkts + f.stats[1].pkts == 0
+        };
+        {
+            let f = &mut self.flows[idx as usize];
+            if !first_packet && f.proto == Proto::Tcp && f.terminal == Terminal::Open {
+                let gap = ts_ns.saturating_sub(f.last_ns);
+                if f.latency.max_stall_ns.is_none_or(|m| gap > m) {
+                    f.latency.max_stall_ns = Some(gap);
+                }
+            }
+            f.last_ns = f.last_ns.max(ts_ns);
+            let s = &mut f.stats[d];
+            s.pkts += 1;
+            s.bytes += u64::from(frame_len);
+        }
+        let (ttl_changed, vlan_changed) = {
+            let f = &mut self.flows[idx as usize];
+            let ttl_changed =
+                f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
+            if f.ttl[d] == 0 {
+                f.ttl[d] = pkt.ttl;
+            }
+            let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
+            let flow_outer = (f.vlan_count > 0).then_some(f.vlans[0]);
+            let vlan_changed = outer != flow_outer && !f.events.has(Events::VLAN_CHANGE);
+            if ttl_changed {
+                f.events.set(Events::TTL_CHANGE);
+            }
+            if vlan_changed {
+                f.events.set(Events::VLAN_CHANGE);
+            }
+            (ttl_changed, vlan_changed)
+        };
+        if ttl_changed {
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::TtlChange,
+                Severity::Warn,
+                u32::from(pkt.ttl),
+            );
+        }
+        if vlan_changed {
+            let v = if pkt.vlan_count > 0 { pkt.vlans[0] } else { 0 };
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::VlanChange,
+                Severity::Warn,
+                u32::from(v),
+            );
+        }
+        if fragmented {
+            self.flows[idx as usize].events.set(Events::FRAGMENT);
+            let off = pkt.fragment.map_or(0, |f| f.offset);
+            self.point(idx, d, ts_ns, PointKind::Fragment, Severity::Warn, off);
+        }
+        match pkt.l4 {
+            L4::Tcp {
+                seq,
+                ack,
+                flags,
+                window,
+                payload_len,
+                payload,
+                ..
+            } => {
+                let seg = Segment {
+                    seq,
+                    ack,
+                    flags,
+                    window,
+                    payload_len,
+                };
+                self.tcp_segment(idx, d, &seg, payload, ts_ns);
+            }
+            L4::Udp { payload_len, .. } => {
+                self.flows[idx as usize].stats[d].payload += u64::from(payload_len);
+                self.first_payload(idx, d, ts_ns, PointKind::FirstData);
+            }
+            L4::Icmp { payload_len, .. } => {
+                self.flows[idx as usize].stats[d].payload += u64::from(payload_len);
+                self.first_payload(idx, d, ts_ns, PointKind::Start);
+            }
+            L4::Fragment | L4::Other { .. } => {}
+        }
+        let f = &mut self.flows[idx as usize];
+        f.deadline_ns = ts_ns.saturating_add(timeout_of(f, &self.timeouts_ns));
+    }
+
+    /// First packet of a direction of a UDP/ICMP flow: one point, and the time to the first
+    /// answer.
+    fn first_payload(&mut self, idx: u32, d: usize, ts_ns: u64, kind: PointKind) {
+        let f = &mut self.flows[idx as usize];
+        if f.first_payload_ns[d].is_some() {
+            return;
+        }
+        f.first_payload_ns[d] = Some(ts_ns);
+        let mut arg = 0;
+        if !f.is_client(d) {
+            if let Some(c) = f.first_payload_ns[1 - d] {
+                let ttfb = ts_ns.saturating_sub(c);
+                f.latency.ttfb_ns = Some(ttfb);
+                arg = us(ttfb);
+            }
+        }
+        self.point(idx, d, ts_ns, kind, Severity::Info, arg);
+    }
+
+    fn tcp_segment(&mut self, idx: u32, d: usize, seg: &Segment, payload: &[u8], ts_ns: u64) {
+        use tcp_flags::{ACK, FIN, RST, SYN};
+        let fl = seg.flags;
+        let syn = fl & SYN != 0;
+        let ack = fl & ACK != 0;
+        let fin = fl & FIN != 0;
+        let rst = fl & RST != 0;
+        let lat_t = self.triggers(idx).latency.clone();
+
+        // Orientation: the first SYN or SYN-ACK decides who the client is.
+        {
+            let f = &mut self.flows[idx as usize];
+            if f.orient == Orient::FirstPacket && syn {
+                let (o, client) = if ack {
+                    (Orient::SynAck, 1 - d)
+                } else {
+                    (Orient::Syn, d)
+                };
+                f.orient = o;
+                f.client_dir = client as u8;
+                f.triggers_idx = triggers_index(&self.cfg, f);
+            }
+        }
+        let is_client = self.flows[idx as usize].is_client(d);
+        let prior_syns = self.flows[idx as usize].tcp[d].syns;
+        let ooo_ns = {
+            let f = &self.flows[idx as usize];
+            match (f.syn_ns, f.latency.synack_ack_ns, f.synack_ns) {
+                (Some(s), Some(a), Some(sa)) => (sa + a).saturating_sub(s).max(1),
+                _ => DEFAULT_OOO_NS,
+            }
+        };
+        let found = {
+            let f = &mut self.flows[idx as usize];
+            tcp::analyse(&mut f.tcp, d, seg, ts_ns, ooo_ns)
+        };
+
+        if syn && !ack && is_client {
+            let f = &mut self.flows[idx as usize];
+            f.events.set(Events::CLIENT_SYN);
+            if f.syn_ns.is_none() {
+                f.syn_ns = Some(ts_ns);
+                f.history.push(b'S');
+                self.point(idx, d, ts_ns, PointKind::Syn, Severity::Info, 0);
+            } else if prior_syns > 0 {
+                f.events.set(Events::SYN_RETRANSMIT);
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::SynRetransmission,
+                    Severity::Warn,
+                    u32::from(prior_syns) + 1,
+                );
+            }
+        } else if syn && ack && !is_client {
+            let f = &mut self.flows[idx as usize];
+            if f.synack_ns.is_none() {
+                f.synack_ns = Some(ts_ns);
+                f.history.push(b'h');
+                let lat = f.syn_ns.map(|s| ts_ns.saturating_sub(s));
+                f.latency.syn_synack_ns = lat;
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::SynAck,
+                    Severity::Info,
+                    lat.map_or(0, us),
+                );
+                self.threshold(idx, d, ts_ns, lat, lat_t.syn_synack_ms);
+            }
+        } else if ack && !syn && !rst && is_client {
+            let f = &mut self.flows[idx as usize];
+            if let (Some(sa), None) = (f.synack_ns, f.latency.synack_ack_ns) {
+                let lat = ts_ns.saturating_sub(sa);
+                f.latency.synack_ack_ns = Some(lat);
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::HandshakeDone,
+                    Severity::Info,
+                    us(lat),
+                );
+                self.threshold(idx, d, ts_ns, Some(lat), lat_t.synack_ack_ms);
+            }
+        }
+
+        {
+            let f = &mut self.flows[idx as usize];
+            let s = &mut f.stats[d];
+            s.payload += u64::from(seg.payload_len);
+            if found.retransmission {
+                s.retrans += 1;
+            }
+            if found.out_of_order {
+                s.out_of_order += 1;
+            }
+            if found.dup_ack {
+                s.dup_ack += 1;
+            }
+            if found.zero_window {
+                s.zero_window += 1;
+            }
+            if found.bad_flags {
+                f.events.set(Events::BAD_FLAGS);
+            }
+            if found.data_after_fin {
+                f.events.set(Events::DATA_AFTER_FIN);
+            }
+            let letter = |l: u8| if is_client { l.to_ascii_uppercase() } else { l };
+            push_history_once(&mut f.history, letter(b'q'), found.bad_flags);
+            push_history_once(&mut f.history, letter(b'd'), seg.payload_len > 0);
+            push_history_once(
+                &mut f.history,
+                letter(b'a'),
+                ack && seg.payload_len == 0 && !syn && !fin && !rst,
+            );
+            push_history_once(&mut f.history, letter(b't'), found.retransmission);
+            push_history_once(&mut f.history, letter(b'w'), found.zero_window);
+            push_history_once(&mut f.history, letter(b'f'), fin);
+            push_history_once(&mut f.history, letter(b'r'), rst);
+        }
+        if found.retransmission && !syn {
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::Retransmission,
+                Severity::Warn,
+                seg.seq,
+            );
+        }
+        if found.out_of_order {
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::OutOfOrder,
+                Severity::Warn,
+                seg.seq,
+            );
+        }
+        if found.dup_ack {
+            let (run, need) = (
+                self.flows[idx as usize].tcp[d].dup_run,
+                self.triggers(idx).protocol.dup_acks,
+            );
+            if need > 0 && u32::from(run) == need {
+                self.flows[idx as usize].events.set(Events::DUP_ACK_RUN);
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::DupAck,
+                    Severity::Warn,
+                    u32::from(run),
+                );
+            }
+        }
+        if found.zero_window && self.flows[idx as usize].stats[d].zero_window == 1 {
+            self.point(idx, d, ts_ns, PointKind::ZeroWindow, Severity::Warn, 0);
+        }
+        if found.keep_alive {
+            self.point(idx, d, ts_ns, PointKind::KeepAlive, Severity::Info, 0);
+        }
+        if found.bad_flags {
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::BadFlags,
+                Severity::Warn,
+                u32::from(fl),
+            );
+        }
+        if found.data_after_fin {
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::DataAfterFin,
+                Severity::Warn,
+                seg.payload_len,
+            );
+        }
+
+        if seg.payload_len > 0 {
+            self.tcp_payload(idx, d, payload, ts_ns, &lat_t);
+        }
+        let f = &mut self.flows[idx as usize];
+        if fin && !f.events.has(fin_bit(d)) {
+            f.events.set(fin_bit(d));
+            self.point(idx, d, ts_ns, PointKind::Fin, Severity::Info, 0);
+        }
+        let f = &mut self.flows[idx as usize];
+        if rst {
+            if f.terminal == Terminal::Open {
+                f.terminal = Terminal::Rst(d as u8);
+            }
+            self.point(idx, d, ts_ns, PointKind::Rst, Severity::Error, 0);
+        } else if f.terminal == Terminal::Open && f.tcp[0].fin_seen() && f.tcp[1].fin_seen() {
+            f.terminal = Terminal::Fin;
+        }
+    }
+
+    fn tcp_payload(
+        &mut self,
+        idx: u32,
+        d: usize,
+        payload: &[u8],
+        ts_ns: u64,
+        lat_t: &crate::config::LatencyTriggers,
+    ) {
+        let first = self.flows[idx as usize].first_payload_ns[d].is_none();
+        if first {
+            let f = &mut self.flows[idx as usize];
+            f.first_payload_ns[d] = Some(ts_ns);
+            let mut ttfb = None;
+            if !f.is_client(d) {
+                if let Some(c) = f.first_payload_ns[1 - d] {
+                    ttfb = Some(ts_ns.saturating_sub(c));
+                    f.latency.ttfb_ns = ttfb;
+                }
+            }
+            self.point(
+                idx,
+                d,
+                ts_ns,
+                PointKind::FirstData,
+                Severity::Info,
+                ttfb.map_or(0, us),
+            );
+            self.threshold(idx, d, ts_ns, ttfb, lat_t.ttfb_ms);
+        }
+        match tls::inspect(payload) {
+            Some(TlsEvent::ClientHello { sni_hash }) if first => {
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::TlsClientHello,
+                    Severity::Info,
+                    sni_hash,
+                );
+            }
+            Some(TlsEvent::ServerHello { version }) if first => {
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::TlsServerHello,
+                    Severity::Info,
+                    u32::from(version),
+                );
+            }
+            Some(TlsEvent::Alert { level, description }) => {
+                let severity = if level == 2 {
+                    self.flows[idx as usize].events.set(Events::TLS_FATAL);
+                    Severity::Error
+                } else {
+                    Severity::Warn
+                };
+                let arg = u32::from(level) << 8 | u32::from(description);
+                self.point(idx, d, ts_ns, PointKind::TlsAlert, severity, arg);
+            }
+            Some(TlsEvent::EncryptedAlert) => {
+                self.point(idx, d, ts_ns, PointKind::TlsAlert, Severity::Info, 0xffff);
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds a threshold point when `value_ns` is over `threshold_ms` (0 = off).
+    fn threshold(
+        &mut self,
+        idx: u32,
+        d: usize,
+        ts_ns: u64,
+        value_ns: Option<u64>,
+        threshold_ms: f64,
+    ) {
+        if let Some(v) = value_ns {
+            if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
+                self.point(idx, d, ts_ns, PointKind::Threshold, Severity::Warn, us(v));
+            }
+        }
+    }
+
+    fn icmp_error(
+        &mut self,
+        idx: u32,
+        pkt: &Packet<'_>,
+        ts_ns: u64,
+        v6: bool,
+        icmp_type: u8,
+        code: u8,
+    ) {
+        self.counters.icmp_errors_attributed += 1;
+        let frag_needed = if v6 {
+            icmp_type == 2
+        } else {
+            icmp_type == 3 && code == 4
+        };
+        let f = &mut self.flows[idx as usize];
+        f.events.set(Events::ICMP_ERROR);
+        if frag_needed {
+            f.events.set(Events::FRAG_NEEDED);
+        }
+        f.icmp_error_ns = Some(ts_ns);
+        let arg = u32::from(icmp_type) << 8 | u32::from(code);
+        // The error travels towards the sender of the quoted packet.
+        let d = usize::from(pkt.dst != f.key.hi_ip);
+        self.point(idx, d, ts_ns, PointKind::IcmpError, Severity::Error, arg);
+    }
+
+    fn close<F: FnMut(&Record<'_>)>(&mut self, idx: u32, cause: CloseReason, emit: &mut F) {
+        let Some(f) = self.flows.get_mut(idx as usize) else {
+            return;
+        };
+        if !f.in_use {
+            return;
+        }
+        f.in_use = false;
+        let f = &self.flows[idx as usize];
+        let client = usize::from(f.client_dir);
+        let server = 1 - client;
+        let close_reason = match f.terminal {
+            Terminal::Fin => CloseReason::TcpFin,
+            Terminal::Rst(d) if usize::from(d) == client => CloseReason::TcpRstClient,
+            Terminal::Rst(_) => CloseReason::TcpRstServer,
+            Terminal::Open => match (cause, f.icmp_error_ns) {
+                (CloseReason::AgedOut | CloseReason::Shutdown, Some(t)) if t >= f.last_ns => {
+                    CloseReason::IcmpError
+                }
+                _ => cause,
+            },
+        };
+        let conn_state = if f.proto == Proto::Tcp {
+            let syn_then_rst = syn_then_client_rst(f.history.as_str());
+            tcp::conn_state(
+                f.tcp[client].state,
+                f.tcp[server].state,
+                f.stats[client].payload,
+                f.stats[server].payload,
+                syn_then_rst,
+            )
+        } else {
+            ConnState::None
+        };
+        let (lo, hi) = (
+            Endpoint {
+                ip: Addr(f.key.lo_ip),
+                port: f.key.lo_port,
+            },
+            Endpoint {
+                ip: Addr(f.key.hi_ip),
+                port: f.key.hi_port,
+            },
+        );
+        let (mut c_ep, mut s_ep) = if client == 0 { (lo, hi) } else { (hi, lo) };
+        if f.key.kind != KeyKind::Ports {
+            c_ep.port = 0;
+            s_ep.port = 0;
+        }
+        let dropped = self
+            .arena
+            .copy_trail(idx, f.trail, &mut self.scratch_points);
+        if dropped > 0 {
+            // Mark the truncation where it happened: after the kept head.
+            let at = self.arena.per_slot() / 2;
+            if at <= self.scratch_points.len()
+                && self.scratch_points.len() < self.scratch_points.capacity()
+            {
+                let t_ns = self.scratch_points.get(at).map_or(0, |p| p.t_ns);
+                self.scratch_points.insert(
+                    at,
+                    Point {
+                        t_ns,
+                        kind: PointKind::Truncated,
+                        dir: Dir::C2s,
+                        severity: Severity::Warn,
+                        arg: dropped,
+                    },
+                );
+            }
+        }
+        let mut rec = Record {
+            id: f.id,
+            worker: self.worker,
+            context: 0,
+            proto: f.proto,
+            ip_version: f.ip_version,
+            client: c_ep,
+            server: s_ep,
+            midstream: f.proto == Proto::Tcp && f.orient == Orient::FirstPacket,
+            vlans: Cow::Borrowed(&f.vlans[..usize::from(f.vlan_count)]),
+            start_ns: f.start_ns,
+            end_ns: f.last_ns,
+            c2s: f.stats[client],
+            s2c: f.stats[server],
+            close_reason,
+            conn_state,
+            history: f.history,
+            flags: Flags::default(),
+            irregular_point: None,
+            latency: f.latency,
+            points: Cow::Borrowed(&self.scratch_points),
+            points_dropped: dropped,
+            icmp_type_code: f.icmp_type_code,
+        };
+        rec.irregular_point = rec
+            .points
+            .iter()
+            .position(|p| p.severity >= Severity::Warn)
+            .and_then(|i| u16::try_from(i).ok());
+        let triggers = match usize::from(f.triggers_idx).checked_sub(1) {
+            Some(o) => self
+                .cfg
+                .overrides
+                .get(o)
+                .map_or(&self.cfg.triggers, |o| &o.triggers),
+            None => &self.cfg.triggers,
+        };
+        rec.flags = rules::evaluate(&rec, f.events, triggers);
+        if self.mode == RecordMode::All {
+            rec.flags.insert(Flags::ALL);
+        }
+        if let Some(i) = CloseReason::ALL.iter().position(|r| *r == close_reason) {
+            self.counters.flows_closed[i] += 1;
+        }
+        if !rec.flags.is_empty() {
+            self.counters.records_emitted += 1;
+            emit(&rec);
+        }
+        let key = f.key;
+        self.map.remove(&key);
+        self.wheel.cancel(idx);
+        self.free.push(idx);
+    }
+}
+
+const FIN_C: u16 = 1 << 14;
+const FIN_S: u16 = 1 << 15;
+
+fn fin_bit(d: usize) -> u16 {
+    if d == 0 {
+        FIN_C
+    } else {
+        FIN_S
+    }
+}
+
+/// Zeek's `^?S[^HAFGIQ]*R.*`: a client SYN, then a client RST before the client did
+/// anything else of note.
+fn syn_then_client_rst(history: &str) -> bool {
+    let h = history.strip_prefix('^').unwrap_or(history);
+    let Some(rest) = h.strip_prefix('S') else {
+        return false;
+    };
+    for c in rest.chars() {
+        if c == 'R' {
+            return true;
+        }
+        if "HAFGIQ".contains(c) {
+            return false;
+        }
+    }
+    false
+}
+
+fn push_history_once(h: &mut History, letter: u8, cond: bool) {
+    if cond && !h.as_str().as_bytes().contains(&letter) {
+        h.push(letter);
+    }
+}
+
+fn us(ns: u64) -> u32 {
+    u32::try_from(ns / NS_PER_US).unwrap_or(u32::MAX)
+}
+
+fn timeout_of(f: &Flow, t: &TimeoutsNs) -> u64 {
+    match f.proto {
+        Proto::Udp => t.udp,
+        Proto::Icmp => t.icmp,
+        Proto::Tcp => {
+            if f.terminal != Terminal::Open {
+                t.tcp_closed
+            } else if f.tcp[0].fin_seen() || f.tcp[1].fin_seen() {
+                t.tcp_closing
+            } else if f.synack_ns.is_some() && f.latency.synack_ack_ns.is_some()
+                || f.orient == Orient::FirstPacket
+            {
+                t.tcp_established
+            } else {
+                t.tcp_syn
+            }
+        }
+    }
+}
+
+fn triggers_index(cfg: &Config, f: &Flow) -> u8 {
+    let client = usize::from(f.client_dir);
+    let (c_ip, s_ip, s_port) = if client == 0 {
+        (&f.key.lo_ip, &f.key.hi_ip, f.key.hi_port)
+    } else {
+        (&f.key.hi_ip, &f.key.lo_ip, f.key.lo_port)
+    };
+    cfg.overrides
+        .iter()
+        .position(|o| o.matches(s_port, c_ip, s_ip))
+        .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0))
+}

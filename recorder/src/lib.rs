@@ -1,0 +1,115 @@
+//! The conntrail log: where anomalous connection records end up, and how they are read back.
+//!
+//! **Owns**: the on-disk format (`recorder/FORMAT.md`, implemented in [`mod@format`]): a versioned
+//! file header, then frames of a sync marker, a length, a CRC32 and a payload; size-based
+//! rotation into `LOG`, `LOG.1`, `LOG.2`, ... ([`LogWriter`]); a streaming reader that reports
+//! damage and resynchronises after it ([`LogReader`]); and the recorder thread that drains the
+//! workers' rings into the log ([`thread::spawn`]).
+//!
+//! **Never does**: decode payloads (they are opaque MessagePack records, see `ring::codec`);
+//! rename or rewrite a segment once written; trust a byte it reads (every length is bounded
+//! by [`format::MAX_PAYLOAD`] and checked against the file, a damaged log yields
+//! [`Damage`], never a panic or an unbounded allocation); run on a worker's hot path.
+//!
+//! ```
+//! # fn main() -> Result<(), recorder::RecorderError> {
+//! # let dir = std::env::temp_dir().join(format!("conntrail-recorder-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("tracker.log");
+//! let mut writer = recorder::LogWriter::create(&path, 64 << 20)?;
+//! writer.append(b"\x93\x01\x02\x03")?; // a MessagePack record
+//! writer.flush()?;
+//!
+//! for item in recorder::LogReader::open(&path)? {
+//!     match item {
+//!         Ok(frame) => assert_eq!(frame.payload, b"\x93\x01\x02\x03"),
+//!         Err(damage) => eprintln!("{damage}"),
+//!     }
+//! }
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+pub mod format;
+pub mod reader;
+pub mod thread;
+pub mod writer;
+
+pub use reader::{Damage, DamageKind, Frame, LogReader};
+pub use thread::RecorderStats;
+pub use writer::{LogWriter, WriterStats};
+
+/// Errors of the writer, of opening a reader, and of the recorder thread.
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done: "creating", "writing", "opening", ...
+        action: &'static str,
+        /// The file (or directory) concerned.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A payload longer than the format allows; nothing was written.
+    #[error("payload of {len} bytes exceeds the log's maximum of {max}")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// [`format::MAX_PAYLOAD`].
+        max: u32,
+    },
+    /// The log already has `u32::MAX` segments.
+    #[error("log {}: no segment index left to rotate to", path.display())]
+    SegmentLimit {
+        /// The base path of the log.
+        path: PathBuf,
+    },
+}
+
+impl RecorderError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> RecorderError {
+        RecorderError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A scratch directory for tests, removed when dropped.
+#[cfg(test)]
+pub(crate) mod test_dir {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub fn new(name: &str) -> TestDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "conntrail-recorder-test-{}-{name}-{n}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            TestDir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Replays every corpus capture with the release binary (--record all) and scores
+# `show --json` against the tshark oracles with ../shared/tools/agree.py (fails under 99 %).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+corpus=../shared/corpus/real
+bin=target/release/conntrail
+[ -x "$bin" ] || cargo build --release
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for f in "$corpus"/*.pcap "$corpus"/*.pcapng; do
+    [ -f "$f" ] || continue
+    n=$(basename "$f")
+    "$bin" replay --record all --workers 1 --log "$out/$n.log" "$f" >/dev/null
+    "$bin" show --json "$out/$n.log" >"$out/$n.jsonl"
+done
+python3 ../shared/tools/agree.py "$corpus" "$out" --min 99 "$@"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing conntrail needs on a fresh Debian 12 machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    else
+        echo "setup: please install: ${need[*]}" >&2
+        exit 1
+    fi
+fi
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "setup: a Rust toolchain (rustup, stable) is needed: https://rustup.rs" >&2
+    exit 1
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo fetch --locked 2>/dev/null || cargo fetch

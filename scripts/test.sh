@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test suite: formatting, lints, unit/property/integration tests (release build, so the
+# corpus replays are quick), then the release binary scored against the tshark oracles.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --release
+scripts/agree.sh
