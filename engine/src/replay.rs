@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flowtable::config::Config;
-use flowtable::key::FlowKey;
-use flowtable::packet::{parse, LinkType};
+use flowtable::key::{FlowKey, KeyKind};
+use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 use recorder::writer::LogWriter;
 
@@ -157,47 +157,60 @@ fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>
     }
 }
 
-/// Which worker a frame goes to: a symmetric hash of its flow key.
-fn spread(link: LinkType, frame: &[u8], workers: usize) -> usize {
-    if workers == 1 {
-        return 0;
-    }
-    match parse(link, frame) {
-        Ok(pkt) => {
-            let key = match pkt.l4 {
-                flowtable::packet::L4::Icmp {
-                    quoted: Some(q), ..
-                } => Some(
-                    FlowKey::from_endpoints(
-                        q.proto,
-                        q.src,
-                        q.sport,
-                        q.dst,
-                        q.dport,
-                        flowtable::key::KeyKind::Ports,
-                    )
-                    .0,
-                ),
-                _ => FlowKey::of(&pkt).map(|(k, _)| k),
-            };
-            match key {
-                Some(k) => (k.spread_hash() % workers as u64) as usize,
-                // Fragments and other protocols: by address pair, so fragments of one
-                // datagram meet.
-                None => {
-                    let (k, _) = FlowKey::from_endpoints(
-                        0,
-                        pkt.src,
-                        0,
-                        pkt.dst,
-                        0,
-                        flowtable::key::KeyKind::Ports,
-                    );
-                    (k.spread_hash() % workers as u64) as usize
-                }
-            }
+/// Decides which worker a frame goes to: a symmetric hash of its flow key, so both
+/// directions of a connection meet on one worker. Fragments of one datagram follow its first
+/// fragment (remembered in a small direct-mapped table), so they meet too.
+struct Spreader {
+    workers: u64,
+    /// (tag, worker) of recent first fragments, indexed by tag.
+    first_fragments: Box<[(u64, u32)]>,
+}
+
+impl Spreader {
+    const FRAGMENT_SLOTS: usize = 4096;
+
+    fn new(workers: usize) -> Spreader {
+        Spreader {
+            workers: workers as u64,
+            first_fragments: vec![(0, 0); Spreader::FRAGMENT_SLOTS].into_boxed_slice(),
         }
-        Err(_) => 0,
+    }
+
+    fn worker_for(&mut self, link: LinkType, frame: &[u8]) -> usize {
+        if self.workers == 1 {
+            return 0;
+        }
+        let Ok(pkt) = parse(link, frame) else {
+            // Malformed frames are counted by worker 0.
+            return 0;
+        };
+        let (pair, _) = FlowKey::from_endpoints(0, pkt.src, 0, pkt.dst, 0, KeyKind::Ports);
+        let by_pair = (pair.spread_hash() % self.workers) as usize;
+        let key = match pkt.l4 {
+            L4::Icmp {
+                quoted: Some(q), ..
+            } => Some(
+                FlowKey::from_endpoints(q.proto, q.src, q.sport, q.dst, q.dport, KeyKind::Ports).0,
+            ),
+            _ => FlowKey::of(&pkt).map(|(k, _)| k),
+        };
+        let by_key = key.map(|k| (k.spread_hash() % self.workers) as usize);
+        let Some(frag) = pkt.fragment else {
+            return by_key.unwrap_or(by_pair);
+        };
+        let tag = pair.spread_hash()
+            ^ (u64::from(frag.id) << 8 | u64::from(frag.proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = (tag % Spreader::FRAGMENT_SLOTS as u64) as usize;
+        match by_key {
+            Some(w) if frag.offset == 0 => {
+                self.first_fragments[slot] = (tag, w as u32);
+                w
+            }
+            _ => match self.first_fragments[slot] {
+                (t, w) if t == tag => w as usize,
+                _ => by_pair,
+            },
+        }
     }
 }
 
@@ -226,6 +239,7 @@ fn read_all(
     } else {
         None
     };
+    let mut spreader = Spreader::new(n);
     let mut current: Vec<Option<Batch>> = (0..n).map(|_| None).collect();
     let mut results = Vec::new();
     let mut done_bytes = 0u64;
@@ -239,7 +253,7 @@ fn read_all(
                     return;
                 }
                 let frame = frame.get(..Batch::BYTES).unwrap_or(frame);
-                let w = spread(link, frame, n);
+                let w = spreader.worker_for(link, frame);
                 let slot = &mut current[w];
                 if slot.as_ref().is_some_and(|b| !b.fits(frame.len())) {
                     if let Some(full) = slot.take() {

@@ -5,6 +5,13 @@
 //! (unless the oracle only guessed from the first packet), packets and bytes each way, close
 //! reason compatible with the oracle's `close_kind`, SYN->SYN-ACK within 2 us. Per UDP flow:
 //! matched, packets each way. Each figure must reach 99 % over the whole corpus.
+//!
+//! Where we disagree with the oracle on purpose: tshark keeps a TCP stream open forever, we
+//! do not. A connection closed by a RST (or by FIN both ways) lingers `tcp_closed_s`
+//! (10 s) to collect trailing segments, then its record is written; a segment on the same
+//! 5-tuple after that starts a new connection. In `suricata_tls_tls-subjectaltname.pcap` a
+//! client resets a stray ACK and retransmits the same SYN 13 s later: tshark counts one
+//! stream, we count two connections (the first, reset by the client, and a second one).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -13,10 +13,11 @@
 //! ```
 //! use flowtable::config::Config;
 //! use flowtable::packet::{parse, LinkType};
-//! use flowtable::table::FlowTable;
+//! use flowtable::table::{FlowTable, RecordMode};
 //!
 //! let cfg = Config::default();
 //! let mut table = FlowTable::new(&cfg, 0);
+//! table.set_mode(RecordMode::All); // keep every connection, not only anomalous ones
 //! let mut closed = Vec::new();
 //! // An IPv4/UDP datagram on raw-IP link type: 10.0.0.1:5000 -> 10.0.0.2:53, 4 payload bytes.
 //! let frame = [

@@ -285,7 +285,8 @@ pub struct Latency {
 }
 
 /// Zeek-compatible history letters; uppercase for the client, lowercase for the server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Encoded as a string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct History {
     pub len: u8,
     pub letters: [u8; History::CAP],
@@ -304,6 +305,40 @@ impl History {
     pub fn as_str(&self) -> &str {
         let n = (self.len as usize).min(History::CAP);
         std::str::from_utf8(&self.letters[..n]).unwrap_or("")
+    }
+}
+
+impl Serialize for History {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<History, D::Error> {
+        struct HistoryVisitor;
+        impl Visitor<'_> for HistoryVisitor {
+            type Value = History;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an ASCII history of at most {} letters", History::CAP)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<History, E> {
+                if v.len() > History::CAP || !v.is_ascii() {
+                    return Err(E::invalid_value(de::Unexpected::Str(v), &self));
+                }
+                let mut h = History::default();
+                for b in v.bytes() {
+                    h.push(b);
+                }
+                Ok(h)
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<History, E> {
+                let s = std::str::from_utf8(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Bytes(v), &self))?;
+                self.visit_str(s)
+            }
+        }
+        d.deserialize_str(HistoryVisitor)
     }
 }
 

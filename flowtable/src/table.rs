@@ -81,6 +81,9 @@ struct Flow {
     client_dir: u8,
     orient: Orient,
     terminal: Terminal,
+    /// A SYN or SYN-ACK came after the terminal event: the connection lives on (a client
+    /// that retransmits its SYN after resetting a stray ACK, say), so it ages as an open one.
+    reopened: bool,
     proto: Proto,
     ip_version: u8,
     icmp_type_code: u16,
@@ -120,6 +123,7 @@ impl Flow {
             client_dir: 0,
             orient: Orient::FirstPacket,
             terminal: Terminal::Open,
+            reopened: false,
             proto: Proto::Udp,
             ip_version: 4,
             icmp_type_code: 0,
@@ -799,7 +803,11 @@ impl FlowTable {
             self.point(idx, d, ts_ns, PointKind::Fin, Severity::Info, 0);
         }
         let f = &mut self.flows[idx as usize];
+        if syn && f.terminal != Terminal::Open {
+            f.reopened = true;
+        }
         if rst {
+            f.reopened = false;
             if f.terminal == Terminal::Open {
                 f.terminal = Terminal::Rst(d as u8);
             }
@@ -1089,7 +1097,8 @@ fn timeout_of(f: &Flow, t: &TimeoutsNs) -> u64 {
         Proto::Udp => t.udp,
         Proto::Icmp => t.icmp,
         Proto::Tcp => {
-            if f.terminal != Terminal::Open {
+            let both_fins = f.tcp[0].fin_seen() && f.tcp[1].fin_seen();
+            if f.terminal != Terminal::Open && (!f.reopened || both_fins) {
                 t.tcp_closed
             } else if f.tcp[0].fin_seen() || f.tcp[1].fin_seen() {
                 t.tcp_closing

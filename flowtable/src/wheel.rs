@@ -254,7 +254,7 @@ mod tests {
             }
             let mut expired_at = vec![None; n];
             let mut bumps = bumps.into_iter();
-            for t in 0..400u64 {
+            for t in 0..1200u64 {
                 let now = t * S;
                 if let Some((i, extra)) = bumps.next() {
                     let i = i % n;
