@@ -263,12 +263,14 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
         .map(|(r, n)| format!("{} {n}", r.as_str()))
         .collect();
     writeln!(out, "closed: {}", reasons.join(", "))?;
+    let not_ip = malformed[Malformed::NotIp.index()];
     let bad: Vec<String> = Malformed::ALL
         .iter()
         .zip(malformed)
-        .filter(|(_, n)| *n > 0)
+        .filter(|(r, n)| *n > 0 && **r != Malformed::NotIp)
         .map(|(r, n)| format!("{} {n}", r.as_str()))
         .collect();
+    writeln!(out, "not ip (ARP, STP, ...): {not_ip}")?;
     writeln!(
         out,
         "malformed: {}",
@@ -298,7 +300,7 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
     for w in &s.workers {
         writeln!(
             out,
-            "worker {} (core {}): packets {}, flows {}, records {}, ring drops {}, evictions {}, malformed {}",
+            "worker {} (core {}): ip packets {}, flows {}, records {}, ring drops {}, evictions {}, non-ip or malformed {}",
             w.worker,
             w.core.map_or_else(|| "unpinned".to_string(), |c| c.to_string()),
             w.table.packets,

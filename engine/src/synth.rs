@@ -606,20 +606,42 @@ struct PacketBudget {
     used: u64,
     /// Mean extra packets per flow that takes bulk: the scale of the spread.
     mean_extra: f64,
+    /// Flows that take bulk, not created yet.
+    bulk_left: u64,
+    /// Flows that take no bulk created so far, and their packets.
+    fixed_flows: u64,
+    fixed_pkts: u64,
 }
 
 impl PacketBudget {
     /// Extra packets for the next flow created, which has `base` packets of its own.
     fn extra(&mut self, base: u64, takes_bulk: bool, rng: &mut Rng) -> u64 {
         self.created += 1;
-        let due = (u128::from(self.target) * u128::from(self.created)
-            / u128::from(self.flows.max(1))) as f64;
-        let deficit = due - (self.used + base) as f64;
         if !takes_bulk {
+            self.fixed_flows += 1;
+            self.fixed_pkts += base;
             return 0;
         }
-        // Exponential spread around the mean; the next flows make up for it.
-        let spread = self.mean_extra * (-(1.0 - rng.unit()).ln().min(30.0) - 1.0);
+        self.bulk_left = self.bulk_left.saturating_sub(1);
+        let due = if self.bulk_left == 0 {
+            // The last flow that takes bulk takes what is left but the (estimated) packets
+            // of the flows still to come.
+            let later = self.flows.saturating_sub(self.created) as f64;
+            let mean_fixed = match self.fixed_flows {
+                0 => 4.0,
+                n => self.fixed_pkts as f64 / n as f64,
+            };
+            self.target as f64 - later * mean_fixed
+        } else {
+            (u128::from(self.target) * u128::from(self.created) / u128::from(self.flows.max(1)))
+                as f64
+        };
+        let deficit = due - (self.used + base) as f64;
+        // Exponential spread around the mean; the next flows make up for it, so it fades
+        // out over the last flows, which have no successors to do so.
+        let fade = (self.bulk_left as f64 / 16.0).min(1.0);
+        let w = -(1.0 - rng.unit()).ln().min(8.0);
+        let spread = self.mean_extra * fade * (w - 1.0);
         (deficit + spread).max(0.0).round() as u64
     }
 
@@ -674,6 +696,9 @@ impl Generator {
                 created: 0,
                 used: 0,
                 mean_extra,
+                bulk_left: bulk_flows,
+                fixed_flows: 0,
+                fixed_pkts: 0,
             },
             open: Vec::new(),
             free: Vec::new(),
@@ -1031,8 +1056,9 @@ impl Flow {
         let extra = budget.extra(base, class.takes_bulk(), rng);
         let mut planned = base;
         if extra > 0 {
-            // About two segments for every three packets (one ACK per two segments).
-            let more = (extra * 2).div_ceil(3);
+            // About two segments for every three packets (one ACK per two segments), and
+            // no more than 2^31 segments in one flow.
+            let more = (extra * 2).div_ceil(3).min((1 << 31) - segments);
             planned += response_pkts(class, segments + more) - response_pkts(class, segments);
             segments += more;
         }

@@ -70,7 +70,7 @@ fn worker_steady_state_allocates_nothing() {
         packets: 60_000,
         seed: 7,
         anomaly_share: 0.3,
-        duration_s: 10.0,
+        duration_s: 30.0,
     };
     synth::write(&opts, &pcap, &dir.join("alloc.truth.jsonl")).expect("synth");
     let frames = frames(&pcap);
@@ -78,6 +78,8 @@ fn worker_steady_state_allocates_nothing() {
 
     let mut cfg = Config::default();
     cfg.table.capacity = 8192;
+    // Closed connections linger only a second, so records flow during the capture.
+    cfg.timeouts.tcp_closed_s = 1.0;
     let (producer, mut consumer) = ring::create(&dir.join("alloc.ring"), 1 << 20).expect("ring");
     let mut worker = Worker::new(&cfg, 0, RecordMode::All, producer);
     let half = frames.len() / 2;

@@ -1,0 +1,189 @@
+//! The `conntrail` binary as an operator uses it: replay a corpus capture, show its records,
+//! read a damaged log up to (and past) the damage, and reject bad configuration files with
+//! the file, line and key.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn conntrail(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_conntrail"))
+        .args(args)
+        .output()
+        .expect("conntrail runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("conntrail-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn capture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/corpus/real")
+        .join(name)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn replay_to(dir: &Path, cap: &str, extra: &[&str]) -> PathBuf {
+    let log = dir.join("t.log");
+    let cfg = dir.join("ring.toml");
+    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
+    let cap = capture(cap);
+    let mut args = vec![
+        "replay",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--log",
+        log.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    args.push(cap.to_str().expect("utf-8"));
+    let out = conntrail(&args);
+    assert!(out.status.success(), "replay failed: {}", text(&out.stderr));
+    log
+}
+
+#[test]
+fn replay_prints_a_summary_and_show_decodes_it() {
+    let dir = temp_dir("summary");
+    let log = dir.join("t.log");
+    let cfg = dir.join("ring.toml");
+    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
+    let out = conntrail(&[
+        "replay",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--log",
+        log.to_str().expect("utf-8"),
+        capture("zeek_nmap-vsn.pcap").to_str().expect("utf-8"),
+    ]);
+    let summary = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 547 frames: 503 ARP/STP, 44 IP; 6 rejected + 3 client aborts + 8 unanswered SYNs are
+    // anomalous, the DNS exchange is not.
+    for line in [
+        "packets: 547",
+        "records: 17",
+        "not ip (ARP, STP, ...): 503",
+        "ring drops: 0",
+    ] {
+        assert!(summary.contains(line), "summary lacks {line:?}:\n{summary}");
+    }
+    assert!(summary.contains("tcp-rst-server 6"), "{summary}");
+    let shown = conntrail(&["show", log.to_str().expect("utf-8")]);
+    let shown_text = text(&shown.stdout);
+    assert!(shown.status.success());
+    assert_eq!(
+        shown_text
+            .matches("reset by the server (tcp-rst-server)")
+            .count(),
+        6
+    );
+    assert!(
+        shown_text.contains("state REJ, history Sr, flags error"),
+        "{shown_text}"
+    );
+    assert!(shown_text.contains(">> +"), "irregular point marked");
+    let json = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
+    let lines: Vec<serde_json::Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 17);
+    for key in [
+        "id",
+        "client",
+        "server",
+        "c2s",
+        "s2c",
+        "close_reason",
+        "conn_state",
+        "history",
+        "flags",
+        "irregular_point",
+        "latency_ns",
+        "points",
+        "points_dropped",
+        "vlans",
+        "midstream",
+        "start_ns",
+        "end_ns",
+        "ip_version",
+        "proto",
+        "worker",
+    ] {
+        assert!(lines[0].get(key).is_some(), "json lacks {key}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_damaged_log_is_read_up_to_and_past_the_damage() {
+    let dir = temp_dir("damage");
+    let log = replay_to(&dir, "zeek_http_methods.pcap", &["--record", "all"]);
+    let intact = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
+    let n = text(&intact.stdout).lines().count();
+    assert_eq!(n, 49);
+    let mut bytes = std::fs::read(&log).expect("log");
+    let len = bytes.len();
+    // Corrupt one byte in the middle of the log: exactly one record is lost.
+    bytes[len / 2] ^= 0xff;
+    std::fs::write(&log, &bytes).expect("write");
+    let out = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), n - 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("byte "), "damage offset reported: {err}");
+    // Truncate the log in its last frame: every earlier record is still shown.
+    std::fs::write(&log, &bytes[..len - 5]).expect("write");
+    let out = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), n - 2);
+    assert!(text(&out.stderr).contains("byte "));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = temp_dir("config");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[table]\ncapacity = 1000\n\n[triggers.latency]\nsyn_synack = 5\n",
+    )
+    .expect("write");
+    let out = conntrail(&["config", "check", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{} line 5", bad.display())), "{err}");
+    assert!(err.contains("syn_synack"), "{err}");
+    // The documented default passes its own check.
+    let default = conntrail(&["config", "default"]);
+    let good = dir.join("good.toml");
+    std::fs::write(&good, &default.stdout).expect("write");
+    let out = conntrail(&["config", "check", good.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_capture_is_a_clear_error() {
+    let dir = temp_dir("missing");
+    let out = conntrail(&[
+        "replay",
+        "--log",
+        dir.join("x.log").to_str().expect("utf-8"),
+        dir.join("nope.pcap").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("nope.pcap"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
