@@ -5,9 +5,14 @@ cd "$(dirname "$0")/.."
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# Forensic tests: tshark selects packets to compare with `extract`; a headless Chromium
+# renders the `show --html` page.
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
+        echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
     else
         echo "setup: please install: ${need[*]}" >&2

@@ -23,6 +23,13 @@
 //! println!("{} packets, {} records", summary.packets(), summary.records());
 //! ```
 
+pub mod correlate;
+pub mod diff;
+pub mod ecs;
+pub mod extract;
+pub mod filter;
+pub mod logs;
+pub mod query;
 pub mod replay;
 pub mod show;
 pub mod source;

@@ -1,13 +1,12 @@
 //! The `conntrail` command line.
 
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use engine::replay::{replay, ReplayOptions, ReplaySummary};
-use engine::show;
 use engine::synth::{self, SynthOptions};
 use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
@@ -54,12 +53,7 @@ enum Command {
         pcaps: Vec<PathBuf>,
     },
     /// Decode a log: one block per record, or JSON Lines.
-    Show {
-        log: PathBuf,
-        /// JSON Lines, one object per record.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(engine::show::ShowArgs),
     /// Write a deterministic capture of concurrent flows with known anomalies, and its
     /// ground truth (PCAP.truth.jsonl).
     Synth {
@@ -78,6 +72,16 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         duration_s: f64,
     },
+    /// Select records with an expression; a one-line-per-session table, JSON, or counts.
+    Query(engine::query::QueryArgs),
+    /// A baseline and a problematic connection side by side.
+    Diff(engine::diff::DiffArgs),
+    /// Follow requests through a reverse proxy: front-end and back-end connections.
+    Correlate(engine::correlate::CorrelateArgs),
+    /// Wireshark display filter and BPF filter for one connection.
+    Filter(engine::filter::FilterArgs),
+    /// Write the packets of one connection from captures to a new capture.
+    Extract(engine::extract::ExtractArgs),
     /// Check or print configuration files.
     Config {
         #[command(subcommand)]
@@ -140,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_summary(&summary)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { log, json } => show_log(&log, json),
+        Command::Show(a) => engine::show::run(a),
         Command::Synth {
             output,
             flows,
@@ -167,6 +171,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Query(a) => engine::query::run(a),
+        Command::Diff(a) => engine::diff::run(a),
+        Command::Correlate(a) => engine::correlate::run(a),
+        Command::Filter(a) => engine::filter::run(a),
+        Command::Extract(a) => engine::extract::run(a),
         Command::Config { action } => match action {
             ConfigAction::Default => {
                 print!("{DEFAULT_TOML}");
@@ -186,55 +195,6 @@ fn truth_path(pcap: &Path) -> PathBuf {
     let mut s = pcap.as_os_str().to_owned();
     s.push(".truth.jsonl");
     PathBuf::from(s)
-}
-
-fn show_log(log: &Path, json: bool) -> Result<ExitCode> {
-    let reader = recorder::reader::LogReader::open(log)
-        .with_context(|| format!("opening log {}", log.display()))?;
-    let stdout = io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
-    let mut damaged = 0u64;
-    for item in reader {
-        match item {
-            Ok(frame) => match ring::codec::decode(&frame.payload) {
-                Ok(rec) => {
-                    let written = if json {
-                        writeln!(out, "{}", show::to_json(&rec))
-                    } else {
-                        show::write_text(&mut out, &rec)
-                    };
-                    if let Err(e) = written {
-                        if e.kind() == io::ErrorKind::BrokenPipe {
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                        return Err(e.into());
-                    }
-                }
-                Err(e) => {
-                    damaged += 1;
-                    eprintln!(
-                        "conntrail: {} at byte {}: undecodable record: {e}",
-                        frame.segment.display(),
-                        frame.offset
-                    );
-                }
-            },
-            Err(damage) => {
-                damaged += 1;
-                eprintln!("conntrail: damaged log: {damage}");
-            }
-        }
-    }
-    if let Err(e) = out.flush() {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn print_summary(s: &ReplaySummary) -> Result<()> {

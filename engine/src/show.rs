@@ -3,11 +3,76 @@
 //! The JSON form is a contract other tools rely on (see README): field names and units do
 //! not change without a format version bump.
 
-use std::io::Write;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use flowtable::point::Severity;
 use flowtable::record::{Addr, DirStats, Endpoint, Record};
 use serde_json::{json, Value};
+
+/// Arguments of `conntrail show`.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// The log (its rotated segments are read too).
+    pub log: PathBuf,
+    /// Only these records.
+    pub ids: Vec<u64>,
+    /// JSON Lines, one object per record.
+    #[arg(long)]
+    pub json: bool,
+    /// JSON with Elastic Common Schema field names.
+    #[arg(long)]
+    pub ecs: bool,
+}
+
+pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (log, json) = (args.log, args.json || args.ecs);
+    let records = crate::logs::Records::open(&[log])?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut damaged = 0u64;
+    for item in records {
+        match item {
+            Ok(rec) if !args.ids.is_empty() && !args.ids.contains(&rec.id) => {}
+            Ok(rec) => {
+                let written = if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        if args.ecs {
+                            crate::ecs::to_ecs(&rec)
+                        } else {
+                            to_json(&rec)
+                        }
+                    )
+                } else {
+                    write_text(&mut out, &rec)
+                };
+                if let Err(e) = written {
+                    if e.kind() == io::ErrorKind::BrokenPipe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
+            }
+            Err(damage) => {
+                damaged += 1;
+                eprintln!("conntrail: damaged log: {damage}");
+            }
+        }
+    }
+    if let Err(e) = out.flush() {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    Ok(if damaged > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
 /// One record as the `show --json` object.
 pub fn to_json(rec: &Record<'_>) -> Value {
@@ -90,6 +155,13 @@ pub fn utc_text(ns: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// Nanoseconds since the epoch as RFC 3339 (`2024-01-01T00:00:00.000000001Z`).
+pub fn rfc3339(ns: u64) -> String {
+    let t = utc_text(ns);
+    // `YYYY-MM-DD HH:MM:SS.nnnnnnnnn UTC` -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`
+    format!("{}Z", t.trim_end_matches(" UTC").replacen(' ', "T", 1))
 }
 
 /// A duration in the unit that reads best.
