@@ -272,9 +272,10 @@ pub fn write_text(out: &mut impl Write, rec: &Record<'_>) -> std::io::Result<()>
 fn point_arg_text(kind: flowtable::point::PointKind, arg: u32) -> String {
     use flowtable::point::PointKind as K;
     match kind {
-        K::SynAck | K::HandshakeDone | K::Threshold if arg > 0 => {
+        K::SynAck | K::HandshakeDone if arg > 0 => {
             format!("({})", duration_text(u64::from(arg) * 1000))
         }
+        K::Threshold => format!("(over the {} threshold)", duration_text(u64::from(arg) * 1000)),
         K::FirstData if arg > 0 => format!("(after {})", duration_text(u64::from(arg) * 1000)),
         K::TlsAlert if arg == 0xffff => "(encrypted)".to_string(),
         K::TlsAlert => format!("(level {}, description {})", arg >> 8, arg & 0xff),

@@ -36,7 +36,8 @@ pub enum PointKind {
     Fragment,
     /// TTL / hop limit changed; arg = new TTL.
     TtlChange,
-    /// A threshold was exceeded; arg = the measured value in microseconds or count.
+    /// The measurement of the point just before this one (syn-ack, handshake-done or
+    /// first-data) exceeded a latency threshold; arg = the threshold in microseconds.
     Threshold,
     /// The trail outgrew its arena slot.
     Truncated,

@@ -884,7 +884,8 @@ impl FlowTable {
         }
     }
 
-    /// Adds a threshold point when `value_ns` is over `threshold_ms` (0 = off).
+    /// Adds a threshold point (arg: the threshold in microseconds) right after the point that
+    /// measured `value_ns`, when that is over `threshold_ms` (0 = off).
     fn threshold(
         &mut self,
         idx: u32,
@@ -895,7 +896,8 @@ impl FlowTable {
     ) {
         if let Some(v) = value_ns {
             if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
-                self.point(idx, d, ts_ns, PointKind::Threshold, Severity::Warn, us(v));
+                let threshold_us = (threshold_ms * 1e3).min(f64::from(u32::MAX)) as u32;
+                self.point(idx, d, ts_ns, PointKind::Threshold, Severity::Warn, threshold_us);
             }
         }
     }
