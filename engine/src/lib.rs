@@ -23,15 +23,22 @@
 //! println!("{} packets, {} records", summary.packets(), summary.records());
 //! ```
 
+pub mod conntrace;
 pub mod correlate;
 pub mod diff;
 pub mod ecs;
+pub mod expr;
 pub mod extract;
 pub mod filter;
+pub mod html;
+pub mod live;
 pub mod logs;
 pub mod query;
 pub mod replay;
 pub mod show;
 pub mod source;
+pub mod stats;
 pub mod synth;
+pub mod synth_proxy;
+pub mod timeline;
 pub mod worker;

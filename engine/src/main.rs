@@ -82,6 +82,11 @@ enum Command {
     Filter(engine::filter::FilterArgs),
     /// Write the packets of one connection from captures to a new capture.
     Extract(engine::extract::ExtractArgs),
+    /// Capture live traffic with AF_XDP on the `[[capture]]` queues of the config into a log,
+    /// until SIGINT or SIGTERM.
+    Run(engine::live::RunArgs),
+    /// Print the counters a running (or stopped) `conntrail run` publishes every second.
+    Stats(engine::stats::StatsArgs),
     /// Check or print configuration files.
     Config {
         #[command(subcommand)]
@@ -176,6 +181,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Correlate(a) => engine::correlate::run(a),
         Command::Filter(a) => engine::filter::run(a),
         Command::Extract(a) => engine::extract::run(a),
+        Command::Run(a) => engine::live::run(a),
+        Command::Stats(a) => engine::stats::run(a),
         Command::Config { action } => match action {
             ConfigAction::Default => {
                 print!("{DEFAULT_TOML}");

@@ -1,28 +1,526 @@
-//! `conntrail query`: select records with an expression (being written).
+//! `conntrail query`: the records of one or more logs that satisfy an expression (the
+//! language of [`crate::expr`]), as a one-line-per-session table, JSON Lines (`--json`,
+//! `--ecs`), or a table of counts (`--count-by`).
+//!
+//! Streaming: one record in memory at a time (plus, for the table, the first
+//! [`SIZING_ROWS`] lines held back to size its columns; for `--count-by`, one counter per
+//! distinct value), so a log of millions of records costs no more memory than a small one.
+//! Damaged places of a log are reported on stderr (file and byte offset), skipped, and make
+//! the exit status 1.
+//!
+//! ```text
+//! conntrail query a.log b.log reason=tcp-rst-server and port 443
+//! conntrail query a.log --where 'latency.syn_synack>100ms' --json
+//! conntrail query a.log --count-by server 'state=REJ,S0'
+//! ```
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use flowtable::record::{Addr, CloseReason, ConnState, Flags, Proto, Record};
+use hashbrown::HashMap;
+use serde_json::{json, Value};
+
+use crate::expr::{Expr, ExprErrorKind};
+use crate::logs::Records;
+use crate::show::{duration_text, endpoint_text, utc_text};
+
+/// Lines of the table held back to size its columns; later lines keep those widths (a wider
+/// cell pushes the rest of its line to the right).
+pub const SIZING_ROWS: usize = 100;
 
 /// Arguments of `conntrail query`.
 #[derive(clap::Args, Debug)]
+#[command(override_usage = "conntrail query [OPTIONS] LOG... [EXPR...]")]
+#[command(after_help = "EXPR examples:\n  \
+    reason=tcp-rst-server and port 443\n  \
+    state=REJ,S0 and server net 10.0.0.0/8\n  \
+    latency.syn_synack>100ms or latency.ttfb>1s\n  \
+    s2c.retrans>=3 and time>=2024-05-01T09:00:00Z and time<2024-05-01T10:00:00Z\n  \
+    point tls-alert or (udp and not host 192.0.2.53)\n\
+    Quote words the shell would take (< > ! ( )). The language: README, section `query`.")]
 pub struct QueryArgs {
-    /// Logs, then an optional expression.
-    #[arg(required = true)]
-    pub args: Vec<String>,
-    /// JSON Lines output.
+    /// Logs (the leading arguments that are existing files; each is read with its rotated
+    /// segments), then the expression, its words joined with spaces. Without an expression
+    /// every record is selected.
+    #[arg(required = true, value_name = "LOG|EXPR")]
+    pub args: Vec<OsString>,
+    /// The expression; every positional argument is then a log.
+    #[arg(short = 'e', long = "where", value_name = "EXPR")]
+    pub expr: Option<String>,
+    /// JSON Lines: the `show --json` object of each record, plus `"log"`.
     #[arg(long)]
     pub json: bool,
-    /// JSON with Elastic Common Schema field names.
-    #[arg(long)]
+    /// JSON Lines with Elastic Common Schema field names (the log in `log.file.path`).
+    #[arg(long, conflicts_with = "count_by")]
     pub ecs: bool,
-    /// A summary table counted by this field instead of the records.
-    #[arg(long, value_name = "reason|flags|server|port")]
-    pub count_by: Option<String>,
-    /// Unused placeholder for the log list.
-    #[arg(skip)]
-    pub logs: Vec<PathBuf>,
+    /// Instead of the records, how many records have each value of this field, most
+    /// frequent first, with the total (`port` is the server's port).
+    #[arg(long, value_enum, value_name = "FIELD")]
+    pub count_by: Option<CountBy>,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N", conflicts_with = "count_by")]
+    pub limit: Option<u64>,
 }
 
-pub fn run(_args: QueryArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("query is not built yet")
+/// The field of `--count-by`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountBy {
+    /// Close reason.
+    Reason,
+    /// The whole set of flags of a record (`error,all`).
+    Flags,
+    /// Zeek conn_state (`none` for UDP/ICMP).
+    State,
+    /// tcp, udp or icmp.
+    Proto,
+    /// Client address.
+    Client,
+    /// Server address.
+    Server,
+    /// Server port.
+    Port,
+}
+
+impl CountBy {
+    fn name(self) -> &'static str {
+        match self {
+            CountBy::Reason => "reason",
+            CountBy::Flags => "flags",
+            CountBy::State => "state",
+            CountBy::Proto => "proto",
+            CountBy::Client => "client",
+            CountBy::Server => "server",
+            CountBy::Port => "port",
+        }
+    }
+
+    fn key(self, rec: &Record<'_>) -> Key {
+        match self {
+            CountBy::Reason => Key::Reason(rec.close_reason),
+            CountBy::Flags => Key::Flags(rec.flags),
+            CountBy::State => Key::State(rec.conn_state),
+            CountBy::Proto => Key::Proto(rec.proto),
+            CountBy::Client => Key::Addr(rec.client.ip),
+            CountBy::Server => Key::Addr(rec.server.ip),
+            CountBy::Port => Key::Port(rec.server.port),
+        }
+    }
+}
+
+/// One value counted by `--count-by`: plain data, so counting allocates only for a value
+/// not seen before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Reason(CloseReason),
+    Flags(Flags),
+    State(ConnState),
+    Proto(Proto),
+    Addr(Addr),
+    Port(u16),
+}
+
+impl Key {
+    /// The value as the expression language writes it.
+    fn text(self) -> String {
+        match self {
+            Key::Reason(r) => r.as_str().to_string(),
+            Key::Flags(f) if f.is_empty() => "-".to_string(),
+            Key::Flags(f) => f.names().collect::<Vec<_>>().join(","),
+            Key::State(s) => crate::expr::state_name(s).to_string(),
+            Key::Proto(p) => p.as_str().to_string(),
+            Key::Addr(a) => a.to_string(),
+            Key::Port(p) => p.to_string(),
+        }
+    }
+}
+
+pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let (logs, text) = split_args(&args)?;
+    let expr = match &text {
+        Some(t) => Some(parse_expr(t, args.expr.is_none())?),
+        None => None,
+    };
+    let output = match args.count_by {
+        Some(by) => Output::Count(by, HashMap::new()),
+        None if args.ecs => Output::Json { ecs: true },
+        None if args.json => Output::Json { ecs: false },
+        None => Output::Table(Table::default()),
+    };
+    let mut query = Query {
+        expr,
+        limit: args.limit.unwrap_or(u64::MAX),
+        json_counts: args.json,
+        output,
+        selected: 0,
+        damaged: 0,
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    match query.run(&logs, &mut out) {
+        Ok(()) => {}
+        Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e),
+    }
+    Ok(if query.damaged > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// The logs (leading existing files) and the expression (the rest, or `--where`).
+fn split_args(args: &QueryArgs) -> anyhow::Result<(Vec<PathBuf>, Option<String>)> {
+    let n_logs = args
+        .args
+        .iter()
+        .take_while(|a| Path::new(a).is_file())
+        .count();
+    let (logs, rest) = args.args.split_at(n_logs);
+    let logs: Vec<PathBuf> = logs.iter().map(PathBuf::from).collect();
+    if logs.is_empty() {
+        let first = args.args.first().map(|a| a.to_string_lossy());
+        bail!(
+            "no log given: `{}` is not an existing file",
+            first.unwrap_or_default()
+        );
+    }
+    if let Some(e) = &args.expr {
+        if let Some(extra) = rest.first() {
+            bail!(
+                "`{}` is not an existing file (with --where, every other argument is a log)",
+                extra.to_string_lossy()
+            );
+        }
+        return Ok((logs, Some(e.clone())));
+    }
+    if rest.is_empty() {
+        return Ok((logs, None));
+    }
+    let words: Vec<&str> = rest
+        .iter()
+        .map(|w| {
+            w.to_str()
+                .with_context(|| format!("the expression word {w:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((logs, Some(words.join(" "))))
+}
+
+/// Parses the expression; an error shows it with a caret under the offending column.
+fn parse_expr(text: &str, from_positionals: bool) -> anyhow::Result<Expr> {
+    let e = match Expr::parse(text) {
+        Ok(e) => return Ok(e),
+        Err(e) => e,
+    };
+    let mut message = format!(
+        "bad expression: {e}\n  {text}\n  {}^",
+        " ".repeat(e.column.saturating_sub(1))
+    );
+    if let ExprErrorKind::UnknownWord { word, .. } = &e.kind {
+        if from_positionals && e.column == 1 && (word.contains('/') || word.contains(".log")) {
+            message.push_str(&format!(
+                "\n  (`{word}` is not an existing file, so it was read as the start of the expression)"
+            ));
+        }
+    }
+    bail!(message)
+}
+
+/// What is done with the selected records.
+enum Output {
+    Table(Table),
+    Json { ecs: bool },
+    Count(CountBy, HashMap<Key, u64>),
+}
+
+struct Query {
+    /// `None`: every record.
+    expr: Option<Expr>,
+    limit: u64,
+    /// `--count-by` with `--json`.
+    json_counts: bool,
+    output: Output,
+    selected: u64,
+    damaged: u64,
+}
+
+impl Query {
+    fn run(&mut self, logs: &[PathBuf], out: &mut impl Write) -> anyhow::Result<()> {
+        'logs: for log in logs {
+            if self.selected >= self.limit {
+                break;
+            }
+            let log_text = log.display().to_string();
+            for item in Records::open(std::slice::from_ref(log))? {
+                let rec = match item {
+                    Ok(rec) => rec,
+                    Err(damage) => {
+                        self.damaged += 1;
+                        eprintln!("conntrail: damaged log: {damage}");
+                        continue;
+                    }
+                };
+                if !self.expr.as_ref().is_none_or(|e| e.matches(&rec)) {
+                    continue;
+                }
+                self.selected += 1;
+                self.emit(&rec, &log_text, out)?;
+                if self.selected >= self.limit {
+                    break 'logs;
+                }
+            }
+        }
+        self.finish(out)?;
+        out.flush()?;
+        Ok(())
+    }
+
+    fn emit(&mut self, rec: &Record<'_>, log: &str, out: &mut impl Write) -> io::Result<()> {
+        match &mut self.output {
+            Output::Table(t) => t.row(out, cells(rec, log)),
+            Output::Json { ecs: false } => {
+                let mut doc = crate::show::to_json(rec);
+                doc["log"] = json!(log);
+                write_json_line(out, &doc)
+            }
+            Output::Json { ecs: true } => {
+                let mut doc = crate::ecs::to_ecs(rec);
+                doc["log"]["file"]["path"] = json!(log);
+                write_json_line(out, &doc)
+            }
+            Output::Count(by, counts) => {
+                *counts.entry(by.key(rec)).or_insert(0) += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        match &mut self.output {
+            Output::Table(t) => t.flush(out),
+            Output::Json { .. } => Ok(()),
+            Output::Count(by, counts) => {
+                let mut rows: Vec<(String, u64)> =
+                    counts.iter().map(|(k, n)| (k.text(), *n)).collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                if self.json_counts {
+                    write_counts_json(out, *by, &rows, self.selected)
+                } else {
+                    write_counts(out, *by, &rows, self.selected)
+                }
+            }
+        }
+    }
+}
+
+/// One JSON document and a newline, serialized straight into `out` (several times faster
+/// than through `Display`).
+fn write_json_line(out: &mut impl Write, doc: &Value) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, doc)?;
+    out.write_all(b"\n")
+}
+
+/// `{"count_by": "reason", "total": N, "counts": [{"reason": "...", "count": n}, ...]}`.
+fn write_counts_json(
+    out: &mut impl Write,
+    by: CountBy,
+    rows: &[(String, u64)],
+    total: u64,
+) -> io::Result<()> {
+    let counts: Vec<Value> = rows
+        .iter()
+        .map(|(v, n)| json!({ by.name(): v, "count": n }))
+        .collect();
+    let doc = json!({"count_by": by.name(), "total": total, "counts": counts});
+    write_json_line(out, &doc)
+}
+
+/// A right-aligned count, the share of the total, the value; then the total.
+fn write_counts(
+    out: &mut impl Write,
+    by: CountBy,
+    rows: &[(String, u64)],
+    total: u64,
+) -> io::Result<()> {
+    let width = total.to_string().len().max("COUNT".len());
+    writeln!(
+        out,
+        "{:>width$}  {:>6}  {}",
+        "COUNT",
+        "SHARE",
+        by.name().to_ascii_uppercase()
+    )?;
+    for (value, n) in rows {
+        let share = *n as f64 * 100.0 / total.max(1) as f64;
+        writeln!(out, "{n:>width$}  {share:>5.1}%  {value}")?;
+    }
+    writeln!(out, "{total:>width$}  {:>5.1}%  total", 100.0)
+}
+
+const COLUMNS: usize = 9;
+const HEADER: [&str; COLUMNS] = [
+    "START (UTC)",
+    "DURATION",
+    "PROTO",
+    "CLIENT",
+    "SERVER",
+    "REASON",
+    "STATE",
+    "FLAGS",
+    "RECORD",
+];
+/// Which columns are right-aligned (numbers).
+const RIGHT: [bool; COLUMNS] = [false, true, false, false, false, false, false, false, false];
+
+/// The cells of a record's line: start (UTC, to the microsecond), duration, proto, client,
+/// server, close reason, conn_state, flags, and `LOG:ID` for `show`, `diff`, `filter`.
+fn cells(rec: &Record<'_>, log: &str) -> [String; COLUMNS] {
+    let start = utc_text(rec.start_ns);
+    // `YYYY-MM-DD HH:MM:SS.uuuuuu` of `YYYY-MM-DD HH:MM:SS.nnnnnnnnn UTC`.
+    let start = start.get(..26).unwrap_or(&start).to_string();
+    let flags: Vec<&str> = rec.flags.names().collect();
+    let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    [
+        start,
+        duration_text(rec.duration_ns()),
+        rec.proto.as_str().to_string(),
+        endpoint_text(rec.client.ip, rec.client.port),
+        endpoint_text(rec.server.ip, rec.server.port),
+        rec.close_reason.as_str().to_string(),
+        dash(rec.conn_state.as_str().to_string()),
+        dash(flags.join(",")),
+        format!("{log}:{}", rec.id),
+    ]
+}
+
+/// The one-line-per-session table: the first [`SIZING_ROWS`] lines are held back to size
+/// the columns, then lines are written as they come.
+struct Table {
+    widths: [usize; COLUMNS],
+    held: Vec<[String; COLUMNS]>,
+    started: bool,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table {
+            widths: HEADER.map(str::len),
+            held: Vec::new(),
+            started: false,
+        }
+    }
+}
+
+impl Table {
+    fn row(&mut self, out: &mut impl Write, cells: [String; COLUMNS]) -> io::Result<()> {
+        if self.started {
+            return write_line(out, &self.widths, &cells);
+        }
+        for (w, c) in self.widths.iter_mut().zip(&cells) {
+            *w = (*w).max(c.chars().count());
+        }
+        self.held.push(cells);
+        if self.held.len() >= SIZING_ROWS {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header and the held lines (once).
+    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        write_line(out, &self.widths, &HEADER)?;
+        for cells in std::mem::take(&mut self.held) {
+            write_line(out, &self.widths, &cells)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_line<S: AsRef<str>>(
+    out: &mut impl Write,
+    widths: &[usize; COLUMNS],
+    cells: &[S; COLUMNS],
+) -> io::Result<()> {
+    // Padding from a slice of spaces: much cheaper than `{:<w$}`, which pads a character at
+    // a time.
+    const SPACES: &[u8] = &[b' '; 64];
+    let pad = |out: &mut dyn Write, n: usize| -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(SPACES.len());
+            out.write_all(&SPACES[..k])?;
+            left -= k;
+        }
+        Ok(())
+    };
+    for (i, cell) in cells.iter().enumerate() {
+        let cell = cell.as_ref();
+        let fill = widths[i].saturating_sub(cell.chars().count());
+        if RIGHT[i] {
+            pad(out, fill)?;
+        }
+        out.write_all(cell.as_bytes())?;
+        if i + 1 == COLUMNS {
+            out.write_all(b"\n")?;
+        } else {
+            if !RIGHT[i] {
+                pad(out, fill)?;
+            }
+            out.write_all(b"  ")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_are_sized_by_the_held_rows() {
+        let mut t = Table::default();
+        let mut out = Vec::new();
+        let row = |client: &str| {
+            let mut c: [String; COLUMNS] = HEADER.map(|h| h.to_lowercase());
+            c[3] = client.to_string();
+            c
+        };
+        t.row(&mut out, row("[2001:db8::1]:443")).expect("row");
+        t.row(&mut out, row("10.0.0.1:1")).expect("row");
+        assert!(out.is_empty(), "rows are held until the flush");
+        t.flush(&mut out).expect("flush");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let at = |l: &str| l.find("server").expect("server column");
+        assert_eq!(at(lines[1]), at(lines[2]), "{text}");
+        assert_eq!(lines[0].find("SERVER"), Some(at(lines[1])), "{text}");
+    }
+
+    #[test]
+    fn count_table_has_shares_and_a_total() {
+        let mut out = Vec::new();
+        let rows = vec![
+            ("tcp-rst-server".to_string(), 3),
+            ("shutdown".to_string(), 1),
+        ];
+        write_counts(&mut out, CountBy::Reason, &rows, 4).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "COUNT   SHARE  REASON\n    3   75.0%  tcp-rst-server\n    1   25.0%  shutdown\n    4  100.0%  total\n"
+        );
+    }
 }

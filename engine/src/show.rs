@@ -1,15 +1,41 @@
-//! `conntrail show`: the log decoded as human text (one block per record) or JSON Lines.
+//! `conntrail show`: the log decoded as human text (one block per record: the facts, why
+//! the record was kept in plain words, and a two-lane timeline of its tracking points), as a
+//! self-contained HTML page (`--html`), or as JSON Lines.
 //!
 //! The JSON form is a contract other tools rely on (see README): field names and units do
 //! not change without a format version bump.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flowtable::point::Severity;
+use anyhow::Context;
 use flowtable::record::{Addr, DirStats, Endpoint, Record};
 use serde_json::{json, Value};
+
+use crate::html::HtmlPage;
+use crate::timeline::{self, Paint};
+
+/// When the text output is coloured.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and `NO_COLOR` is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour, given whether stdout is a terminal and the value of `NO_COLOR`.
+    pub fn resolve(self, terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && no_color.is_none_or(|v| v.is_empty()),
+        }
+    }
+}
 
 /// Arguments of `conntrail show`.
 #[derive(clap::Args, Debug)]
@@ -24,12 +50,28 @@ pub struct ShowArgs {
     /// JSON with Elastic Common Schema field names.
     #[arg(long)]
     pub ecs: bool,
+    /// Colour warn (yellow) and error (red) points of the text timeline.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// Write a self-contained HTML page (inline SVG timelines, no scripts, nothing fetched)
+    /// to this file instead of text.
+    #[arg(long, value_name = "OUT.html", conflicts_with_all = ["json", "ecs"])]
+    pub html: Option<PathBuf>,
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let (log, json) = (args.log, args.json || args.ecs);
-    let records = crate::logs::Records::open(&[log])?;
+    if let Some(page) = &args.html {
+        return run_html(&args, page);
+    }
+    let json = args.json || args.ecs;
+    let records = crate::logs::Records::open(std::slice::from_ref(&args.log))?;
     let stdout = io::stdout();
+    let paint = Paint {
+        color: args.color.resolve(
+            stdout.is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ),
+    };
     let mut out = BufWriter::new(stdout.lock());
     let mut damaged = 0u64;
     for item in records {
@@ -47,7 +89,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
                         }
                     )
                 } else {
-                    write_text(&mut out, &rec)
+                    write_text_painted(&mut out, &rec, paint)
                 };
                 if let Err(e) = written {
                     if e.kind() == io::ErrorKind::BrokenPipe {
@@ -67,6 +109,43 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }
+    Ok(if damaged > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `show --html OUT`: the selected records as one page, written as they are read.
+fn run_html(args: &ShowArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let records = crate::logs::Records::open(std::slice::from_ref(&args.log))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut page = HtmlPage::start(BufWriter::new(file), &args.log.display().to_string())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let (mut shown, mut damaged) = (0u64, 0u64);
+    for item in records {
+        let written = match item {
+            Ok(rec) if !args.ids.is_empty() && !args.ids.contains(&rec.id) => continue,
+            Ok(rec) => {
+                shown += 1;
+                page.record(&rec)
+            }
+            Err(damage) => {
+                damaged += 1;
+                eprintln!("conntrail: damaged log: {damage}");
+                page.damage(&damage)
+            }
+        };
+        written.with_context(|| format!("writing {}", path.display()))?;
+    }
+    page.finish()
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{shown} record{} written to {}",
+        if shown == 1 { "" } else { "s" },
+        path.display()
+    );
     Ok(if damaged > 0 {
         ExitCode::from(1)
     } else {
@@ -181,17 +260,20 @@ fn opt_duration(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".to_string(), duration_text)
 }
 
-fn dir_text(d: &DirStats) -> String {
-    format!(
-        "{} pkts, {} bytes ({} payload); retrans {}, out-of-order {}, dup-ack {}, zero-window {}",
-        d.pkts, d.bytes, d.payload, d.retrans, d.out_of_order, d.dup_ack, d.zero_window
-    )
+/// Writes one record as a human-readable block, without colour.
+pub fn write_text(out: &mut impl Write, rec: &Record<'_>) -> std::io::Result<()> {
+    write_text_painted(out, rec, Paint::default())
 }
 
-/// Writes one record as a human-readable block.
-pub fn write_text(out: &mut impl Write, rec: &Record<'_>) -> std::io::Result<()> {
-    writeln!(
-        out,
+/// Writes one record as a human-readable block: the header (addresses and close reason,
+/// times, state and flags), why it was kept in plain words, the counters and latencies,
+/// then the two-lane timeline of its tracking points.
+pub fn write_text_painted(
+    out: &mut impl Write,
+    rec: &Record<'_>,
+    paint: Paint,
+) -> std::io::Result<()> {
+    let title = format!(
         "record {} {} {} -> {}: {} ({})",
         rec.id,
         rec.proto.as_str(),
@@ -199,7 +281,9 @@ pub fn write_text(out: &mut impl Write, rec: &Record<'_>) -> std::io::Result<()>
         endpoint_text(rec.server.ip, rec.server.port),
         rec.close_reason.in_words(),
         rec.close_reason.as_str()
-    )?;
+    );
+    writeln!(out, "{}", paint.bold(&title))?;
+    writeln!(out, "  why kept: {}", timeline::explain(rec))?;
     let flags: Vec<&str> = rec.flags.names().collect();
     let mut extra = String::new();
     if !rec.vlans.is_empty() {
@@ -230,67 +314,29 @@ pub fn write_text(out: &mut impl Write, rec: &Record<'_>) -> std::io::Result<()>
     }
     writeln!(out, "  c2s {}", dir_text(&rec.c2s))?;
     writeln!(out, "  s2c {}", dir_text(&rec.s2c))?;
+    writeln!(out, "  latency {}", latency_text(rec))?;
+    timeline::write_ladder(out, rec, paint)?;
+    writeln!(out)
+}
+
+/// The four latencies of a record in one line.
+pub fn latency_text(rec: &Record<'_>) -> String {
     let l = &rec.latency;
-    writeln!(
-        out,
-        "  latency syn->syn-ack {}, syn-ack->ack {}, first response byte {}, largest stall {}",
+    format!(
+        "syn->syn-ack {}, syn-ack->ack {}, first response byte {}, largest stall {}",
         opt_duration(l.syn_synack_ns),
         opt_duration(l.synack_ack_ns),
         opt_duration(l.ttfb_ns),
         opt_duration(l.max_stall_ns)
-    )?;
-    writeln!(
-        out,
-        "  tracking points ({} kept, {} dropped):",
-        rec.points.len(),
-        rec.points_dropped
-    )?;
-    for (i, p) in rec.points.iter().enumerate() {
-        let mark = if rec.irregular_point == Some(i as u16) {
-            ">>"
-        } else {
-            "  "
-        };
-        let sev = match p.severity {
-            Severity::Info => "",
-            Severity::Warn => " [warn]",
-            Severity::Error => " [error]",
-        };
-        writeln!(
-            out,
-            "  {mark} +{:>14}  {}  {}{} {}",
-            duration_text(p.t_ns),
-            p.dir.as_str(),
-            p.kind.as_str(),
-            sev,
-            point_arg_text(p.kind, p.arg)
-        )?;
-    }
-    writeln!(out)
+    )
 }
 
-fn point_arg_text(kind: flowtable::point::PointKind, arg: u32) -> String {
-    use flowtable::point::PointKind as K;
-    match kind {
-        K::SynAck | K::HandshakeDone if arg > 0 => {
-            format!("({})", duration_text(u64::from(arg) * 1000))
-        }
-        K::Threshold => format!("(over the {} threshold)", duration_text(u64::from(arg) * 1000)),
-        K::FirstData if arg > 0 => format!("(after {})", duration_text(u64::from(arg) * 1000)),
-        K::TlsAlert if arg == 0xffff => "(encrypted)".to_string(),
-        K::TlsAlert => format!("(level {}, description {})", arg >> 8, arg & 0xff),
-        K::IcmpError => format!("(type {}, code {})", arg >> 8, arg & 0xff),
-        K::TlsServerHello => format!("(version 0x{arg:04x})"),
-        K::TlsClientHello => format!("(sni hash {arg:08x})"),
-        K::Retransmission | K::OutOfOrder => format!("(seq {arg})"),
-        K::Truncated => format!("({arg} points dropped here)"),
-        K::TtlChange => format!("(ttl {arg})"),
-        K::VlanChange => format!("(vlan {arg})"),
-        K::SynRetransmission => format!("(SYN #{arg})"),
-        K::BadFlags => format!("(flags 0x{arg:02x})"),
-        K::DupAck => format!("({arg} in a row)"),
-        _ => String::new(),
-    }
+/// A direction's counters in one line.
+pub fn dir_text(d: &DirStats) -> String {
+    format!(
+        "{} pkts, {} bytes ({} payload); retrans {}, out-of-order {}, dup-ack {}, zero-window {}",
+        d.pkts, d.bytes, d.payload, d.retrans, d.out_of_order, d.dup_ack, d.zero_window
+    )
 }
 
 #[cfg(test)]
@@ -308,6 +354,18 @@ mod tests {
             utc_text(951_782_400_000_000_000),
             "2000-02-29 00:00:00.000000000 UTC"
         );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let empty = std::ffi::OsStr::new("");
+        let one = std::ffi::OsStr::new("1");
+        assert!(ColorChoice::Auto.resolve(true, None));
+        assert!(ColorChoice::Auto.resolve(true, Some(empty)));
+        assert!(!ColorChoice::Auto.resolve(true, Some(one)));
+        assert!(!ColorChoice::Auto.resolve(false, None));
+        assert!(ColorChoice::Always.resolve(false, Some(one)));
+        assert!(!ColorChoice::Never.resolve(true, None));
     }
 
     #[test]

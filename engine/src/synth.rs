@@ -94,49 +94,49 @@ pub const EPOCH_NS: u64 = 1_704_067_200 * NS_PER_S;
 /// The most flows one capture can hold with unique client/server address pairs.
 pub const MAX_FLOWS: u64 = FLOWS_PER_CLIENT * CLIENT_ADDRS;
 
-const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_S: u64 = 1_000_000_000;
-const NS_PER_US: u64 = 1_000;
+pub(crate) const NS_PER_MS: u64 = 1_000_000;
+pub(crate) const NS_PER_S: u64 = 1_000_000_000;
+pub(crate) const NS_PER_US: u64 = 1_000;
 
 /// Client addresses 10.0.0.1 to 10.255.255.254.
 const CLIENT_ADDRS: u64 = (1 << 24) - 2;
 /// Each client address opens this many flows, each to another server address.
 const FLOWS_PER_CLIENT: u64 = 4;
 
-const ETH_HDR: usize = 14;
+pub(crate) const ETH_HDR: usize = 14;
 const VLAN_TAG: usize = 4;
-const IPV4_HDR: usize = 20;
-const IPV6_HDR: usize = 40;
-const TCP_HDR: usize = 20;
+pub(crate) const IPV4_HDR: usize = 20;
+pub(crate) const IPV6_HDR: usize = 40;
+pub(crate) const TCP_HDR: usize = 20;
 const UDP_HDR: usize = 8;
 const ICMP_HDR: usize = 8;
 /// The longest headers a frame can have: Ethernet, 802.1Q, IPv6, TCP.
 const MAX_HDRS: usize = ETH_HDR + VLAN_TAG + IPV6_HDR + TCP_HDR;
 /// Largest frame written: a full-size segment in a tagged frame.
 const FRAME_MAX: usize = ETH_HDR + VLAN_TAG + 1500;
-const PCAP_SNAPLEN: u32 = 65_535;
+pub(crate) const PCAP_SNAPLEN: u32 = 65_535;
 
 /// TCP payload of a full-size segment (1500-byte MTU, no TCP options).
-const MSS_V4: u16 = 1460;
-const MSS_V6: u16 = 1440;
+pub(crate) const MSS_V4: u16 = 1460;
+pub(crate) const MSS_V6: u16 = 1440;
 /// Bytes of an ICMP echo's payload (ping's default).
 const ECHO_PAYLOAD: u16 = 56;
 
-const WINDOW_CLIENT: u16 = 64_240;
-const WINDOW_SERVER: u16 = 65_160;
+pub(crate) const WINDOW_CLIENT: u16 = 64_240;
+pub(crate) const WINDOW_SERVER: u16 = 65_160;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_PSH: u8 = 0x08;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const PROTO_ICMPV6: u8 = 58;
 
-const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
+pub(crate) const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
 
 /// Fixed delays of the anomalous scripts.
 const SLOW_SYN_SYNACK_NS: u64 = 250 * NS_PER_MS;
@@ -511,41 +511,41 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
 
 /// splitmix64: small, fast, and good enough for traffic shapes.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64, stream: u64) -> Rng {
+    pub(crate) fn new(seed: u64, stream: u64) -> Rng {
         Rng(mix64(
             seed ^ mix64(stream.wrapping_add(0x5851_f42d_4c95_7f2d)),
         ))
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.0)
     }
 
     /// Uniform in `[0, n)`; 0 when `n` is 0.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
     /// Uniform in `[lo, hi]`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi.saturating_sub(lo) + 1)
     }
 
     /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
 
     /// Log-uniform in `[lo, hi]`: as many short RTTs per decade as long ones.
-    fn log_between(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn log_between(&mut self, lo: u64, hi: u64) -> u64 {
         let (lo_f, hi_f) = (lo as f64, hi as f64);
         (lo_f * (hi_f / lo_f).powf(self.unit())) as u64
     }
@@ -1548,16 +1548,16 @@ fn encode(flow: &Flow, dir: Dir, l4: L4, payload: u16, ip_id: u16, frame: &mut [
     hdr_end + usize::from(payload)
 }
 
-fn put16(frame: &mut [u8], at: usize, v: u16) {
+pub(crate) fn put16(frame: &mut [u8], at: usize, v: u16) {
     frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-fn put32(frame: &mut [u8], at: usize, v: u32) {
+pub(crate) fn put32(frame: &mut [u8], at: usize, v: u32) {
     frame[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
 /// Sum of big-endian 16-bit words (an odd last byte is padded with zero).
-fn sum16(bytes: &[u8]) -> u32 {
+pub(crate) fn sum16(bytes: &[u8]) -> u32 {
     let mut words = bytes.chunks_exact(2);
     let mut sum: u32 = words
         .by_ref()
@@ -1570,7 +1570,7 @@ fn sum16(bytes: &[u8]) -> u32 {
 }
 
 /// The Internet checksum of a word sum (RFC 1071).
-fn checksum(mut sum: u32) -> u16 {
+pub(crate) fn checksum(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

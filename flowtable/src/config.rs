@@ -286,6 +286,177 @@ impl Override {
     }
 }
 
+/// How an AF_XDP socket is attached to its queue: the XDP mode (native = in the driver,
+/// generic = on the kernel's socket buffers) and whether frames are DMA'd straight into the
+/// UMEM (zero-copy) or copied there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureMode {
+    /// Native zero-copy, else native copy, else generic copy: the fastest mode the driver has.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: zero-copy, else copy.
+    Native,
+    /// Native zero-copy only; an error if the driver cannot.
+    ZeroCopy,
+    /// Generic (SKB) copy mode only: any interface, slowest.
+    Generic,
+}
+
+impl CaptureMode {
+    /// The text form used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Native => "native",
+            CaptureMode::ZeroCopy => "zero-copy",
+            CaptureMode::Generic => "generic",
+        }
+    }
+}
+
+/// One `[[capture]]` entry: AF_XDP sockets on some receive queues of one interface, one
+/// socket and one worker per queue, each worker pinned to its core.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capture {
+    /// The network interface (as `ip link` names it).
+    pub interface: String,
+    /// Receive queues, one socket and one worker each.
+    pub queues: Vec<u32>,
+    /// The core of each queue's worker, in the order of `queues`; empty: not pinned.
+    pub cores: Vec<usize>,
+    pub mode: CaptureMode,
+    /// UMEM frames per socket (`frames * frame_size` bytes are locked in memory).
+    pub frames: u32,
+    /// Bytes per UMEM frame: 2048 or 4096; a frame holds one received packet.
+    pub frame_size: u32,
+    /// Back the UMEM with huge pages (they must be reserved: `vm.nr_hugepages`).
+    pub huge_pages: bool,
+    /// Descriptors in the fill, completion and RX rings (powers of two).
+    pub fill_ring: u32,
+    pub completion_ring: u32,
+    pub rx_ring: u32,
+    /// Frames taken from the RX ring at a time.
+    pub batch: u32,
+    /// Busy polling: microseconds the kernel may spin on the queue per poll; 0 is off.
+    pub busy_poll_us: u32,
+    /// Where each key was found in the file (for errors found at start, such as an
+    /// interface that does not exist); `[[capture]]` is the entry's header line.
+    #[serde(skip)]
+    pub lines: Vec<(String, usize)>,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            interface: String::new(),
+            queues: vec![0],
+            cores: Vec::new(),
+            mode: CaptureMode::Auto,
+            frames: 4096,
+            frame_size: 4096,
+            huge_pages: false,
+            fill_ring: 2048,
+            completion_ring: 2048,
+            rx_ring: 2048,
+            batch: 64,
+            busy_poll_us: 0,
+            lines: Vec::new(),
+        }
+    }
+}
+
+impl Capture {
+    /// The line of `key` in this entry, else of the entry's header, when parsed from a file.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        let find = |k: &str| self.lines.iter().find(|(n, _)| n == k).map(|(_, l)| *l);
+        find(key).or_else(|| find("[[capture]]"))
+    }
+
+    /// Bytes of UMEM one socket of this entry registers (and locks in memory).
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.frames) * u64::from(self.frame_size)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name = &self.interface;
+        if name.is_empty() {
+            return Err((
+                "interface",
+                "missing: name the interface to capture on, e.g. interface = \"eth0\"".into(),
+            ));
+        }
+        if name.len() > 15 || name.contains(['/', ' ', '\t']) || name == "." || name == ".." {
+            return Err(("interface", format!("`{name}` is not an interface name")));
+        }
+        if self.queues.is_empty() {
+            return Err(("queues", "list at least one receive queue, e.g. [0]".into()));
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            if self.queues[..i].contains(q) {
+                return Err(("queues", format!("queue {q} is listed twice")));
+            }
+        }
+        if !self.cores.is_empty() && self.cores.len() != self.queues.len() {
+            return Err((
+                "cores",
+                format!(
+                    "{} cores for {} queues: give one core per queue, or none to leave the \
+                     workers unpinned",
+                    self.cores.len(),
+                    self.queues.len()
+                ),
+            ));
+        }
+        if self.frame_size != 2048 && self.frame_size != 4096 {
+            return Err((
+                "frame_size",
+                format!("must be 2048 or 4096, not {}", self.frame_size),
+            ));
+        }
+        for (key, v) in [
+            ("fill_ring", self.fill_ring),
+            ("completion_ring", self.completion_ring),
+            ("rx_ring", self.rx_ring),
+        ] {
+            if !v.is_power_of_two() || !(64..=65536).contains(&v) {
+                return Err((
+                    key,
+                    format!("must be a power of two from 64 to 65536, not {v}"),
+                ));
+            }
+        }
+        if self.batch == 0 || self.batch > self.rx_ring.min(self.fill_ring) || self.batch > 4096 {
+            return Err((
+                "batch",
+                format!(
+                    "must be from 1 to the smaller of rx_ring and fill_ring (and at most \
+                     4096), not {}",
+                    self.batch
+                ),
+            ));
+        }
+        if self.frames < self.fill_ring || self.frames > 1 << 22 {
+            return Err((
+                "frames",
+                format!(
+                    "must be at least fill_ring ({}) so the fill ring can be kept full, and at \
+                     most 4194304; not {}",
+                    self.fill_ring, self.frames
+                ),
+            ));
+        }
+        if self.busy_poll_us > 1_000_000 {
+            return Err((
+                "busy_poll_us",
+                format!("at most 1000000 microseconds, not {}", self.busy_poll_us),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
@@ -295,6 +466,8 @@ pub struct Config {
     pub log: LogConfig,
     pub triggers: Triggers,
     pub overrides: Vec<Override>,
+    /// Live capture: AF_XDP sockets for `conntrail run` (none by default).
+    pub captures: Vec<Capture>,
 }
 
 impl Config {
@@ -333,8 +506,10 @@ impl Config {
             log: file.log,
             triggers: file.triggers,
             overrides: Vec::new(),
+            captures: Vec::new(),
         };
         cfg.validate().map_err(|(key, m)| err(key, m))?;
+        cfg.captures = parse_captures(file.captures, text, origin)?;
         let raw_overrides = raw
             .get("override")
             .and_then(|v| v.as_array())
@@ -445,6 +620,8 @@ struct ConfigFile {
     triggers: Triggers,
     #[serde(rename = "override")]
     overrides: Vec<OverrideFile>,
+    #[serde(rename = "capture")]
+    captures: Vec<Capture>,
 }
 
 #[derive(Deserialize, Default)]
@@ -467,6 +644,103 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
+}
+
+/// Validates the `[[capture]]` entries and notes where each key sits in the file.
+fn parse_captures(
+    mut captures: Vec<Capture>,
+    text: &str,
+    origin: &str,
+) -> Result<Vec<Capture>, ConfigError> {
+    const KEYS: [&str; 12] = [
+        "interface",
+        "queues",
+        "cores",
+        "mode",
+        "frames",
+        "frame_size",
+        "huge_pages",
+        "fill_ring",
+        "completion_ring",
+        "rx_ring",
+        "batch",
+        "busy_poll_us",
+    ];
+    let headers: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.trim_start()
+                .strip_prefix("[[")
+                .and_then(|r| r.trim_start().strip_prefix("capture"))
+                .is_some_and(|r| r.trim_start().starts_with("]]"))
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, c) in captures.iter_mut().enumerate() {
+        if let Some(&header) = headers.get(i) {
+            c.lines.push(("[[capture]]".to_string(), header));
+            // The entry's keys run up to the next table header.
+            for (n, l) in lines.iter().enumerate().skip(header) {
+                let l = l.trim_start();
+                if l.starts_with('[') {
+                    break;
+                }
+                for key in KEYS {
+                    if l.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                    {
+                        c.lines.push((key.to_string(), n + 1));
+                    }
+                }
+            }
+        }
+        let entry_err = |c: &Capture, key: &str, message: String| ConfigError {
+            origin: origin.to_string(),
+            line: c.line_of(key),
+            message: format!("[[capture]] {} key `{key}`: {message}", i + 1),
+        };
+        c.validate().map_err(|(key, m)| entry_err(c, key, m))?;
+    }
+    for (i, c) in captures.iter().enumerate() {
+        for earlier in &captures[..i] {
+            if earlier.interface != c.interface {
+                continue;
+            }
+            if let Some(q) = c.queues.iter().find(|q| earlier.queues.contains(q)) {
+                return Err(ConfigError {
+                    origin: origin.to_string(),
+                    line: c.line_of("queues"),
+                    message: format!(
+                        "[[capture]] {} key `queues`: queue {q} of {} is already captured by an \
+                         earlier entry",
+                        i + 1,
+                        c.interface
+                    ),
+                });
+            }
+        }
+    }
+    let all_cores: Vec<(usize, usize)> = captures
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.cores.iter().map(move |core| (i, *core)))
+        .collect();
+    for (n, (i, core)) in all_cores.iter().enumerate() {
+        if all_cores[..n].iter().any(|(_, c)| c == core) {
+            return Err(ConfigError {
+                origin: origin.to_string(),
+                line: captures[*i].line_of("cores"),
+                message: format!(
+                    "[[capture]] {} key `cores`: core {core} is given to two workers; each \
+                     worker needs a core of its own",
+                    i + 1
+                ),
+            });
+        }
+    }
+    Ok(captures)
 }
 
 fn merge(base: &mut toml::Value, patch: &toml::Value) {
@@ -498,6 +772,8 @@ mod tests {
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(cfg.triggers, Triggers::default());
         assert!(cfg.overrides.is_empty());
+        assert!(cfg.captures.is_empty());
+        assert_eq!(cfg, Config::default());
     }
 
     #[test]
@@ -564,6 +840,92 @@ syn_synack_ms = 300
         let text = "[[override]]\nports = [53]\n[override.triggers.latency]\nttbf_ms = 5\n";
         let e = Config::parse(text, "c.toml").unwrap_err();
         assert_eq!(e.line, Some(4));
+    }
+
+    /// The commented `[[capture]]` example of the default file, uncommented.
+    fn documented_capture_example() -> String {
+        let start = DEFAULT_TOML
+            .find("# [[capture]]")
+            .expect("example in default.toml");
+        DEFAULT_TOML[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn documented_capture_example_parses_to_the_defaults() {
+        let cfg = Config::parse(&documented_capture_example(), "example.toml").expect("parses");
+        let c = &cfg.captures[0];
+        assert_eq!(c.interface, "eth0");
+        assert_eq!(c.cores, vec![1]);
+        let defaults = Capture {
+            interface: c.interface.clone(),
+            cores: c.cores.clone(),
+            lines: c.lines.clone(),
+            ..Capture::default()
+        };
+        assert_eq!(*c, defaults);
+        assert_eq!(c.line_of("[[capture]]"), Some(1));
+        assert_eq!(c.line_of("interface"), Some(2));
+    }
+
+    #[test]
+    fn capture_errors_name_file_line_and_key() {
+        let text = "[table]\ncapacity = 10\n\n[[capture]]\nqueues = [0, 1]\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(
+            e.line,
+            Some(4),
+            "missing interface: the entry's header; {e}"
+        );
+        assert!(e.message.contains("`interface`"), "{e}");
+
+        let text = "[[capture]]\ninterface = \"eth0\"\nqueues = [0, 1]\ncores = [1]\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("`cores`"), "{e}");
+
+        let text = "[[capture]]\ninterface = \"eth0\"\n\n[[capture]]\ninterface = \"eth1\"\nrx_ring = 1000\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml line 6: [[capture]] 2 key `rx_ring`"),
+            "{e}"
+        );
+
+        let text = "[[capture]]\ninterface = \"eth0\"\nmode = \"fast\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+
+        let text = "[[capture]]\ninterface = \"eth0\"\nqueue = [0]\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(3), "unknown key; {e}");
+    }
+
+    #[test]
+    fn captures_may_not_share_a_queue_or_a_core() {
+        let text = "[[capture]]\ninterface = \"eth0\"\nqueues = [0, 1]\n\n\
+                    [[capture]]\ninterface = \"eth0\"\nqueues = [1]\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("queue 1 of eth0"), "{e}");
+
+        let text = "[[capture]]\ninterface = \"eth0\"\ncores = [1]\n\n\
+                    [[capture]]\ninterface = \"eth1\"\ncores = [1]\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("core 1"), "{e}");
+
+        let text = "[[capture]]\ninterface = \"eth0\"\nqueues = [0, 1]\ncores = [0, 1]\n\n\
+                    [[capture]]\ninterface = \"eth1\"\n";
+        let cfg = Config::parse(text, "c.toml").expect("parses");
+        assert_eq!(cfg.captures.len(), 2);
+        assert_eq!(cfg.captures[1].queues, vec![0]);
+        assert_eq!(cfg.captures[0].umem_bytes(), 16 << 20);
     }
 
     #[test]

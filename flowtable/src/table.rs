@@ -897,7 +897,14 @@ impl FlowTable {
         if let Some(v) = value_ns {
             if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
                 let threshold_us = (threshold_ms * 1e3).min(f64::from(u32::MAX)) as u32;
-                self.point(idx, d, ts_ns, PointKind::Threshold, Severity::Warn, threshold_us);
+                self.point(
+                    idx,
+                    d,
+                    ts_ns,
+                    PointKind::Threshold,
+                    Severity::Warn,
+                    threshold_us,
+                );
             }
         }
     }

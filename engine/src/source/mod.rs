@@ -2,6 +2,7 @@
 //! steady-state delivery allocates nothing.
 
 pub mod pcap;
+pub mod xdp;
 
 use flowtable::packet::LinkType;
 

@@ -146,7 +146,9 @@ pub fn read_capture(
     Ok(stats)
 }
 
-fn ng_ts_ns(high: u32, low: u32, resolution: u64, offset_s: i64) -> u64 {
+/// A pcapng timestamp (`high`/`low` units of `1/resolution` s, plus the interface's
+/// `offset_s`) as ns since the epoch, exactly as replay computes it.
+pub fn ng_ts_ns(high: u32, low: u32, resolution: u64, offset_s: i64) -> u64 {
     let units = u64::from(high) << 32 | u64::from(low);
     let resolution = resolution.max(1);
     let secs = units / resolution;

@@ -1,0 +1,907 @@
+//! Live capture: `conntrail run`, AF_XDP sockets through pinned workers into the log.
+//!
+//! Every `[[capture]]` entry of the configuration names an interface and some of its
+//! receive queues; each queue gets an [`XdpSocket`] and a [`Worker`] on a thread of its own,
+//! pinned to the entry's core for it. The worker thread pins itself, opens its socket (so the
+//! UMEM is touched first on its own core) and then loops: take a batch from the RX ring, read
+//! the clock once, feed every frame to the worker, give the frames back to the fill ring.
+//! When the RX ring stays empty it waits in `poll(2)` and ticks the worker with the clock, so
+//! idle flows still age out. The same recorder thread as in replay drains the workers' rings
+//! into the log.
+//!
+//! Time: aging runs on the monotonic clock and record timestamps are ns since the epoch.
+//! Both come from one reading per batch: the realtime clock is read once at start, and a
+//! batch's time is that plus the monotonic time elapsed since, so timestamps never go
+//! backwards even when the wall clock is stepped (they do not follow a step either).
+//!
+//! Counters: each worker copies its counters (and reads the kernel's counters of its socket)
+//! into a slot of its own once a second; a stats thread writes the slots to the stats file
+//! ([`crate::stats`]). Nothing is shared per packet.
+//!
+//! Stopping: SIGINT or SIGTERM (a second one kills at once) stops the loops; each worker
+//! takes what is still in its RX ring, closes every open flow with reason `shutdown`, and
+//! the recorder drains the rings and flushes the log.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use std::sync::Arc;
+//! use engine::live::{live, LiveOptions};
+//! use flowtable::config::Config;
+//! use flowtable::table::RecordMode;
+//!
+//! let text = std::fs::read_to_string("/etc/conntrail.toml").unwrap();
+//! let cfg = Config::parse(&text, "/etc/conntrail.toml").unwrap();
+//! let opts = LiveOptions {
+//!     mode: RecordMode::Anomalous,
+//!     log: "tracker.log".into(),
+//!     stats: "tracker.log.stats.json".into(),
+//!     config_name: "/etc/conntrail.toml".into(),
+//! };
+//! let stop = Arc::new(AtomicBool::new(false));
+//! let summary = live(&cfg, &opts, &stop, |line| println!("{line}")).unwrap();
+//! println!("{} packets", summary.packets());
+//! ```
+
+use std::fmt::Display;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::ValueEnum;
+use crossbeam_channel::bounded;
+use flowtable::config::{Capture, Config};
+use flowtable::packet::LinkType;
+use flowtable::record::CloseReason;
+use flowtable::table::RecordMode;
+use recorder::writer::LogWriter;
+
+use crate::source::xdp::{self, KernelStats, SocketCounters, XdpSocket};
+use crate::stats::{self, RunState, SocketStats, StatsFile, STATS_VERSION};
+use crate::worker::{Worker, WorkerStats};
+
+/// Which connections to record.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RecordArg {
+    /// Only connections that tripped a trigger.
+    Anomalous,
+    /// Every connection (flag `all` added).
+    All,
+}
+
+/// `conntrail run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Configuration file (TOML) with the thresholds and the `[[capture]]` entries.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Which connections to record.
+    #[arg(long, value_enum, default_value_t = RecordArg::Anomalous)]
+    pub record: RecordArg,
+    /// The log to write (rotated segments are LOG.1, LOG.2, ...).
+    #[arg(long)]
+    pub log: PathBuf,
+    /// Where to publish counters every second (default: LOG.stats.json).
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+}
+
+/// What to run and where to write.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    pub mode: RecordMode,
+    pub log: PathBuf,
+    pub stats: PathBuf,
+    /// The configuration file's name, for errors that point into it.
+    pub config_name: String,
+}
+
+/// One socket and its worker at the end of a run.
+#[derive(Clone, Debug, Default)]
+pub struct SocketSummary {
+    pub interface: String,
+    pub queue: u32,
+    pub mode: String,
+    /// Faster modes tried first, with why they failed.
+    pub fallbacks: Vec<String>,
+    pub counters: SocketCounters,
+    pub kernel: KernelStats,
+    pub worker: WorkerStats,
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSummary {
+    pub sockets: Vec<SocketSummary>,
+    pub records_written: u64,
+    pub log_bytes: u64,
+    pub log_segments: u32,
+    pub elapsed: Duration,
+}
+
+impl LiveSummary {
+    pub fn packets(&self) -> u64 {
+        self.sockets.iter().map(|s| s.counters.frames).sum()
+    }
+
+    pub fn flows(&self) -> u64 {
+        self.sockets
+            .iter()
+            .map(|s| s.worker.table.flows_created)
+            .sum()
+    }
+
+    pub fn ring_drops(&self) -> u64 {
+        self.sockets.iter().map(|s| s.worker.ring_drops).sum()
+    }
+}
+
+/// `conntrail run`: until SIGINT or SIGTERM, then the summary.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let Some(config) = args.config.as_deref() else {
+        bail!(
+            "conntrail run needs --config FILE with a [[capture]] entry per interface \
+             (`conntrail config default` documents it)"
+        );
+    };
+    let name = config.display().to_string();
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading config {name}"))?;
+    let cfg = Config::parse(&text, &name)?;
+    let opts = LiveOptions {
+        mode: match args.record {
+            RecordArg::Anomalous => RecordMode::Anomalous,
+            RecordArg::All => RecordMode::All,
+        },
+        stats: args.stats.unwrap_or_else(|| stats::default_path(&args.log)),
+        log: args.log,
+        config_name: name,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    signals::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let watcher = {
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name("conntrail-signal".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if signals::received() {
+                        stop.store(true, Ordering::Release);
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .context("starting the signal thread")?
+    };
+    let result = live(&cfg, &opts, &stop, |line| {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    });
+    stop.store(true, Ordering::Release);
+    let _ = watcher.join();
+    let summary = result?;
+    print_summary(&summary, &opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One planned socket: which entry, which queue, which core, which worker.
+struct Plan {
+    worker: u16,
+    entry: usize,
+    queue: u32,
+    core: Option<usize>,
+}
+
+/// What a worker thread says once it is pinned and its socket is open.
+struct Ready {
+    mode: String,
+    fallbacks: Vec<String>,
+    core: Option<usize>,
+}
+
+/// The per-worker slot of published counters.
+#[derive(Clone, Copy, Default)]
+struct Published {
+    counters: SocketCounters,
+    kernel: KernelStats,
+    stats: Option<WorkerCounters>,
+}
+
+/// The parts of [`WorkerStats`] the stats file shows (plain integers: copying them in the
+/// slot allocates nothing).
+#[derive(Clone, Copy, Default)]
+struct WorkerCounters {
+    malformed: u64,
+    flows: u64,
+    flows_closed: u64,
+    records: u64,
+    ring_drops: u64,
+    evictions: u64,
+}
+
+impl WorkerCounters {
+    fn of(s: &WorkerStats) -> WorkerCounters {
+        WorkerCounters {
+            malformed: s.malformed_total(),
+            flows: s.table.flows_created,
+            flows_closed: s.table.flows_closed.iter().sum(),
+            records: s.records,
+            ring_drops: s.ring_drops,
+            evictions: s.table.evictions,
+        }
+    }
+}
+
+type Slot = Arc<Mutex<Published>>;
+
+/// How often workers publish and the stats file is written.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// Empty looks at the RX ring before a worker waits in `poll(2)`.
+const IDLE_SPINS: u32 = 2048;
+/// Longest wait for traffic: the worker ticks its flow table at least this often.
+const IDLE_WAIT_MS: i32 = 50;
+
+/// Runs the `[[capture]]` entries of `cfg` until `stop` is set; `say` gets a line per
+/// socket once they are all open.
+pub fn live(
+    cfg: &Config,
+    opts: &LiveOptions,
+    stop: &Arc<AtomicBool>,
+    mut say: impl FnMut(String),
+) -> Result<LiveSummary> {
+    let started = Instant::now();
+    let plans = plan(cfg, &opts.config_name)?;
+    let ring_dir = PathBuf::from(&cfg.ring.dir);
+    let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
+        .with_context(|| format!("creating log {}", opts.log.display()))?;
+    let clock = Clock::new();
+    let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
+    let mut consumers = Vec::new();
+    let mut ring_paths = Vec::new();
+    let mut handles: Vec<JoinHandle<Option<SocketSummary>>> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    let cleanup = |paths: &[PathBuf]| {
+        for p in paths {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    for p in &plans {
+        let path = ring_dir.join(format!(
+            "conntrail-{}-{}.ring",
+            std::process::id(),
+            p.worker
+        ));
+        let created = ring::create(&path, cfg.ring.bytes as usize);
+        let (producer, consumer) = match created {
+            Ok(pc) => pc,
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                for h in handles {
+                    let _ = h.join();
+                }
+                cleanup(&ring_paths);
+                return Err(anyhow!(e).context(format!("creating ring {}", path.display())));
+            }
+        };
+        ring_paths.push(path);
+        consumers.push(consumer);
+        let slot = Slot::default();
+        slots.push(Arc::clone(&slot));
+        let capture = cfg.captures[p.entry].clone();
+        let cfg = cfg.clone();
+        let (queue, core, worker_id, mode) = (p.queue, p.core, p.worker, opts.mode);
+        let worker_stop = Arc::clone(stop);
+        let ready = ready_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("conntrail-w{worker_id}"))
+            .spawn(move || {
+                let pinned = match core {
+                    Some(c) if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) => {
+                        let _ = ready.send((
+                            worker_id,
+                            Err(("cores", format!("could not pin the worker to core {c}"))),
+                        ));
+                        return None;
+                    }
+                    c => c,
+                };
+                let mut socket = match XdpSocket::open(&capture, queue) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready.send((worker_id, Err((e.config_key(), e.to_string()))));
+                        return None;
+                    }
+                };
+                let mut worker = Worker::new(&cfg, worker_id, mode, producer);
+                worker.set_core(pinned);
+                let _ = ready.send((
+                    worker_id,
+                    Ok(Ready {
+                        mode: socket.mode().as_str().to_string(),
+                        fallbacks: socket.fallbacks().to_vec(),
+                        core: pinned,
+                    }),
+                ));
+                drop(ready);
+                capture_loop(&mut socket, &mut worker, &worker_stop, &slot, &clock);
+                let kernel = socket.kernel_stats().unwrap_or_default();
+                let counters = socket.counters;
+                let summary = SocketSummary {
+                    interface: capture.interface.clone(),
+                    queue,
+                    mode: socket.mode().as_str().to_string(),
+                    fallbacks: socket.fallbacks().to_vec(),
+                    counters,
+                    kernel,
+                    worker: WorkerStats::default(),
+                };
+                drop(socket);
+                let worker = worker.finish();
+                Some(SocketSummary { worker, ..summary })
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                for h in handles {
+                    let _ = h.join();
+                }
+                cleanup(&ring_paths);
+                return Err(anyhow!(e).context("starting a worker thread"));
+            }
+        }
+    }
+    drop(ready_tx);
+    let rec_stop = Arc::new(AtomicBool::new(false));
+    let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&rec_stop));
+
+    // Wait until every socket is open (or one failed).
+    let mut ready: Vec<Option<Ready>> = (0..plans.len()).map(|_| None).collect();
+    let mut failure = None;
+    for _ in 0..plans.len() {
+        match ready_rx.recv() {
+            Ok((w, Ok(r))) => ready[w as usize] = Some(r),
+            Ok((w, Err((key, e)))) => {
+                let p = &plans[w as usize];
+                let c = &cfg.captures[p.entry];
+                failure = Some(at(
+                    &opts.config_name,
+                    c,
+                    p.entry,
+                    key,
+                    format!("{} queue {}: {e}", c.interface, p.queue),
+                ));
+                break;
+            }
+            Err(_) => {
+                failure = Some(anyhow!("a worker thread ended before opening its socket"));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::Release);
+        for h in handles {
+            let _ = h.join();
+        }
+        rec_stop.store(true, Ordering::Release);
+        let _ = recorder.join();
+        cleanup(&ring_paths);
+        return Err(e);
+    }
+    let describe = |p: &Plan, r: &Ready| {
+        let c = &cfg.captures[p.entry];
+        let fallback = if r.fallbacks.is_empty() {
+            String::new()
+        } else {
+            format!(" (not {})", r.fallbacks.join("; not "))
+        };
+        format!(
+            "{} queue {}: {}{fallback}; worker {} {}",
+            c.interface,
+            p.queue,
+            r.mode,
+            p.worker,
+            r.core
+                .map_or_else(|| "not pinned".to_string(), |c| format!("on core {c}"))
+        )
+    };
+    let mut template = StatsFile {
+        version: STATS_VERSION,
+        state: RunState::Running,
+        pid: std::process::id(),
+        log: opts.log.display().to_string(),
+        started_ns: clock.realtime_ns(Instant::now()),
+        updated_ns: 0,
+        sockets: Vec::new(),
+    };
+    for (p, r) in plans.iter().zip(&ready) {
+        let Some(r) = r else { continue };
+        let line = describe(p, r);
+        log::info!("{line}");
+        say(line);
+        template.sockets.push(SocketStats {
+            worker: p.worker,
+            interface: cfg.captures[p.entry].interface.clone(),
+            queue: p.queue,
+            core: r.core,
+            mode: r.mode.clone(),
+            ..SocketStats::default()
+        });
+    }
+    say(format!(
+        "running: log {}, stats {}; SIGINT or SIGTERM stops",
+        opts.log.display(),
+        opts.stats.display()
+    ));
+
+    // The stats thread, until stop.
+    let stats_thread = {
+        let stop = Arc::clone(stop);
+        let slots = slots.clone();
+        let template = template.clone();
+        let path = opts.stats.clone();
+        thread::Builder::new()
+            .name("conntrail-stats".into())
+            .spawn(move || {
+                let mut failed = false;
+                loop {
+                    let file = assemble(&template, &slots, stats::now_ns());
+                    if let Err(e) = file.write_atomic(&path) {
+                        if !failed {
+                            log::warn!("writing stats file {}: {e}", path.display());
+                        }
+                        failed = true;
+                    }
+                    let next = Instant::now() + PUBLISH_EVERY;
+                    while Instant::now() < next && !stop.load(Ordering::Acquire) {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+            })
+            .context("starting the stats thread")?
+    };
+
+    let mut sockets = Vec::new();
+    let mut panicked = false;
+    for h in handles {
+        match h.join() {
+            Ok(Some(s)) => sockets.push(s),
+            Ok(None) => {}
+            Err(_) => panicked = true,
+        }
+    }
+    let _ = stats_thread.join();
+    rec_stop.store(true, Ordering::Release);
+    let rec = recorder
+        .join()
+        .map_err(|_| anyhow!("the recorder thread panicked"))?;
+    cleanup(&ring_paths);
+    if panicked {
+        bail!("a worker thread panicked");
+    }
+    let rec = rec.context("writing the log")?;
+
+    // The final stats file.
+    let mut file = template;
+    file.state = RunState::Stopped;
+    file.updated_ns = stats::now_ns();
+    for (row, s) in file.sockets.iter_mut().zip(&sockets) {
+        fill_row(
+            row,
+            &Published {
+                counters: s.counters,
+                kernel: s.kernel,
+                stats: Some(WorkerCounters::of(&s.worker)),
+            },
+        );
+    }
+    file.write_atomic(&opts.stats)
+        .with_context(|| format!("writing stats file {}", opts.stats.display()))?;
+    Ok(LiveSummary {
+        sockets,
+        records_written: rec.writer.frames,
+        log_bytes: rec.writer.file_bytes,
+        log_segments: rec.writer.segments,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The receive loop of one worker, until `stop`; then what is left in the RX ring.
+fn capture_loop(
+    socket: &mut XdpSocket,
+    worker: &mut Worker,
+    stop: &AtomicBool,
+    slot: &Mutex<Published>,
+    clock: &Clock,
+) {
+    let mut next_publish = Instant::now();
+    let mut empty = 0u32;
+    loop {
+        let n = socket.receive();
+        if n > 0 {
+            empty = 0;
+            let now = Instant::now();
+            feed(socket, worker, n, clock.realtime_ns(now));
+            if now >= next_publish {
+                publish(slot, socket, worker);
+                next_publish = now + PUBLISH_EVERY;
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        empty += 1;
+        if empty < IDLE_SPINS {
+            std::hint::spin_loop();
+            continue;
+        }
+        socket.wait(IDLE_WAIT_MS);
+        let now = Instant::now();
+        worker.tick(clock.realtime_ns(now));
+        if now >= next_publish {
+            publish(slot, socket, worker);
+            next_publish = now + PUBLISH_EVERY;
+        }
+    }
+    // Drain: whatever the kernel put in the RX ring before the stop.
+    loop {
+        let n = socket.receive();
+        if n == 0 {
+            break;
+        }
+        feed(socket, worker, n, clock.realtime_ns(Instant::now()));
+    }
+    publish(slot, socket, worker);
+}
+
+/// Feeds the `n` frames of the last receive to the worker, all stamped `ts_ns`, and gives
+/// them back to the kernel.
+#[inline]
+fn feed(socket: &mut XdpSocket, worker: &mut Worker, n: usize, ts_ns: u64) {
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let frame = socket.frame(i);
+        let len = frame.len() as u32;
+        bytes += u64::from(len);
+        worker.frame(LinkType::Ethernet, ts_ns, len, frame);
+    }
+    socket.counters.bytes += bytes;
+    socket.recycle(n);
+}
+
+/// Copies a worker's counters into its slot (once a second: one kernel call, no
+/// allocation; skipped if the stats thread holds the slot right now).
+fn publish(slot: &Mutex<Published>, socket: &XdpSocket, worker: &Worker) {
+    let kernel = socket.kernel_stats().unwrap_or_default();
+    let stats = WorkerCounters::of(&worker.stats());
+    if let Ok(mut p) = slot.try_lock() {
+        *p = Published {
+            counters: socket.counters,
+            kernel,
+            stats: Some(stats),
+        };
+    }
+}
+
+fn fill_row(row: &mut SocketStats, p: &Published) {
+    row.packets = p.counters.frames;
+    row.bytes = p.counters.bytes;
+    row.batches = p.counters.batches;
+    row.idle_waits = p.counters.idle_waits;
+    row.kernel = p.kernel;
+    if let Some(s) = &p.stats {
+        row.not_ip_or_malformed = s.malformed;
+        row.flows = s.flows;
+        row.flows_open = s.flows.saturating_sub(s.flows_closed);
+        row.records = s.records;
+        row.ring_drops = s.ring_drops;
+        row.evictions = s.evictions;
+    }
+}
+
+fn assemble(template: &StatsFile, slots: &[Slot], now_ns: u64) -> StatsFile {
+    let mut file = template.clone();
+    file.updated_ns = now_ns;
+    for (row, slot) in file.sockets.iter_mut().zip(slots) {
+        let p = match slot.lock() {
+            Ok(p) => *p,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        fill_row(row, &p);
+    }
+    file
+}
+
+/// An error about a `[[capture]]` entry: file, line, entry and key.
+fn at(origin: &str, c: &Capture, entry: usize, key: &str, message: impl Display) -> anyhow::Error {
+    match c.line_of(key) {
+        Some(line) => anyhow!(
+            "{origin} line {line}: [[capture]] {} key `{key}`: {message}",
+            entry + 1
+        ),
+        None => anyhow!("{origin}: [[capture]] {} key `{key}`: {message}", entry + 1),
+    }
+}
+
+/// Sockets to open, after checking everything that can be checked before opening any:
+/// interfaces, queues, cores and the memory to lock.
+fn plan(cfg: &Config, origin: &str) -> Result<Vec<Plan>> {
+    if cfg.captures.is_empty() {
+        bail!(
+            "{origin}: no [[capture]] entry: `conntrail run` needs one per interface \
+             (`conntrail config default` documents them)"
+        );
+    }
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    let mut plans = Vec::new();
+    let mut umem_bytes = 0u64;
+    for (entry, c) in cfg.captures.iter().enumerate() {
+        xdp::check_interface(&c.interface).map_err(|e| at(origin, c, entry, "interface", e))?;
+        for (i, &queue) in c.queues.iter().enumerate() {
+            xdp::check_queue(&c.interface, queue).map_err(|e| at(origin, c, entry, "queues", e))?;
+            let core = c.cores.get(i).copied();
+            if let Some(core) = core {
+                if !cores.contains(&core) {
+                    return Err(at(
+                        origin,
+                        c,
+                        entry,
+                        "cores",
+                        format!(
+                            "core {core} does not exist or is not allowed to this process (it may \
+                             use {}); change `cores`",
+                            ranges(&cores)
+                        ),
+                    ));
+                }
+            }
+            plans.push(Plan {
+                worker: u16::try_from(plans.len())
+                    .map_err(|_| at(origin, c, entry, "queues", "more than 65536 sockets"))?,
+                entry,
+                queue,
+                core,
+            });
+            umem_bytes += c.umem_bytes();
+        }
+    }
+    if let Err(e) = xdp::check_memlock(umem_bytes) {
+        let (entry, c) = cfg
+            .captures
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, c)| c.umem_bytes())
+            .unwrap_or((0, &cfg.captures[0]));
+        return Err(at(
+            origin,
+            c,
+            entry,
+            "frames",
+            format!(
+                "{} socket{}: {e}",
+                plans.len(),
+                if plans.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(plans)
+}
+
+/// `0-3,6` for a list of core ids.
+fn ranges(ids: &[usize]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let start = ids[i];
+        let mut end = start;
+        while i + 1 < ids.len() && ids[i + 1] == end + 1 {
+            i += 1;
+            end = ids[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The clock of a run: realtime read once at start, then advanced by the monotonic clock.
+#[derive(Clone, Copy)]
+struct Clock {
+    mono0: Instant,
+    real0_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            mono0: Instant::now(),
+            real0_ns: stats::now_ns(),
+        }
+    }
+
+    /// ns since the epoch at monotonic instant `now`.
+    #[inline]
+    fn realtime_ns(&self, now: Instant) -> u64 {
+        self.real0_ns + now.saturating_duration_since(self.mono0).as_nanos() as u64
+    }
+}
+
+fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "packets: {}", s.packets())?;
+    writeln!(out, "flows: {}", s.flows())?;
+    writeln!(out, "records: {}", s.records_written)?;
+    writeln!(out, "ring drops: {}", s.ring_drops())?;
+    writeln!(out, "elapsed: {:.3} s", s.elapsed.as_secs_f64())?;
+    let mut closed = [0u64; 8];
+    for w in &s.sockets {
+        for (a, b) in closed.iter_mut().zip(w.worker.table.flows_closed) {
+            *a += b;
+        }
+    }
+    let reasons: Vec<String> = CloseReason::ALL
+        .iter()
+        .zip(closed)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{} {n}", r.as_str()))
+        .collect();
+    writeln!(out, "closed: {}", reasons.join(", "))?;
+    for x in &s.sockets {
+        let w = &x.worker;
+        writeln!(
+            out,
+            "{} queue {} ({}): kernel rx dropped {}, rx ring full {}, fill ring empty {}, \
+             invalid descriptors {}; worker {} (core {}): packets {}, bytes {}, flows {}, \
+             records {}, ring drops {}, evictions {}, non-ip or malformed {}",
+            x.interface,
+            x.queue,
+            x.mode,
+            x.kernel.rx_dropped,
+            x.kernel.rx_ring_full,
+            x.kernel.fill_ring_empty,
+            x.kernel.rx_invalid_descs,
+            w.worker,
+            w.core
+                .map_or_else(|| "unpinned".to_string(), |c| c.to_string()),
+            x.counters.frames,
+            x.counters.bytes,
+            w.table.flows_created,
+            w.records,
+            w.ring_drops,
+            w.table.evictions,
+            w.malformed_total()
+        )?;
+    }
+    writeln!(
+        out,
+        "log: {} bytes in {} segment(s); stats: {}",
+        s.log_bytes,
+        s.log_segments,
+        opts.stats.display()
+    )?;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM set a flag; the first of them resets the handler, so a second one
+/// ends the process at once.
+mod signals {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static RECEIVED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_signal: libc::c_int) {
+        RECEIVED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() -> io::Result<()> {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to an atomic (async-signal-safe); the
+            // sigaction struct is zeroed, then its handler, flags and empty mask are set.
+            let rc = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn received() -> bool {
+        RECEIVED.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists_read_as_ranges() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 6]), "0-3,6");
+        assert_eq!(ranges(&[5, 1]), "1,5");
+        assert_eq!(ranges(&[]), "none");
+    }
+
+    #[test]
+    fn the_clock_is_epoch_time_advanced_monotonically() {
+        let c = Clock::new();
+        let t0 = c.realtime_ns(Instant::now());
+        let t1 = c.realtime_ns(Instant::now() + Duration::from_millis(5));
+        assert!(t0 >= c.real0_ns && t0 > 1_600_000_000_000_000_000);
+        assert!(t1 >= t0 + 5_000_000);
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "c.toml").expect("parses")
+    }
+
+    #[test]
+    fn start_errors_name_the_file_line_key_and_the_fix() {
+        let e = plan(&Config::default(), "c.toml")
+            .err()
+            .expect("no capture");
+        assert!(e.to_string().contains("no [[capture]]"), "{e}");
+
+        let cfg = config("[table]\ncapacity = 10\n\n[[capture]]\ninterface = \"nosuch0\"\n");
+        let e = plan(&cfg, "c.toml")
+            .err()
+            .expect("no interface")
+            .to_string();
+        assert!(
+            e.starts_with(
+                "c.toml line 5: [[capture]] 1 key `interface`: there is no interface `nosuch0`"
+            ),
+            "{e}"
+        );
+
+        if xdp::rx_queue_count("lo").is_some() {
+            let cfg = config("[[capture]]\ninterface = \"lo\"\nqueues = [0, 999]\n");
+            let e = plan(&cfg, "c.toml").err().expect("no queue").to_string();
+            assert!(
+                e.starts_with(
+                    "c.toml line 3: [[capture]] 1 key `queues`: lo has no receive queue 999"
+                ),
+                "{e}"
+            );
+        }
+
+        let cfg = config("[[capture]]\ninterface = \"lo\"\ncores = [100000]\n");
+        let e = plan(&cfg, "c.toml").err().expect("no core").to_string();
+        assert!(
+            e.starts_with("c.toml line 3: [[capture]] 1 key `cores`: core 100000 does not exist"),
+            "{e}"
+        );
+    }
+}
