@@ -3,7 +3,7 @@
 # its own, and whose capture end stays in the root namespace (default) or, with
 # --capture-ns, lives in a second namespace of its own.
 #
-#   scripts/lab.sh up   [--name NAME] [--mtu BYTES] [--capture-ns]
+#   scripts/lab.sh up   [--name NAME] [--mtu BYTES] [--queues N] [--capture-ns]
 #   scripts/lab.sh down [--name NAME]
 #
 # NAME (default: ct<pid>, at most 11 characters) makes every name unique:
@@ -17,6 +17,9 @@
 # and the capture end's stack drops frames not addressed to it (nothing forwards them:
 # conntrail's XDP program hands every frame to its socket).
 #
+# --queues N gives both ends N queues (default 1): the generator end's transmit queue q
+# feeds receive queue q of the capture end, as RSS would spread a NIC's traffic.
+#
 # IPv6 is disabled on both ends before they go up (no neighbour discovery or MLD frames to
 # pollute a capture), GRO is switched on at the capture end (generic XDP on a veth needs
 # it), and the MTU is 3000 by default: above the largest frame of the corpus captures,
@@ -29,7 +32,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -38,16 +41,22 @@ action=${1:-}
 shift
 name="ct$$"
 mtu=3000
+queues=1
 capture_ns=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --name) name=$2; shift 2 ;;
     --mtu) mtu=$2; shift 2 ;;
+    --queues) queues=$2; shift 2 ;;
     --capture-ns) capture_ns=1; shift ;;
     -h | --help) usage ;;
     *) echo "lab.sh: unknown argument $1" >&2; usage ;;
     esac
 done
+if ! [[ $queues =~ ^[0-9]+$ ]] || [ "$queues" -lt 1 ] || [ "$queues" -gt 64 ]; then
+    echo "lab.sh: --queues must be 1-64" >&2
+    exit 2
+fi
 if [ ${#name} -gt 11 ] || ! [[ $name =~ ^[A-Za-z0-9_]+$ ]]; then
     echo "lab.sh: --name must be 1-11 letters, digits or _ (interface names are short)" >&2
     exit 2
@@ -89,7 +98,8 @@ up() {
     fi
     trap 'status=$?; if [ $status -ne 0 ]; then echo "lab.sh: up failed, removing $name" >&2; down; fi' EXIT
     ip netns add "$gen_ns"
-    ip link add "$cap_if" type veth peer name "$gen_if" netns "$gen_ns"
+    ip link add "$cap_if" numtxqueues "$queues" numrxqueues "$queues" type veth \
+        peer name "$gen_if" numtxqueues "$queues" numrxqueues "$queues" netns "$gen_ns"
     if [ $capture_ns = 1 ]; then
         ip netns add "$cap_ns"
         ip link set "$cap_if" netns "$cap_ns"
@@ -118,6 +128,7 @@ up() {
     echo "CAP_IP=$cap_ip"
     echo "GEN_MAC=$gen_mac"
     echo "CAP_MAC=$cap_mac"
+    echo "QUEUES=$queues"
 }
 
 case "$action" in

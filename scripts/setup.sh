@@ -8,7 +8,14 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # Forensic tests: tshark selects packets to compare with `extract`; a headless Chromium
 # renders the `show --html` page.
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Live capture: xsk-rs builds libxdp/libbpf with clang and the cc crate (libelf, zlib, m4,
+# pkg-config; libpcap-dev as measured in shared/LAB-NOTES.md); the live test and lab scripts
+# use ip (network namespaces, veth), ethtool and tcpreplay.
+for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay iproute2 ethtool; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

@@ -1952,7 +1952,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_panics_on_arbitrary_text(text in "\\PC{0,80}") {
+        fn never_panics_on_arbitrary_text(text in "(?s).{0,120}") {
             let _ = Expr::parse(&text);
         }
 

@@ -2,7 +2,8 @@
 //! language of [`crate::expr`]), as a one-line-per-session table, JSON Lines (`--json`,
 //! `--ecs`), or a table of counts (`--count-by`).
 //!
-//! Streaming: one record in memory at a time (plus, for the table, the first
+//! Records come in log order (the order their connections closed), each log after the one
+//! before. Streaming: one record in memory at a time (plus, for the table, the first
 //! [`SIZING_ROWS`] lines held back to size its columns; for `--count-by`, one counter per
 //! distinct value), so a log of millions of records costs no more memory than a small one.
 //! Damaged places of a log are reported on stderr (file and byte offset), skipped, and make

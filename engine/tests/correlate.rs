@@ -428,27 +428,3 @@ fn proxy_pairs_by_time_and_says_how_sure_it_is() {
     );
     let _ = std::fs::remove_dir_all(&sc.dir);
 }
-
-#[test]
-#[ignore]
-fn scratch_big() {
-    let dir = std::path::PathBuf::from("/tmp/ctcorr/big");
-    let _ = std::fs::create_dir_all(&dir);
-    let opts = ProxyOptions {
-        requests: 20_000,
-        seed: 3,
-        duration_s: 300.0,
-        failure_share: 0.3,
-        v6_share: 0.15,
-    };
-    let t = std::time::Instant::now();
-    write_proxy(
-        &opts,
-        &dir.join("front.pcap"),
-        &dir.join("back.pcap"),
-        &dir.join("c.jsonl"),
-        &dir.join("t.jsonl"),
-    )
-    .unwrap();
-    println!("generated in {:?}", t.elapsed());
-}

@@ -474,6 +474,13 @@ fn matching_real_records_allocates_nothing() {
               or time>=2011-01-01T00:00:00Z or start<2030-01-01 or id!=3 or worker=0)",
     )
     .expect("parses");
+    // The counter sees an allocation when there is one.
+    let before = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let probe = std::hint::black_box(vec![0u8; 16]);
+    COUNTING.with(|c| c.set(false));
+    drop(probe);
+    assert_eq!(ALLOCS.load(Ordering::Relaxed) - before, 1);
     let mut selected = 0;
     let before = ALLOCS.load(Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));

@@ -153,7 +153,7 @@ pub enum XdpError {
         interface: String,
         source: io::Error,
     },
-    #[error("{interface} queue {queue}: no mode worked ({}){hint}", tried.join("; "))]
+    #[error("no mode worked ({}){hint}", tried.join("; "))]
     NoMode {
         interface: String,
         queue: u32,
@@ -226,8 +226,9 @@ impl XdpSocket {
             })?;
         let mut tried = Vec::new();
         let mut hint = "";
+        // EBUSY right after a close clears within about a second; past this it is real.
+        let deadline = Instant::now() + Duration::from_secs(2);
         for &mode in AttachMode::candidates(capture.mode) {
-            let deadline = Instant::now() + Duration::from_secs(3);
             let failure = loop {
                 match open_in_mode(capture, &iface, queue, mode) {
                     Ok(mut socket) => {
@@ -248,17 +249,26 @@ impl XdpSocket {
                 }
             };
             match failure.raw_os_error() {
+                Some(libc::EOPNOTSUPP) if capture.mode != CaptureMode::Auto && hint.is_empty() => {
+                    hint = ": the driver cannot do this mode; `mode = \"auto\"` falls back to \
+                            the ones it can"
+                }
                 Some(libc::EBUSY) => {
                     hint = ": another program holds the queue or an XDP program is attached \
                             (`ip link show` shows `xdp`); stop it or remove it with `ip link set \
                             dev IF xdp off`"
                 }
                 Some(libc::ERANGE) if hint.is_empty() => {
-                    hint = ": the MTU is too large for XDP without multi-buffer; lower it"
+                    hint = ": lower the MTU (`ip link set dev IF mtu 3000`)"
                 }
                 _ => {}
             }
-            tried.push(format!("{mode}: {failure}"));
+            let why = match failure.raw_os_error() {
+                Some(libc::ERANGE) => " (the MTU is too large for XDP in this mode)",
+                Some(libc::EOPNOTSUPP) => " (not by this driver)",
+                _ => "",
+            };
+            tried.push(format!("{mode}: {failure}{why}"));
         }
         Err(XdpError::NoMode {
             interface: capture.interface.clone(),
