@@ -2,8 +2,10 @@
 //!
 //! Every `[[capture]]` entry of the configuration names an interface and some of its
 //! receive queues; each queue gets an [`XdpSocket`] and a [`Worker`] on a thread of its own,
-//! pinned to the entry's core for it. The worker thread pins itself, opens its socket (so the
-//! UMEM is touched first on its own core) and then loops: take a batch from the RX ring, read
+//! pinned to the entry's core for it, and each interface an [`XdpProgram`]. The worker thread
+//! pins itself, opens its socket (so the UMEM is touched first on its own core) and enters
+//! it in the program's map; once every socket is open the programs are attached (the mode
+//! each socket got is said then), and the workers loop: take a batch from the RX ring, read
 //! the clock once, feed every frame to the worker, give the frames back to the fill ring.
 //! When the RX ring stays empty it waits in `poll(2)` and ticks the worker with the clock, so
 //! idle flows still age out. The same recorder thread as in replay drains the workers' rings
@@ -60,7 +62,9 @@ use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
 use recorder::writer::LogWriter;
 
-use crate::source::xdp::{self, KernelStats, SocketCounters, XdpSocket};
+use crate::source::xdp::{
+    self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
+};
 use crate::stats::{self, RunState, SocketStats, StatsFile, STATS_VERSION};
 use crate::worker::{Worker, WorkerStats};
 
@@ -198,7 +202,7 @@ struct Plan {
 
 /// What a worker thread says once it is pinned and its socket is open.
 struct Ready {
-    mode: String,
+    bind: BindMode,
     fallbacks: Vec<String>,
     core: Option<usize>,
 }
@@ -259,6 +263,24 @@ pub fn live(
     let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
         .with_context(|| format!("creating log {}", opts.log.display()))?;
     let clock = Clock::new();
+    // One XDP program per interface; frames reach the sockets once it is attached.
+    let mut programs: Vec<(String, Arc<XdpProgram>)> = Vec::new();
+    for (entry, c) in cfg.captures.iter().enumerate() {
+        if programs.iter().any(|(name, _)| *name == c.interface) {
+            continue;
+        }
+        let slots = cfg
+            .captures
+            .iter()
+            .filter(|o| o.interface == c.interface)
+            .flat_map(|o| o.queues.iter().map(|q| q + 1))
+            .max()
+            .unwrap_or(1)
+            .max(xdp::rx_queue_count(&c.interface).unwrap_or(1));
+        let program = XdpProgram::load(&c.interface, slots)
+            .map_err(|e| at(&opts.config_name, c, entry, e.config_key(), e))?;
+        programs.push((c.interface.clone(), Arc::new(program)));
+    }
     let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
     let mut consumers = Vec::new();
     let mut ring_paths = Vec::new();
@@ -292,6 +314,11 @@ pub fn live(
         let slot = Slot::default();
         slots.push(Arc::clone(&slot));
         let capture = cfg.captures[p.entry].clone();
+        let program = programs
+            .iter()
+            .find(|(name, _)| *name == capture.interface)
+            .map(|(_, prog)| Arc::clone(prog))
+            .ok_or_else(|| anyhow!("no XDP program for {}", capture.interface))?;
         let cfg = cfg.clone();
         let (queue, core, worker_id, mode) = (p.queue, p.core, p.worker, opts.mode);
         let worker_stop = Arc::clone(stop);
@@ -309,7 +336,9 @@ pub fn live(
                     }
                     c => c,
                 };
-                let mut socket = match XdpSocket::open(&capture, queue) {
+                let opened = XdpSocket::open(&capture, queue, &program);
+                drop(program);
+                let mut socket = match opened {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready.send((worker_id, Err((e.config_key(), e.to_string()))));
@@ -321,7 +350,7 @@ pub fn live(
                 let _ = ready.send((
                     worker_id,
                     Ok(Ready {
-                        mode: socket.mode().as_str().to_string(),
+                        bind: socket.mode(),
                         fallbacks: socket.fallbacks().to_vec(),
                         core: pinned,
                     }),
@@ -383,6 +412,47 @@ pub fn live(
             }
         }
     }
+    // Attach each interface's program, now that its sockets are in its map.
+    let mut modes: Vec<(String, XdpAttach, Vec<String>)> = Vec::new();
+    for (name, program) in &programs {
+        if failure.is_some() {
+            break;
+        }
+        let entries: Vec<(usize, &Capture)> = cfg
+            .captures
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.interface == *name)
+            .collect();
+        let any_zero_copy = plans.iter().zip(&ready).any(|(p, r)| {
+            cfg.captures[p.entry].interface == *name
+                && r.as_ref().is_some_and(|r| r.bind == BindMode::ZeroCopy)
+        });
+        let Some(&(first, c)) = entries.first() else {
+            continue;
+        };
+        let mut candidates = XdpAttach::candidates(c.mode, any_zero_copy).to_vec();
+        for (_, other) in &entries {
+            let allowed = XdpAttach::candidates(other.mode, any_zero_copy);
+            candidates.retain(|a| allowed.contains(a));
+        }
+        if candidates.is_empty() {
+            failure = Some(at(
+                &opts.config_name,
+                c,
+                first,
+                "mode",
+                format!("the [[capture]] entries of {name} ask for modes that exclude each other"),
+            ));
+            break;
+        }
+        match program.attach(&candidates) {
+            Ok((attach, tried)) => modes.push((name.clone(), attach, tried)),
+            Err(e) => {
+                failure = Some(at(&opts.config_name, c, first, e.config_key(), e));
+            }
+        }
+    }
     if let Some(e) = failure {
         stop.store(true, Ordering::Release);
         for h in handles {
@@ -393,18 +463,33 @@ pub fn live(
         cleanup(&ring_paths);
         return Err(e);
     }
-    let describe = |p: &Plan, r: &Ready| {
+    let mode_of = |p: &Plan, r: &Ready| {
         let c = &cfg.captures[p.entry];
-        let fallback = if r.fallbacks.is_empty() {
+        let (attach, tried) = modes
+            .iter()
+            .find(|(name, _, _)| *name == c.interface)
+            .map_or(("?", &[][..]), |(_, a, t)| (a.as_str(), &t[..]));
+        let not: Vec<&String> = tried.iter().chain(&r.fallbacks).collect();
+        let fallback = if not.is_empty() {
             String::new()
         } else {
-            format!(" (not {})", r.fallbacks.join("; not "))
+            format!(
+                " (not {})",
+                not.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; not ")
+            )
         };
+        (format!("{attach} {}", r.bind), fallback)
+    };
+    let describe = |p: &Plan, r: &Ready| {
+        let c = &cfg.captures[p.entry];
+        let (mode, fallback) = mode_of(p, r);
         format!(
-            "{} queue {}: {}{fallback}; worker {} {}",
+            "{} queue {}: {mode}{fallback}; worker {} {}",
             c.interface,
             p.queue,
-            r.mode,
             p.worker,
             r.core
                 .map_or_else(|| "not pinned".to_string(), |c| format!("on core {c}"))
@@ -429,7 +514,7 @@ pub fn live(
             interface: cfg.captures[p.entry].interface.clone(),
             queue: p.queue,
             core: r.core,
-            mode: r.mode.clone(),
+            mode: mode_of(p, r).0,
             ..SocketStats::default()
         });
     }
@@ -479,6 +564,11 @@ pub fn live(
         }
     }
     let _ = stats_thread.join();
+    // Detach the programs (the sockets are closed).
+    drop(programs);
+    for (s, row) in sockets.iter_mut().zip(&template.sockets) {
+        s.mode.clone_from(&row.mode);
+    }
     rec_stop.store(true, Ordering::Release);
     let rec = recorder
         .join()
@@ -530,6 +620,8 @@ fn capture_loop(
             empty = 0;
             let now = Instant::now();
             feed(socket, worker, n, clock.realtime_ns(now));
+            socket.counters.busy_ns +=
+                Instant::now().saturating_duration_since(now).as_nanos() as u64;
             if now >= next_publish {
                 publish(slot, socket, worker);
                 next_publish = now + PUBLISH_EVERY;
@@ -600,6 +692,7 @@ fn fill_row(row: &mut SocketStats, p: &Published) {
     row.bytes = p.counters.bytes;
     row.batches = p.counters.batches;
     row.idle_waits = p.counters.idle_waits;
+    row.busy_ns = p.counters.busy_ns;
     row.kernel = p.kernel;
     if let Some(s) = &p.stats {
         row.not_ip_or_malformed = s.malformed;

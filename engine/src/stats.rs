@@ -75,6 +75,8 @@ pub struct SocketStats {
     /// Non-empty batches and idle waits of the receive loop.
     pub batches: u64,
     pub idle_waits: u64,
+    /// Time the worker spent handling frames (not waiting or spinning for them).
+    pub busy_ns: u64,
     /// The kernel's own counters of the socket (`XDP_STATISTICS`).
     pub kernel: KernelStats,
 }
@@ -120,6 +122,7 @@ impl StatsFile {
             t.evictions += s.evictions;
             t.batches += s.batches;
             t.idle_waits += s.idle_waits;
+            t.busy_ns += s.busy_ns;
             t.kernel.rx_dropped += s.kernel.rx_dropped;
             t.kernel.rx_ring_full += s.kernel.rx_ring_full;
             t.kernel.fill_ring_empty += s.kernel.fill_ring_empty;

@@ -1,4 +1,5 @@
-//! The AF_XDP source: one socket on one receive queue of one interface, through xsk-rs.
+//! The AF_XDP source: one socket on one receive queue of one interface (through xsk-rs),
+//! and the XDP program of each interface that steers frames to its sockets.
 //!
 //! A socket owns its UMEM (frames the kernel writes received packets into), the fill ring
 //! (free frames handed to the kernel), the RX ring (received frames handed back) and a
@@ -8,18 +9,25 @@
 //! allocated or locked per packet, and the only system calls are the idle wait and the
 //! wakeups the kernel asks for.
 //!
-//! Opening tries the fastest mode first and falls back: native (driver) zero-copy, then
-//! native copy, then generic (SKB) copy, as the entry's [`CaptureMode`] allows. Everything
-//! that can be checked before touching the kernel is (the interface, the queue, the memlock
-//! limit), and every failure is an [`XdpError`] that says what to change.
+//! Modes fall back from the fastest, as the entry's [`CaptureMode`] allows: a socket binds
+//! zero-copy, else copy ([`BindMode`]); the interface's [`XdpProgram`] then attaches in
+//! native (driver) mode, else generic (SKB) mode ([`XdpAttach`]). The program is ours,
+//! loaded with bpf(2) and attached with a BPF link: it needs CAP_BPF and CAP_NET_ADMIN only,
+//! and the kernel removes it when the process ends. Everything that can be checked before
+//! touching the kernel is (the interface, the queue, the memlock limit), and every failure
+//! is an [`XdpError`] that says what to change.
 //!
 //! ```no_run
-//! use engine::source::xdp::XdpSocket;
+//! use engine::source::xdp::{XdpAttach, XdpProgram, XdpSocket};
 //! use flowtable::config::Capture;
 //!
 //! let capture = Capture { interface: "eth0".into(), ..Capture::default() };
-//! let mut socket = XdpSocket::open(&capture, 0).expect("socket");
-//! println!("eth0 queue 0: {}", socket.mode().as_str());
+//! let program = XdpProgram::load("eth0", 1).expect("program");
+//! let mut socket = XdpSocket::open(&capture, 0, &program).expect("socket");
+//! let (attach, _) = program
+//!     .attach(XdpAttach::candidates(capture.mode, false))
+//!     .expect("attached");
+//! println!("eth0 queue 0: {attach} {}", socket.mode());
 //! loop {
 //!     let n = socket.receive();
 //!     for i in 0..n {
@@ -36,70 +44,94 @@ use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::num::NonZeroU32;
-use std::os::unix::io::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use flowtable::config::{Capture, CaptureMode};
 use xsk_rs::config::{
-    BindFlags, FrameSize, Interface, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-/// The mode a socket was opened in.
+/// How a socket's frames get into its UMEM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// XDP in the driver, frames DMA'd straight into the UMEM.
-    NativeZeroCopy,
-    /// XDP in the driver, frames copied into the UMEM.
-    NativeCopy,
-    /// XDP on the kernel's socket buffers (any interface), frames copied.
-    GenericCopy,
+pub enum BindMode {
+    /// The driver DMAs frames straight into the UMEM.
+    ZeroCopy,
+    /// The kernel copies frames into the UMEM.
+    Copy,
 }
 
-impl AttachMode {
+impl BindMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            AttachMode::NativeZeroCopy => "native zero-copy",
-            AttachMode::NativeCopy => "native copy",
-            AttachMode::GenericCopy => "generic copy",
+            BindMode::ZeroCopy => "zero-copy",
+            BindMode::Copy => "copy",
         }
     }
 
-    /// The modes to try for a configured [`CaptureMode`], fastest first.
-    pub fn candidates(mode: CaptureMode) -> &'static [AttachMode] {
+    /// The bind modes to try for a configured [`CaptureMode`], fastest first.
+    pub fn candidates(mode: CaptureMode) -> &'static [BindMode] {
         match mode {
-            CaptureMode::Auto => &[
-                AttachMode::NativeZeroCopy,
-                AttachMode::NativeCopy,
-                AttachMode::GenericCopy,
-            ],
-            CaptureMode::Native => &[AttachMode::NativeZeroCopy, AttachMode::NativeCopy],
-            CaptureMode::ZeroCopy => &[AttachMode::NativeZeroCopy],
-            CaptureMode::Generic => &[AttachMode::GenericCopy],
+            CaptureMode::Auto | CaptureMode::Native => &[BindMode::ZeroCopy, BindMode::Copy],
+            CaptureMode::ZeroCopy => &[BindMode::ZeroCopy],
+            CaptureMode::Generic => &[BindMode::Copy],
         }
     }
 
-    fn flags(self) -> (XdpFlags, BindFlags) {
+    fn flags(self) -> BindFlags {
         match self {
-            AttachMode::NativeZeroCopy => (
-                XdpFlags::XDP_FLAGS_DRV_MODE,
-                BindFlags::XDP_ZEROCOPY | BindFlags::XDP_USE_NEED_WAKEUP,
-            ),
-            AttachMode::NativeCopy => (
-                XdpFlags::XDP_FLAGS_DRV_MODE,
-                BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP,
-            ),
-            AttachMode::GenericCopy => (
-                XdpFlags::XDP_FLAGS_SKB_MODE,
-                BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP,
-            ),
+            BindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY | BindFlags::XDP_USE_NEED_WAKEUP,
+            BindMode::Copy => BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP,
         }
     }
 }
 
-impl fmt::Display for AttachMode {
+impl fmt::Display for BindMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the XDP program of an interface runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver, before the kernel builds a socket buffer.
+    Native,
+    /// On the kernel's socket buffers (any interface; after GRO).
+    Generic,
+}
+
+impl XdpAttach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpAttach::Native => "native",
+            XdpAttach::Generic => "generic",
+        }
+    }
+
+    /// Where to try to run the program for a configured [`CaptureMode`], fastest first;
+    /// generic mode only when no socket got zero-copy (which needs the driver).
+    pub fn candidates(mode: CaptureMode, any_zero_copy: bool) -> &'static [XdpAttach] {
+        match mode {
+            CaptureMode::Auto if !any_zero_copy => &[XdpAttach::Native, XdpAttach::Generic],
+            CaptureMode::Auto | CaptureMode::Native | CaptureMode::ZeroCopy => &[XdpAttach::Native],
+            CaptureMode::Generic => &[XdpAttach::Generic],
+        }
+    }
+
+    /// XDP_FLAGS_DRV_MODE / XDP_FLAGS_SKB_MODE.
+    fn flags(self) -> u32 {
+        match self {
+            XdpAttach::Native => 4,
+            XdpAttach::Generic => 2,
+        }
+    }
+}
+
+impl fmt::Display for XdpAttach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -153,6 +185,20 @@ pub enum XdpError {
         interface: String,
         source: io::Error,
     },
+    #[error("{what} ({source}){}", bpf_hint(source))]
+    Bpf {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "could not attach the XDP program to {interface} ({}){hint}",
+        tried.join("; ")
+    )]
+    NoAttach {
+        interface: String,
+        tried: Vec<String>,
+        hint: &'static str,
+    },
     #[error("no mode worked ({}){hint}", tried.join("; "))]
     NoMode {
         interface: String,
@@ -171,7 +217,8 @@ impl XdpError {
             XdpError::NoQueue { .. } => "queues",
             XdpError::Memlock { .. } | XdpError::Umem(_) => "frames",
             XdpError::HugePages { .. } => "huge_pages",
-            XdpError::NoMode { .. } => "mode",
+            XdpError::NoMode { .. } | XdpError::NoAttach { .. } => "mode",
+            XdpError::Bpf { .. } => "interface",
         }
     }
 }
@@ -189,7 +236,7 @@ pub struct XdpSocket {
     /// Frames owned by us and not yet in the fill ring (capacity: all frames).
     spare: Vec<FrameDesc>,
     batch: usize,
-    mode: AttachMode,
+    mode: BindMode,
     busy_poll: bool,
     /// The faster modes tried before the one it got, each with why it failed.
     fallbacks: Vec<String>,
@@ -207,13 +254,21 @@ pub struct SocketCounters {
     /// Waits for traffic (poll with a timeout) and kernel wakeups asked for.
     pub idle_waits: u64,
     pub wakeups: u64,
+    /// Time spent handling frames (from a batch's arrival to its frames' return to the
+    /// fill ring), measured by the worker per batch: its busy share, whatever it spins.
+    pub busy_ns: u64,
 }
 
 impl XdpSocket {
-    /// Opens a socket on `queue` of `capture.interface`, in the fastest mode the entry
-    /// allows, after checking what can be checked. Binding again right after another socket
-    /// on the same queue closed can fail for about a second (EBUSY): that is retried.
-    pub fn open(capture: &Capture, queue: u32) -> Result<XdpSocket, XdpError> {
+    /// Opens a socket on `queue` of `capture.interface`, zero-copy if the entry allows and
+    /// the driver can, after checking what can be checked, and enters it in `program`'s
+    /// map (frames arrive once the program is attached). Binding again right after another
+    /// socket on the same queue closed can fail for about a second (EBUSY): that is retried.
+    pub fn open(
+        capture: &Capture,
+        queue: u32,
+        program: &XdpProgram,
+    ) -> Result<XdpSocket, XdpError> {
         quiet_libraries();
         check_interface(&capture.interface)?;
         check_queue(&capture.interface, queue)?;
@@ -228,7 +283,7 @@ impl XdpSocket {
         let mut hint = "";
         // EBUSY right after a close clears within about a second; past this it is real.
         let deadline = Instant::now() + Duration::from_secs(2);
-        for &mode in AttachMode::candidates(capture.mode) {
+        for &mode in BindMode::candidates(capture.mode) {
             let failure = loop {
                 match open_in_mode(capture, &iface, queue, mode) {
                     Ok(mut socket) => {
@@ -236,6 +291,7 @@ impl XdpSocket {
                             log::info!("{} queue {queue}: {t}", capture.interface);
                         }
                         socket.fallbacks = tried;
+                        program.register(queue, &socket)?;
                         return Ok(socket);
                     }
                     Err(OpenFailure::Fatal(e)) => return Err(e),
@@ -279,7 +335,7 @@ impl XdpSocket {
     }
 
     /// The mode this socket got.
-    pub fn mode(&self) -> AttachMode {
+    pub fn mode(&self) -> BindMode {
         self.mode
     }
 
@@ -421,7 +477,7 @@ fn open_in_mode(
     capture: &Capture,
     iface: &Interface,
     queue: u32,
-    mode: AttachMode,
+    mode: BindMode,
 ) -> Result<XdpSocket, OpenFailure> {
     let queue_size = |v: u32| QueueSize::new(v).map_err(|e| fatal_umem(e.to_string()));
     let frame_size = FrameSize::new(capture.frame_size).map_err(|e| fatal_umem(e.to_string()))?;
@@ -434,13 +490,13 @@ fn open_in_mode(
     let frames = NonZeroU32::new(capture.frames).ok_or_else(|| fatal_umem("no frames".into()))?;
     let (umem, descs) =
         Umem::new(umem_config, frames, capture.huge_pages).map_err(|e| umem_error(capture, e))?;
-    let (xdp_flags, bind_flags) = mode.flags();
     let socket_config = SocketConfig::builder()
         .rx_queue_size(queue_size(capture.rx_ring)?)
         // Receive only: the TX ring exists because libxdp makes one; keep it small.
         .tx_queue_size(queue_size(64)?)
-        .xdp_flags(xdp_flags)
-        .bind_flags(bind_flags)
+        // Our own program (XdpProgram) steers frames to the socket: libxdp loads none.
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(mode.flags())
         .build();
     // SAFETY: the UMEM is new and used by this socket alone; the configuration rejects two
     // entries on one (interface, queue), and another process on it makes bind fail (EBUSY).
@@ -656,6 +712,319 @@ pub fn check_memlock(need: u64) -> Result<(), XdpError> {
     }
 }
 
+/// The XDP program of one interface, ours: frames of receive queue q go to the socket in
+/// slot q of its XSKMAP, frames of queues without a socket to the kernel's stack.
+///
+/// Loaded and attached with the bpf(2) system call directly, not by libxdp: it needs only
+/// CAP_BPF and CAP_NET_ADMIN (libxdp looks its programs up by id afterwards, which needs
+/// CAP_SYS_ADMIN), and it is attached through a BPF link, which the kernel removes when
+/// the process ends, however it ends: no program is left behind after a crash.
+pub struct XdpProgram {
+    interface: String,
+    ifindex: u32,
+    map: OwnedFd,
+    program: OwnedFd,
+    link: std::sync::Mutex<Option<OwnedFd>>,
+}
+
+impl XdpProgram {
+    /// Loads the program and its map (slots for `queues` receive queues) for `interface`;
+    /// nothing reaches it before [`attach`](Self::attach).
+    pub fn load(interface: &str, queues: u32) -> Result<XdpProgram, XdpError> {
+        check_interface(interface)?;
+        let name = CString::new(interface).map_err(|_| XdpError::NoInterface {
+            interface: interface.to_string(),
+        })?;
+        // SAFETY: a valid NUL-terminated string; the call only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        let map = bpf::create_xskmap(queues.max(1)).map_err(|source| XdpError::Bpf {
+            what: "creating the XSKMAP",
+            source,
+        })?;
+        let program = bpf::load_redirect_program(&map).map_err(|source| XdpError::Bpf {
+            what: "loading the XDP program",
+            source,
+        })?;
+        Ok(XdpProgram {
+            interface: interface.to_string(),
+            ifindex,
+            map,
+            program,
+            link: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Enters `socket` in the map at `queue`.
+    pub fn register(&self, queue: u32, socket: &XdpSocket) -> Result<(), XdpError> {
+        bpf::map_update(&self.map, queue, socket.rx.fd().as_raw_fd() as u32).map_err(|source| {
+            XdpError::Bpf {
+                what: "entering the socket in the XSKMAP",
+                source,
+            }
+        })
+    }
+
+    /// Attaches the program in the first mode of `candidates` that works; returns it and
+    /// the faster modes that failed, each with why.
+    pub fn attach(&self, candidates: &[XdpAttach]) -> Result<(XdpAttach, Vec<String>), XdpError> {
+        let mut tried = Vec::new();
+        let mut hint = "";
+        for &mode in candidates {
+            match bpf::link_xdp(&self.program, self.ifindex, mode.flags()) {
+                Ok(link) => {
+                    if let Ok(mut slot) = self.link.lock() {
+                        *slot = Some(link);
+                    }
+                    for t in &tried {
+                        log::info!("{}: {t}", self.interface);
+                    }
+                    return Ok((mode, tried));
+                }
+                Err(e) => {
+                    let why = match e.raw_os_error() {
+                        Some(libc::EBUSY | libc::EEXIST) => {
+                            hint = ": another XDP program is attached (`ip link show` shows \
+                                    `xdp`); remove it with `ip link set dev IF xdp off`";
+                            " (another XDP program is attached)"
+                        }
+                        Some(libc::ERANGE) => {
+                            if hint.is_empty() {
+                                hint = ": lower the MTU (`ip link set dev IF mtu 3000`)";
+                            }
+                            " (the MTU is too large for XDP in this mode)"
+                        }
+                        Some(libc::EOPNOTSUPP) => " (not by this driver)",
+                        Some(libc::EPERM | libc::EACCES) => {
+                            hint = ": needs CAP_NET_ADMIN and CAP_BPF";
+                            ""
+                        }
+                        _ => "",
+                    };
+                    tried.push(format!("{mode}: {e}{why}"));
+                }
+            }
+        }
+        Err(XdpError::NoAttach {
+            interface: self.interface.clone(),
+            tried,
+            hint,
+        })
+    }
+}
+
+fn bpf_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            ": run as root or with CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK"
+        }
+        _ => "",
+    }
+}
+
+/// The bpf(2) calls the program needs, with their attribute layouts (include/uapi/linux/
+/// bpf.h; the kernel zero-extends an attribute shorter than its own).
+mod bpf {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const BPF_MAP_CREATE: libc::c_int = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+    const BPF_PROG_LOAD: libc::c_int = 5;
+    const BPF_LINK_CREATE: libc::c_int = 28;
+    const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    const BPF_XDP: u32 = 37;
+    const BPF_PSEUDO_MAP_FD: u8 = 1;
+    const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+    const XDP_PASS: i32 = 2;
+
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+
+    #[repr(C)]
+    struct MapUpdate {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Insn {
+        code: u8,
+        /// dst_reg in the low nibble, src_reg in the high one.
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+
+    /// bpf(2) with one attribute struct; a new descriptor when the command returns one.
+    fn call<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a live, initialised #[repr(C)] attribute struct of the layout
+        // the command expects, and its size is passed with it; pointers inside it point
+        // to buffers that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T as *mut libc::c_void,
+                std::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    fn owned(rc: libc::c_long) -> OwnedFd {
+        // SAFETY: the command returned a new descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) }
+    }
+
+    fn name(text: &str) -> [u8; 16] {
+        let mut n = [0u8; 16];
+        for (d, s) in n.iter_mut().zip(text.bytes().take(15)) {
+            *d = s;
+        }
+        n
+    }
+
+    pub fn create_xskmap(entries: u32) -> io::Result<OwnedFd> {
+        let mut attr = MapCreate {
+            map_type: BPF_MAP_TYPE_XSKMAP,
+            key_size: 4,
+            value_size: 4,
+            max_entries: entries,
+            map_flags: 0,
+            inner_map_fd: 0,
+            numa_node: 0,
+            map_name: name("conntrail_xsks"),
+        };
+        call(BPF_MAP_CREATE, &mut attr).map(owned)
+    }
+
+    /// `return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);`
+    pub fn load_redirect_program(map: &OwnedFd) -> io::Result<OwnedFd> {
+        let insns = [
+            // r2 = *(u32 *)(r1 + 16): ctx->rx_queue_index
+            Insn {
+                code: 0x61,
+                regs: 0x12,
+                off: 16,
+                imm: 0,
+            },
+            // r1 = the map (a 64-bit immediate in two instructions)
+            Insn {
+                code: 0x18,
+                regs: 0x01 | (BPF_PSEUDO_MAP_FD << 4),
+                off: 0,
+                imm: map.as_raw_fd(),
+            },
+            Insn {
+                code: 0,
+                regs: 0,
+                off: 0,
+                imm: 0,
+            },
+            // r3 = XDP_PASS: what the helper returns when the slot is empty
+            Insn {
+                code: 0xb7,
+                regs: 0x03,
+                off: 0,
+                imm: XDP_PASS,
+            },
+            // r0 = bpf_redirect_map(r1, r2, r3); return r0
+            Insn {
+                code: 0x85,
+                regs: 0,
+                off: 0,
+                imm: BPF_FUNC_REDIRECT_MAP,
+            },
+            Insn {
+                code: 0x95,
+                regs: 0,
+                off: 0,
+                imm: 0,
+            },
+        ];
+        let license = b"GPL\0";
+        let mut attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_XDP,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 0,
+            log_size: 0,
+            log_buf: 0,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name("conntrail_xsk"),
+            prog_ifindex: 0,
+            expected_attach_type: BPF_XDP,
+        };
+        call(BPF_PROG_LOAD, &mut attr).map(owned)
+    }
+
+    pub fn map_update(map: &OwnedFd, key: u32, value: u32) -> io::Result<()> {
+        let mut attr = MapUpdate {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            flags: 0,
+        };
+        call(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+    }
+
+    /// Attaches `prog` to interface `ifindex` with a BPF link; dropping the link detaches.
+    pub fn link_xdp(prog: &OwnedFd, ifindex: u32, xdp_flags: u32) -> io::Result<OwnedFd> {
+        let mut attr = LinkCreate {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_ifindex: ifindex,
+            attach_type: BPF_XDP,
+            flags: xdp_flags,
+        };
+        call(BPF_LINK_CREATE, &mut attr).map(owned)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,18 +1032,30 @@ mod tests {
     #[test]
     fn modes_fall_back_from_fastest_to_generic() {
         assert_eq!(
-            AttachMode::candidates(CaptureMode::Auto),
-            &[
-                AttachMode::NativeZeroCopy,
-                AttachMode::NativeCopy,
-                AttachMode::GenericCopy
-            ]
+            BindMode::candidates(CaptureMode::Auto),
+            &[BindMode::ZeroCopy, BindMode::Copy]
         );
         assert_eq!(
-            AttachMode::candidates(CaptureMode::Generic),
-            &[AttachMode::GenericCopy]
+            XdpAttach::candidates(CaptureMode::Auto, false),
+            &[XdpAttach::Native, XdpAttach::Generic]
         );
-        assert!(!AttachMode::candidates(CaptureMode::Native).contains(&AttachMode::GenericCopy));
+        // Zero-copy needs the driver: no generic fallback once a socket has it.
+        assert_eq!(
+            XdpAttach::candidates(CaptureMode::Auto, true),
+            &[XdpAttach::Native]
+        );
+        assert_eq!(
+            BindMode::candidates(CaptureMode::Generic),
+            &[BindMode::Copy]
+        );
+        assert_eq!(
+            XdpAttach::candidates(CaptureMode::Generic, false),
+            &[XdpAttach::Generic]
+        );
+        assert_eq!(
+            XdpAttach::candidates(CaptureMode::Native, false),
+            &[XdpAttach::Native]
+        );
     }
 
     #[test]
