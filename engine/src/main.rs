@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use engine::replay::{replay, ReplayOptions, ReplaySummary};
 use engine::synth::{self, SynthOptions};
+use engine::synth_proxy::{write_proxy, ProxyOptions};
 use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
@@ -55,22 +56,37 @@ enum Command {
     /// Decode a log: one block per record, or JSON Lines.
     Show(engine::show::ShowArgs),
     /// Write a deterministic capture of concurrent flows with known anomalies, and its
-    /// ground truth (PCAP.truth.jsonl).
+    /// ground truth (PCAP.truth.jsonl); with `--proxy`, the two sides of a reverse proxy.
     Synth {
+        /// The capture; with `--proxy`, the prefix of PREFIX.front.pcap, PREFIX.back.pcap,
+        /// PREFIX.conntrace.jsonl (the proxy's log) and PREFIX.truth.jsonl.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, conflicts_with = "proxy")]
         flows: u64,
-        #[arg(long, default_value_t = 20000)]
+        #[arg(long, default_value_t = 20000, conflicts_with = "proxy")]
         packets: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Share of flows with an anomaly (0..1).
-        #[arg(long, default_value_t = 0.2)]
+        #[arg(long, default_value_t = 0.2, conflicts_with = "proxy")]
         anomaly_share: f64,
         /// Seconds of traffic.
         #[arg(long, default_value_t = 10.0)]
         duration_s: f64,
+        /// Write requests through a reverse proxy instead: client -> proxy and proxy ->
+        /// server captures with the proxy's conntrace log, for `conntrail correlate`.
+        #[arg(long)]
+        proxy: bool,
+        /// Requests through the proxy (with `--proxy`).
+        #[arg(long, default_value_t = 200, requires = "proxy")]
+        requests: u64,
+        /// Share of the requests that fail (with `--proxy`, 0..1).
+        #[arg(long, default_value_t = 0.3, requires = "proxy")]
+        failure_share: f64,
+        /// Share of the clients that come over IPv6 (with `--proxy`, 0..1).
+        #[arg(long, default_value_t = 0.15, requires = "proxy")]
+        v6_share: f64,
     },
     /// Select records with an expression; a one-line-per-session table, JSON, or counts.
     Query(engine::query::QueryArgs),
@@ -157,7 +173,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             anomaly_share,
             duration_s,
+            proxy,
+            requests,
+            failure_share,
+            v6_share,
         } => {
+            if proxy {
+                let opts = ProxyOptions {
+                    requests,
+                    seed,
+                    duration_s,
+                    failure_share,
+                    v6_share,
+                };
+                return synth_proxy(&opts, &output);
+            }
             let truth = truth_path(&output);
             let opts = SynthOptions {
                 flows,
@@ -195,6 +225,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
     }
+}
+
+/// `synth --proxy -o PREFIX`: the four files beside each other, and what they hold.
+fn synth_proxy(opts: &ProxyOptions, prefix: &Path) -> Result<ExitCode> {
+    let with = |suffix: &str| {
+        let mut name = prefix.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let (front, back) = (with(".front.pcap"), with(".back.pcap"));
+    let (conntrace, truth) = (with(".conntrace.jsonl"), with(".truth.jsonl"));
+    let s = write_proxy(opts, &front, &back, &conntrace, &truth)?;
+    println!(
+        "front capture: {} ({} packets)",
+        front.display(),
+        s.front_packets
+    );
+    println!(
+        "back capture: {} ({} packets)",
+        back.display(),
+        s.back_packets
+    );
+    println!("conntrace: {}", conntrace.display());
+    println!("truth: {}", truth.display());
+    println!("requests: {}", s.requests);
+    for (outcome, n) in &s.by_outcome {
+        println!("  {outcome}: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `X.pcap` -> `X.pcap.truth.jsonl`.

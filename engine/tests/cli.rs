@@ -187,3 +187,86 @@ fn a_missing_capture_is_a_clear_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `synth --proxy` writes the two sides of a reverse proxy and its conntrace log; replaying
+/// both captures and correlating them through the binary gives back, per request, the side
+/// the generator's truth file says failed first.
+#[test]
+fn synth_proxy_replay_and_correlate_agree_with_the_truth() {
+    let dir = temp_dir("proxy");
+    let prefix = dir.join("p");
+    let out = conntrail(&[
+        "synth",
+        "--proxy",
+        "-o",
+        prefix.to_str().expect("utf-8"),
+        "--requests",
+        "60",
+        "--seed",
+        "7",
+        "--failure-share",
+        "0.5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("requests: 60"),
+        "{}",
+        text(&out.stdout)
+    );
+    let file = |suffix: &str| dir.join(format!("p{suffix}"));
+    let cfg = dir.join("ring.toml");
+    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
+    let mut logs = Vec::new();
+    for side in ["front", "back"] {
+        let log = dir.join(format!("{side}.log"));
+        let out = conntrail(&[
+            "replay",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--record",
+            "all",
+            "--log",
+            log.to_str().expect("utf-8"),
+            file(&format!(".{side}.pcap")).to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        logs.push(log);
+    }
+    let conntrace = file(".conntrace.jsonl");
+    let out = conntrail(&[
+        "correlate",
+        "--json",
+        "--conntrace",
+        conntrace.to_str().expect("utf-8"),
+        logs[0].to_str().expect("utf-8"),
+        logs[1].to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut got = std::collections::HashMap::new();
+    for line in text(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        let id = v["req_id"].as_str().expect("req_id").to_string();
+        got.insert(
+            id,
+            v["failed_first"]
+                .as_str()
+                .expect("failed_first")
+                .to_string(),
+        );
+    }
+    let truth = std::fs::read_to_string(file(".truth.jsonl")).expect("truth");
+    let mut failures = 0;
+    for line in truth.lines() {
+        let t: serde_json::Value = serde_json::from_str(line).expect("truth line");
+        let want = t["failed"].as_str().unwrap_or("neither");
+        failures += usize::from(want != "neither");
+        let id = t["req_id"].as_str().expect("req_id");
+        assert_eq!(got.get(id).map(String::as_str), Some(want), "request {id}");
+    }
+    assert_eq!(got.len(), 60);
+    assert!(
+        failures >= 20,
+        "the scenario should fail about half: {failures}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
