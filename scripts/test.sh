@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite: formatting, lints, unit/property/integration tests (release build, so the
+# The test suite: formatting, lints, API docs without broken links, unit/property/integration tests (release build, so the
 # corpus replays are quick), then the release binary scored against the tshark oracles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +10,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace --release
 scripts/agree.sh

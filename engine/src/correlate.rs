@@ -73,10 +73,10 @@
 //!
 //! conntrail keeps only anomalous connections unless told otherwise: the failing side of a
 //! request is usually recorded, its healthy side is not. To see both sides, replay or run
-//! with `--record all`, or with a `user` watch on the proxy's addresses; a side without a
-//! record is shown as `not recorded` (its endpoints from the conntrace message), never an
-//! error. Under `--record anomalous` a side that was captured but not recorded had nothing
-//! anomalous, so a failure on the other side is still the first one.
+//! with `--record all`; a side without a record is shown as `not recorded` (its endpoints
+//! from the conntrace message), never an error. Under `--record anomalous` a side that was
+//! captured but not recorded had nothing anomalous, so a failure on the other side is still
+//! the first one.
 //!
 //! ```text
 //! conntrail correlate --conntrace conntrace.jsonl front.log back.log
@@ -439,7 +439,7 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
     if front_missing + back_missing > 0 {
         summary.push_str(
             " (conntrail keeps only anomalous connections unless told otherwise: replay or run \
-             with --record all, or watch the proxy's addresses, to see healthy sides too)",
+             with --record all to see healthy sides too)",
         );
     }
     Ok(Report {
