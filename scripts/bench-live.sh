@@ -14,7 +14,8 @@
 #    again, then at rates found by bisection (--steps runs) between 0 and that maximum.
 #    A run is clean when conntrail counted every frame the generator end sent and the
 #    kernel's counters of its socket (rx dropped, rx ring full, fill ring empty) did not
-#    move. The highest clean rate is reported.
+#    move; the `dropped` column is rx dropped + rx ring full (a copy-mode frame lost to an
+#    empty fill ring is in rx dropped too). The highest clean rate is reported.
 # 4. CPU per packet, three ways: ns/pkt is the worker's busy time (from a batch's arrival
 #    to its frames' return, measured per batch; busy_% is its share of the run) over the
 #    frames it received: what a packet costs the engine, whatever it spends spinning for
@@ -80,10 +81,14 @@ stats() { # the total of the stats file: packets drops busy_ns
 import json, sys
 s = json.load(open(sys.argv[1]))
 p = sum(x["packets"] for x in s["sockets"])
-k = sum(x["kernel"]["rx_dropped"] + x["kernel"]["rx_ring_full"] + x["kernel"]["fill_ring_empty"]
-        for x in s["sockets"])
+# In copy mode a frame lost for want of a fill-ring entry counts in both rx_dropped and
+# fill_ring_empty; in zero-copy mode the driver's own counters have it and fill_ring_empty
+# only says the ring ran dry. Drops are rx_dropped + rx_ring_full; a run is clean only when
+# fill_ring_empty did not move either.
+k = sum(x["kernel"]["rx_dropped"] + x["kernel"]["rx_ring_full"] for x in s["sockets"])
+e = sum(x["kernel"]["fill_ring_empty"] for x in s["sockets"])
 b = sum(x.get("busy_ns", 0) for x in s["sockets"])
-print(p, k, b)
+print(p, k, b, e)
 PY
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$run_pid/stat"; }
@@ -122,21 +127,21 @@ head -1 "$out/run.out"
 
 printf '%-10s %10s %10s %8s %6s %7s %9s %9s %11s %11s\n' target_pps sent_pps received dropped clean cpu_% busy_% ns/pkt ns/pkt_cpu ns/pkt_mach
 measure() { # measure RATE -> sets sent_pps clean
-    local line p0 k0 w0 p1 k1 w1 c0 c1 b0 b1 sent recv drop
-    read -r p0 k0 w0 < <(stats)
+    local line p0 k0 w0 e0 p1 k1 w1 e1 c0 c1 b0 b1 sent recv drop
+    read -r p0 k0 w0 e0 < <(stats)
     c0=$(cpu_ticks)
     b0=$(busy_ticks)
     line=$(gen "$1")
     sleep 2.5 # two publications of the stats file
     c1=$(cpu_ticks)
     b1=$(busy_ticks)
-    read -r p1 k1 w1 < <(stats)
+    read -r p1 k1 w1 e1 < <(stats)
     sent=$(field sent "$line")
     sent_pps=$(field sent_pps "$line")
     recv=$((p1 - p0))
     drop=$((k1 - k0))
     clean=no
-    [ "$drop" = 0 ] && [ "$recv" -ge "$sent" ] && clean=yes
+    [ "$drop" = 0 ] && [ "$e1" = "$e0" ] && [ "$recv" -ge "$sent" ] && clean=yes
     awk -v r="$1" -v s="$sent_pps" -v n="$recv" -v d="$drop" -v c="$clean" \
         -v cpu="$((c1 - c0))" -v busy="$((b1 - b0))" -v w="$((w1 - w0))" -v tck="$tck" \
         -v dur="$duration" 'BEGIN {
