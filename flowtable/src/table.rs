@@ -254,15 +254,17 @@ impl FlowTable {
         self.map.is_empty()
     }
 
-    /// Bytes of memory allocated per tracked connection at the configured capacity
-    /// (flow state, arena slot, hash-table entry and timer links).
+    /// Bytes of memory reserved per tracked connection at the configured capacity: flow
+    /// slots, the tracking-point arena, the hash table as allocated (buckets and control
+    /// bytes, at its load factor), the timer wheel and the free and expiry lists, divided by
+    /// the capacity.
     pub fn bytes_per_flow(&self) -> usize {
-        std::mem::size_of::<Flow>()
-            + self.arena.bytes() / self.capacity.max(1)
-            + std::mem::size_of::<(FlowKey, u32)>()
-            + 1
-            + 12
-            + std::mem::size_of::<u32>() * 2
+        let bytes = std::mem::size_of::<Flow>() * self.flows.capacity()
+            + self.arena.bytes()
+            + self.map.allocation_size()
+            + self.wheel.bytes()
+            + std::mem::size_of::<u32>() * (self.free.capacity() + self.expired.capacity());
+        bytes / self.capacity.max(1)
     }
 
     /// Advances time to `now_ns` without a packet (idle periods of a live source).
@@ -1157,6 +1159,20 @@ mod tests {
             0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, hi, lo, 0, 53, 0,
             12, 0, 0, 1, 2, 3, 4,
         ]
+    }
+
+    #[test]
+    fn bytes_per_flow_counts_arena_and_hash_table() {
+        let mut cfg = Config::default();
+        cfg.table.capacity = 1024;
+        cfg.table.points_per_flow = 8;
+        let small = FlowTable::new(&cfg, 0).bytes_per_flow();
+        cfg.table.points_per_flow = 24;
+        let big = FlowTable::new(&cfg, 0).bytes_per_flow();
+        // 16 more points of 16 bytes per slot.
+        assert_eq!(big - small, 16 * 16);
+        // The hash table holds a key per bucket, and more buckets than slots.
+        assert!(small > std::mem::size_of::<Flow>() + 8 * 16 + std::mem::size_of::<FlowKey>());
     }
 
     #[test]
