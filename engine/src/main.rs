@@ -326,7 +326,7 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
     for w in &s.workers {
         writeln!(
             out,
-            "worker {} (core {}): ip packets {}, flows {}, records {}, ring drops {}, evictions {}, non-ip or malformed {}",
+            "worker {} (core {}): ip packets {}, flows {}, records {}, ring drops {}, evictions {}, non-ip or malformed {}, {} bytes per connection slot",
             w.worker,
             w.core.map_or_else(|| "unpinned".to_string(), |c| c.to_string()),
             w.table.packets,
@@ -334,7 +334,8 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
             w.records,
             w.ring_drops,
             w.table.evictions,
-            w.malformed_total()
+            w.malformed_total(),
+            w.bytes_per_flow
         )?;
     }
     writeln!(

@@ -20,7 +20,7 @@ use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 use recorder::writer::LogWriter;
 
-use crate::source::pcap::{read_capture, CaptureStats};
+use crate::source::pcap::{Capture, CaptureStats};
 use crate::source::Batch;
 use crate::worker::{Worker, WorkerStats};
 
@@ -67,6 +67,10 @@ impl ReplaySummary {
         self.packets() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
+
+/// How far behind the reader capture pages are let go of, and in what steps.
+const RELEASE_LAG_BYTES: usize = 16 << 20;
+const RELEASE_STEP_BYTES: usize = 8 << 20;
 
 /// Batches in flight per worker (bounded: the reader waits for a free batch, workers never
 /// wait for anything but work).
@@ -148,8 +152,8 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
 
 fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
     while let Ok(mut batch) = rx.recv() {
-        for (meta, bytes) in batch.iter() {
-            worker.frame(meta.link, meta.ts_ns, meta.wire_len, bytes);
+        for (f, bytes) in batch.iter() {
+            worker.frame(f.link, f.ts_ns, f.wire_len, bytes);
         }
         batch.clear();
         // The reader may be gone already at the end; a lost batch is fine then.
@@ -245,24 +249,34 @@ fn read_all(
     let mut done_bytes = 0u64;
     let mut failure = None;
     for path in &opts.captures {
+        let capture = match Capture::open(path) {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let bytes = capture.bytes();
         let mut send_failed = false;
-        let stats = read_capture(
-            path,
-            |link, ts_ns, wire_len, frame| {
+        let mut released = 0usize;
+        let stats = capture.frames(
+            |f| {
                 if send_failed {
                     return;
                 }
-                let frame = frame.get(..Batch::BYTES).unwrap_or(frame);
-                let w = spreader.worker_for(link, frame);
+                let w = spreader.worker_for(f.link, f.bytes(bytes));
                 let slot = &mut current[w];
-                if slot.as_ref().is_some_and(|b| !b.fits(frame.len())) {
+                if slot.as_ref().is_some_and(Batch::is_full) {
                     if let Some(full) = slot.take() {
                         send_failed |= to_workers[w].send(full).is_err();
                     }
                 }
                 if slot.is_none() {
                     match recycle.recv() {
-                        Ok(b) => *slot = Some(b),
+                        Ok(mut b) => {
+                            b.start(bytes);
+                            *slot = Some(b);
+                        }
                         Err(_) => {
                             send_failed = true;
                             return;
@@ -270,34 +284,34 @@ fn read_all(
                     }
                 }
                 if let Some(b) = slot.as_mut() {
-                    b.push(link, ts_ns, wire_len, frame);
+                    b.push(f);
                 }
             },
-            |consumed| {
+            |walked| {
                 if let Some(bar) = &bar {
-                    bar.set_position(done_bytes + consumed);
+                    bar.set_position(done_bytes + walked);
+                }
+                // Pages well behind the reader are done with (or nearly: a page read again
+                // is simply mapped again), so they need not count in the resident set.
+                let done = (walked as usize).saturating_sub(RELEASE_LAG_BYTES);
+                if done >= released + RELEASE_STEP_BYTES {
+                    bytes.release(released..done);
+                    released = done;
                 }
             },
         );
-        match stats {
-            Ok(s) => {
-                done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                results.push((path.clone(), s));
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
+        // A batch holds frames of one capture: hand over what is left of this one.
+        for (w, slot) in current.iter_mut().enumerate() {
+            if let Some(b) = slot.take() {
+                if !b.is_empty() {
+                    send_failed |= to_workers[w].send(b).is_err();
+                }
             }
         }
+        done_bytes += bytes.len() as u64;
+        results.push((path.clone(), stats));
         if send_failed {
             bail!("a worker stopped early");
-        }
-    }
-    for (w, slot) in current.iter_mut().enumerate() {
-        if let Some(b) = slot.take() {
-            if !b.is_empty() {
-                let _ = to_workers[w].send(b);
-            }
         }
     }
     if let Some(bar) = bar {

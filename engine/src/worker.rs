@@ -22,6 +22,8 @@ pub struct WorkerStats {
     pub ring_drops: u64,
     pub encode_errors: u64,
     pub table: TableCounters,
+    /// Memory reserved per tracked connection at the table's capacity.
+    pub bytes_per_flow: usize,
 }
 
 impl WorkerStats {
@@ -113,6 +115,7 @@ impl Worker {
         s.ring_drops = self.sink.drops;
         s.encode_errors = self.sink.encode_errors;
         s.table = self.table.counters().clone();
+        s.bytes_per_flow = self.table.bytes_per_flow();
         s
     }
 

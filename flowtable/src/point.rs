@@ -166,7 +166,10 @@ pub struct Trail {
 
 /// The tracking-point arena: `slots` slots of `per_slot` points, allocated once.
 pub struct Arena {
-    points: Box<[Point]>,
+    /// Reserved for every slot at start; initialised up to the highest slot written so far
+    /// (slots are handed out in order), so unused capacity is never touched.
+    points: Vec<Point>,
+    slots: usize,
     per_slot: usize,
 }
 
@@ -175,7 +178,8 @@ impl Arena {
     pub fn new(slots: usize, per_slot: usize) -> Arena {
         let per_slot = per_slot.max(2);
         Arena {
-            points: vec![Point::EMPTY; slots * per_slot].into_boxed_slice(),
+            points: Vec::with_capacity(slots * per_slot),
+            slots,
             per_slot,
         }
     }
@@ -186,7 +190,7 @@ impl Arena {
 
     /// Bytes of memory this arena holds.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.points)
+        self.slots * self.per_slot * std::mem::size_of::<Point>()
     }
 
     fn head_len(&self) -> usize {
@@ -204,6 +208,11 @@ impl Arena {
             let head = self.head_len();
             head + (n - head) % (self.per_slot - head)
         };
+        if base + self.per_slot > self.points.len() && (slot as usize) < self.slots {
+            // First point of a slot past the initialised ones: within the reservation, so
+            // this never allocates.
+            self.points.resize(base + self.per_slot, Point::EMPTY);
+        }
         if let Some(p) = self.points.get_mut(base + idx) {
             *p = point;
         }

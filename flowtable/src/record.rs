@@ -302,6 +302,13 @@ impl History {
         }
     }
 
+    /// Has `letter` been pushed already? (The per-packet check; no UTF-8 validation.)
+    #[inline]
+    pub fn contains(&self, letter: u8) -> bool {
+        let n = (self.len as usize).min(History::CAP);
+        self.letters[..n].contains(&letter)
+    }
+
     pub fn as_str(&self) -> &str {
         let n = (self.len as usize).min(History::CAP);
         std::str::from_utf8(&self.letters[..n]).unwrap_or("")

@@ -166,7 +166,12 @@ pub struct TableCounters {
 /// The flow table of one worker.
 pub struct FlowTable {
     map: HashMap<FlowKey, u32>,
-    flows: Box<[Flow]>,
+    /// Flow slots, reserved for the full capacity at start and initialised the first time
+    /// each is used (so untouched capacity costs no page faults and no start-up time).
+    flows: Vec<Flow>,
+    /// The configured capacity: `flows` never grows past it.
+    capacity: usize,
+    /// Slots freed by closed flows, reused before never-used ones.
     free: Vec<u32>,
     arena: Arena,
     wheel: Wheel,
@@ -208,8 +213,9 @@ impl FlowTable {
         let t = &cfg.timeouts;
         FlowTable {
             map: HashMap::with_capacity(cap),
-            flows: vec![Flow::empty(); cap].into_boxed_slice(),
-            free: (0..cap as u32).rev().collect(),
+            flows: Vec::with_capacity(cap),
+            capacity: cap,
+            free: Vec::with_capacity(cap),
             arena: Arena::new(cap, per_slot),
             wheel: Wheel::new(cap, WHEEL_SLOTS, WHEEL_TICK_NS),
             frags: FragTable::new(cfg.table.fragments as usize, secs_to_ns(t.fragment_s)),
@@ -248,15 +254,17 @@ impl FlowTable {
         self.map.is_empty()
     }
 
-    /// Bytes of memory allocated per tracked connection at the configured capacity
-    /// (flow state, arena slot, hash-table entry and timer links).
+    /// Bytes of memory reserved per tracked connection at the configured capacity: flow
+    /// slots, the tracking-point arena, the hash table as allocated (buckets and control
+    /// bytes, at its load factor), the timer wheel and the free and expiry lists, divided by
+    /// the capacity.
     pub fn bytes_per_flow(&self) -> usize {
-        std::mem::size_of::<Flow>()
-            + self.arena.bytes() / self.flows.len().max(1)
-            + std::mem::size_of::<(FlowKey, u32)>()
-            + 1
-            + 12
-            + std::mem::size_of::<u32>() * 2
+        let bytes = std::mem::size_of::<Flow>() * self.flows.capacity()
+            + self.arena.bytes()
+            + self.map.allocation_size()
+            + self.wheel.bytes()
+            + std::mem::size_of::<u32>() * (self.free.capacity() + self.expired.capacity());
+        bytes / self.capacity.max(1)
     }
 
     /// Advances time to `now_ns` without a packet (idle periods of a live source).
@@ -380,6 +388,10 @@ impl FlowTable {
     ) -> u32 {
         let idx = match self.free.pop() {
             Some(idx) => idx,
+            None if self.flows.len() < self.capacity => {
+                self.flows.push(Flow::empty());
+                (self.flows.len() - 1) as u32
+            }
             None => {
                 // Table full: evict the flow that is due soonest.
                 let victim = self.wheel.soonest().unwrap_or(0);
@@ -1092,7 +1104,7 @@ fn syn_then_client_rst(history: &str) -> bool {
 }
 
 fn push_history_once(h: &mut History, letter: u8, cond: bool) {
-    if cond && !h.as_str().as_bytes().contains(&letter) {
+    if cond && !h.contains(letter) {
         h.push(letter);
     }
 }
@@ -1133,4 +1145,60 @@ fn triggers_index(cfg: &Config, f: &Flow) -> u8 {
         .iter()
         .position(|o| o.matches(s_port, c_ip, s_ip))
         .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{parse, LinkType};
+
+    /// A raw-IP IPv4/UDP datagram 10.0.0.1:`sport` -> 10.0.0.2:53 with 4 payload bytes.
+    fn udp(sport: u16) -> [u8; 32] {
+        let [hi, lo] = sport.to_be_bytes();
+        [
+            0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, hi, lo, 0, 53, 0,
+            12, 0, 0, 1, 2, 3, 4,
+        ]
+    }
+
+    #[test]
+    fn bytes_per_flow_counts_arena_and_hash_table() {
+        let mut cfg = Config::default();
+        cfg.table.capacity = 1024;
+        cfg.table.points_per_flow = 8;
+        let small = FlowTable::new(&cfg, 0).bytes_per_flow();
+        cfg.table.points_per_flow = 24;
+        let big = FlowTable::new(&cfg, 0).bytes_per_flow();
+        // 16 more points of 16 bytes per slot.
+        assert_eq!(big - small, 16 * 16);
+        // The hash table holds a key per bucket, and more buckets than slots.
+        assert!(small > std::mem::size_of::<Flow>() + 8 * 16 + std::mem::size_of::<FlowKey>());
+    }
+
+    #[test]
+    fn a_full_table_evicts_and_never_grows_past_its_capacity() {
+        let mut cfg = Config::default();
+        cfg.table.capacity = 4;
+        let mut table = FlowTable::new(&cfg, 0);
+        table.set_mode(RecordMode::All);
+        let mut closed = Vec::new();
+        for (i, sport) in (1000..1006u16).enumerate() {
+            let frame = udp(sport);
+            let pkt = parse(LinkType::RawIp, &frame).expect("well-formed");
+            let ts = 1_000_000_000 + i as u64 * 1_000;
+            table.process(&pkt, ts, 32, &mut |r| {
+                closed.push((r.client.port, r.close_reason))
+            });
+            assert!(table.len() <= 4);
+        }
+        assert_eq!(table.counters().evictions, 2);
+        assert_eq!(closed.len(), 2);
+        assert!(closed
+            .iter()
+            .all(|(_, reason)| *reason == CloseReason::ResourceLimit));
+        table.shutdown(&mut |r| closed.push((r.client.port, r.close_reason)));
+        let mut ports: Vec<u16> = closed.iter().map(|(p, _)| *p).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, (1000..1006).collect::<Vec<_>>());
+    }
 }

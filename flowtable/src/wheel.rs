@@ -161,6 +161,11 @@ impl Wheel {
     }
 
     /// Is entry `idx` linked?
+    /// Bytes this wheel holds (slot heads and per-entry links).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.heads) + std::mem::size_of_val(&*self.links)
+    }
+
     pub fn is_scheduled(&self, idx: u32) -> bool {
         self.links.get(idx as usize).is_some_and(|l| l.slot != NIL)
     }

@@ -1,60 +1,50 @@
 //! Packet sources. A source hands frames to workers in [`Batch`]es; batches are recycled, so
-//! steady-state delivery allocates nothing.
+//! steady-state delivery allocates nothing, and a replayed frame is never copied.
 
 pub mod pcap;
 pub mod xdp;
 
-use flowtable::packet::LinkType;
+use std::sync::Arc;
 
-/// Where one frame of a batch lives and what the capture says about it.
-#[derive(Clone, Copy, Debug)]
-pub struct FrameMeta {
-    pub ts_ns: u64,
-    /// Length of the frame on the wire (may exceed the captured bytes).
-    pub wire_len: u32,
-    pub offset: u32,
-    pub caplen: u32,
-    pub link: LinkType,
-}
+use pcap::{CaptureBytes, FrameRef};
 
-/// A batch of frames, copied back to back into one buffer.
+/// A batch of frames of one capture: where each lies in the capture's bytes (shared, never
+/// copied) and what the capture says about it.
 pub struct Batch {
-    pub bytes: Vec<u8>,
-    pub frames: Vec<FrameMeta>,
+    capture: Option<Arc<CaptureBytes>>,
+    frames: Vec<FrameRef>,
 }
 
 impl Batch {
-    /// Frames per batch and buffer bytes per batch.
+    /// Frames per batch.
     pub const FRAMES: usize = 256;
-    pub const BYTES: usize = 512 * 1024;
 
     pub fn new() -> Batch {
         Batch {
-            bytes: Vec::with_capacity(Batch::BYTES),
+            capture: None,
             frames: Vec::with_capacity(Batch::FRAMES),
         }
     }
 
-    /// Would a frame of `len` bytes still fit without growing?
-    pub fn fits(&self, len: usize) -> bool {
-        self.frames.len() < Batch::FRAMES && self.bytes.len() + len <= Batch::BYTES
-    }
-
-    pub fn push(&mut self, link: LinkType, ts_ns: u64, wire_len: u32, frame: &[u8]) {
-        let offset = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(frame);
-        self.frames.push(FrameMeta {
-            ts_ns,
-            wire_len,
-            offset,
-            caplen: frame.len() as u32,
-            link,
-        });
-    }
-
-    pub fn clear(&mut self) {
-        self.bytes.clear();
+    /// An empty batch for frames of `capture`.
+    pub fn start(&mut self, capture: &Arc<CaptureBytes>) {
         self.frames.clear();
+        self.capture = Some(Arc::clone(capture));
+    }
+
+    /// Is there room for another frame?
+    pub fn is_full(&self) -> bool {
+        self.frames.len() >= Batch::FRAMES
+    }
+
+    pub fn push(&mut self, frame: FrameRef) {
+        self.frames.push(frame);
+    }
+
+    /// Empties the batch and lets go of its capture.
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.capture = None;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,15 +52,9 @@ impl Batch {
     }
 
     /// The frames of this batch with their bytes.
-    pub fn iter(&self) -> impl Iterator<Item = (&FrameMeta, &[u8])> {
-        self.frames.iter().map(move |m| {
-            let start = m.offset as usize;
-            let frame = self
-                .bytes
-                .get(start..start + m.caplen as usize)
-                .unwrap_or(&[]);
-            (m, frame)
-        })
+    pub fn iter(&self) -> impl Iterator<Item = (&FrameRef, &[u8])> {
+        let bytes: &[u8] = self.capture.as_deref().map_or(&[], |c| c);
+        self.frames.iter().map(move |f| (f, f.bytes(bytes)))
     }
 }
 
