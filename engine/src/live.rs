@@ -58,7 +58,6 @@ use flowtable::config::{Capture, Config};
 use flowtable::packet::LinkType;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
-use recorder::writer::LogWriter;
 
 use crate::source::xdp::{self, KernelStats, SocketCounters, XdpSocket};
 use crate::stats::{self, RunState, SocketStats, StatsFile, STATS_VERSION};
@@ -256,8 +255,13 @@ pub fn live(
     let started = Instant::now();
     let plans = plan(cfg, &opts.config_name)?;
     let ring_dir = PathBuf::from(&cfg.ring.dir);
-    let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
-        .with_context(|| format!("creating log {}", opts.log.display()))?;
+    crate::recover::recover_at_start(&ring_dir);
+    let planned_rings: Vec<PathBuf> = plans
+        .iter()
+        .map(|p| crate::recover::ring_path(&ring_dir, p.worker))
+        .collect();
+    let run_file = crate::recover::RunFile::create(&ring_dir, &opts.log, &planned_rings, &cfg.log)?;
+    let writer = crate::recover::create_log(cfg, &opts.log)?;
     let clock = Clock::new();
     let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
     let mut consumers = Vec::new();
@@ -270,11 +274,7 @@ pub fn live(
         }
     };
     for p in &plans {
-        let path = ring_dir.join(format!(
-            "conntrail-{}-{}.ring",
-            std::process::id(),
-            p.worker
-        ));
+        let path = crate::recover::ring_path(&ring_dir, p.worker);
         let created = ring::create(&path, cfg.ring.bytes as usize);
         let (producer, consumer) = match created {
             Ok(pc) => pc,
@@ -484,6 +484,7 @@ pub fn live(
         .join()
         .map_err(|_| anyhow!("the recorder thread panicked"))?;
     cleanup(&ring_paths);
+    run_file.remove();
     if panicked {
         bail!("a worker thread panicked");
     }
