@@ -196,6 +196,12 @@ impl Iterator for LogReader {
     }
 }
 
+/// Whether `base` names a log: its base file exists, or (the base file deleted by retention)
+/// one of its numbered segments does.
+pub fn log_exists(base: &Path) -> bool {
+    base.is_file() || numbered_segments(base).is_ok_and(|found| !found.is_empty())
+}
+
 /// Where the intact part of segment file `path` (index `index`) ends: the end of its last
 /// intact frame, or of its header when it has no frame. `None` when its header is not a
 /// valid header of this version (the file cannot be continued). Bytes after that point are
