@@ -255,13 +255,15 @@ pub fn live(
     let started = Instant::now();
     let plans = plan(cfg, &opts.config_name)?;
     let ring_dir = PathBuf::from(&cfg.ring.dir);
-    crate::recover::recover_at_start(&ring_dir);
+    // A crashed run's log, just completed from its rings, is continued rather than replaced.
+    let recovered = crate::recover::recover_at_start(&ring_dir);
+    let resume = crate::recover::names_log(&recovered, &opts.log);
     let planned_rings: Vec<PathBuf> = plans
         .iter()
         .map(|p| crate::recover::ring_path(&ring_dir, p.worker))
         .collect();
     let run_file = crate::recover::RunFile::create(&ring_dir, &opts.log, &planned_rings, &cfg.log)?;
-    let writer = crate::recover::create_log(cfg, &opts.log)?;
+    let writer = crate::recover::create_log(cfg, &opts.log, resume)?;
     let clock = Clock::new();
     let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
     let mut consumers = Vec::new();

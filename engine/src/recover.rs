@@ -33,11 +33,17 @@ pub fn ring_path(ring_dir: &Path, worker: impl std::fmt::Display) -> PathBuf {
     ring_dir.join(format!("conntrail-{}-{worker}.ring", std::process::id()))
 }
 
-/// Starts the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
-/// [`RECORDER_DELAY_ENV`] when set).
-pub fn create_log(cfg: &Config, path: &Path) -> Result<LogWriter> {
-    let mut writer = LogWriter::create_with(path, Retention::from_config(&cfg.log))
-        .with_context(|| format!("creating log {}", path.display()))?;
+/// Opens the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
+/// [`RECORDER_DELAY_ENV`] when set): a new log replacing any there, or with `resume` the
+/// existing one continued after its last intact record.
+pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> {
+    let retention = Retention::from_config(&cfg.log);
+    let mut writer = if resume {
+        LogWriter::resume(path, retention)
+    } else {
+        LogWriter::create_with(path, retention)
+    }
+    .with_context(|| format!("opening log {}", path.display()))?;
     if let Ok(us) = std::env::var(RECORDER_DELAY_ENV) {
         let us: u64 = us
             .parse()
@@ -193,19 +199,30 @@ fn recover_run(run_file: &Path) -> Result<Option<Recovered>> {
     }))
 }
 
-/// Recovers dead engines' rings at the start of an engine, reporting each on the log.
-pub fn recover_at_start(ring_dir: &Path) {
+/// Recovers dead engines' rings at the start of an engine, reporting each on the log;
+/// returns the logs written to.
+pub fn recover_at_start(ring_dir: &Path) -> Vec<PathBuf> {
+    let mut logs = Vec::new();
     match recover_orphans(ring_dir) {
         Ok(outcomes) => {
             for outcome in outcomes {
                 match outcome {
-                    Ok(r) => log::warn!("{}", describe(&r)),
+                    Ok(r) => {
+                        log::warn!("{}", describe(&r));
+                        logs.push(r.log);
+                    }
                     Err(e) => log::error!("{e:#}"),
                 }
             }
         }
         Err(e) => log::error!("{e:#}"),
     }
+    logs
+}
+
+/// Whether `log` is one of `logs` (compared as absolute paths).
+pub fn names_log(logs: &[PathBuf], log: &Path) -> bool {
+    std::path::absolute(log).is_ok_and(|log| logs.contains(&log))
 }
 
 fn describe(r: &Recovered) -> String {

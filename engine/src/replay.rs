@@ -117,7 +117,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     drop(recycle_tx);
 
-    let writer = crate::recover::create_log(cfg, &opts.log)?;
+    let writer = crate::recover::create_log(cfg, &opts.log, false)?;
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&stop));
 
