@@ -418,7 +418,25 @@ impl LogWriter {
                 path: self.base.clone(),
             })?;
         let path = segment_path(&self.base, next);
-        let file = new_segment(&path)?;
+        let mut created = File::create(&path);
+        while matches!(&created, Err(e) if is_no_space(e)) && self.delete_oldest() {
+            created = File::create(&path);
+        }
+        let file = match created {
+            Ok(file) => file,
+            Err(e) if is_no_space(&e) => {
+                // No room even for a new file: stay on this segment; writes to it are
+                // counted as lost until there is room, and rotation is tried again.
+                log::error!(
+                    "log {}: cannot start {}: {e}",
+                    self.base.display(),
+                    path.display()
+                );
+                self.stats.no_space_errors += 1;
+                return Ok(());
+            }
+            Err(source) => return Err(RecorderError::io("creating", &path, source)),
+        };
         // The old file was written out above; replacing it closes it.
         self.file = file;
         let old_path = std::mem::replace(&mut self.segment_path, path);
@@ -619,11 +637,15 @@ mod tests {
 
     impl SmallDisk {
         fn mount(name: &str, kib: u32) -> Option<(SmallDisk, TestDir)> {
+            SmallDisk::mount_with(name, &format!("size={kib}k"))
+        }
+
+        fn mount_with(name: &str, options: &str) -> Option<(SmallDisk, TestDir)> {
             let dir = TestDir::new(name);
             let mount_point = dir.path().join("disk");
             std::fs::create_dir_all(&mount_point).unwrap();
             let mounted = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
                 .arg(&mount_point)
                 .status()
                 .is_ok_and(|s| s.success());
@@ -709,6 +731,44 @@ mod tests {
         assert_eq!(kept.last(), Some(&999));
         let first = kept[0];
         assert_eq!(kept, (first..1000).collect::<Vec<_>>());
+        drop(writer);
+    }
+
+    #[test]
+    fn no_room_for_a_new_segment_deletes_the_oldest_or_stays_on_the_current_one() {
+        // Room for the directory and one file: the base file takes all the frames.
+        let Some((disk, _dir)) = SmallDisk::mount_with("one-inode", "size=1m,nr_inodes=2") else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let mut writer = LogWriter::create_with(&path, Retention::rotate_at(4096)).unwrap();
+        for n in 0..100 {
+            writer.append(&numbered(n, 988)).unwrap();
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert!(stats.no_space_errors > 0);
+        assert_eq!((stats.frames, stats.segments), (100, 1));
+        assert_eq!(sequence_frames(&path), (0..100).collect::<Vec<_>>());
+        drop(writer);
+        drop(disk);
+
+        // Room for two files: each new segment takes the place of the oldest.
+        let Some((disk, _dir)) = SmallDisk::mount_with("two-inodes", "size=1m,nr_inodes=3") else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let mut writer = LogWriter::create_with(&path, Retention::rotate_at(4096)).unwrap();
+        for n in 0..100 {
+            writer.append(&numbered(n, 988)).unwrap();
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert_eq!((stats.frames, stats.frames_lost), (100, 0));
+        assert_eq!(stats.segments_deleted, stats.segments - 2);
+        let kept = sequence_frames(&path);
+        assert_eq!(kept.last(), Some(&99));
+        assert_eq!(kept, (kept[0]..100).collect::<Vec<_>>());
         drop(writer);
     }
 
