@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: formatting, lints, unit/property/integration tests (release build, so the
-# corpus replays are quick), then the release binary scored against the tshark oracles.
+# corpus replays are quick), the release binary scored against the tshark oracles, then a
+# short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --release
 scripts/agree.sh
+scripts/fuzz.sh 25
