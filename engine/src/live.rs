@@ -258,11 +258,12 @@ pub fn live(
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
     let recovered = crate::recover::recover_at_start(&ring_dir);
     let resume = crate::recover::names_log(&recovered, &opts.log);
-    let planned_rings: Vec<PathBuf> = plans
-        .iter()
-        .map(|p| crate::recover::ring_path(&ring_dir, p.worker))
-        .collect();
-    let run_file = crate::recover::RunFile::create(&ring_dir, &opts.log, &planned_rings, &cfg.log)?;
+    let run_file = crate::recover::RunFile::create(
+        &ring_dir,
+        &opts.log,
+        plans.iter().map(|p| p.worker),
+        &cfg.log,
+    )?;
     let writer = crate::recover::create_log(cfg, &opts.log, resume)?;
     let clock = Clock::new();
     let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
@@ -275,8 +276,8 @@ pub fn live(
             let _ = std::fs::remove_file(p);
         }
     };
-    for p in &plans {
-        let path = crate::recover::ring_path(&ring_dir, p.worker);
+    for (p, path) in plans.iter().zip(run_file.rings()) {
+        let path = path.clone();
         let created = ring::create(&path, cfg.ring.bytes as usize);
         let (producer, consumer) = match created {
             Ok(pc) => pc,

@@ -1,7 +1,7 @@
 //! Crash safety: what lets `conntrail recover` (and the next start of the engine) write the
 //! records a crashed engine left in its shared-memory rings, exactly once.
 //!
-//! A running engine keeps a *run file* `conntrail-PID.run` beside its ring files (in the
+//! A running engine keeps a *run file* `conntrail-PID-N.run` beside its ring files (in the
 //! `[ring] dir` of the configuration). It names the log, the ring files in worker order and
 //! the log's retention settings, and the engine holds an exclusive `flock` on it while it
 //! runs. The lock goes away with the process however it ends, so a run file whose lock can
@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -27,11 +28,6 @@ use serde::{Deserialize, Serialize};
 /// It makes records pile up in the rings so crash tests can kill the engine while records
 /// are in flight; never set it in operation.
 pub const RECORDER_DELAY_ENV: &str = "CONNTRAIL_RECORDER_DELAY_US";
-
-/// The path of worker `worker`'s ring file for this process.
-pub fn ring_path(ring_dir: &Path, worker: impl std::fmt::Display) -> PathBuf {
-    ring_dir.join(format!("conntrail-{}-{worker}.ring", std::process::id()))
-}
 
 /// Opens the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
 /// [`RECORDER_DELAY_ENV`] when set): a new log replacing any there, or with `resume` the
@@ -62,34 +58,47 @@ struct RunManifest {
     log_config: LogConfig,
 }
 
-/// The run file of this engine, locked while it lives.
+/// The run file of one engine (a `replay` or a `run`), locked while it lives.
 #[derive(Debug)]
 pub struct RunFile {
     path: PathBuf,
+    rings: Vec<PathBuf>,
     /// Holds the lock.
     _file: File,
 }
 
 impl RunFile {
-    /// Writes and locks the run file of this process in `ring_dir`, naming `log` (made
-    /// absolute) and the ring files in worker order. It appears under its final name only
-    /// once locked, so a recovery never mistakes a starting engine for a dead one.
-    pub fn create(
+    /// Writes and locks a run file in `ring_dir` for an engine writing `log` (made absolute)
+    /// with one ring per worker of `workers`; [`rings`](Self::rings) are the paths the rings
+    /// must be created at. Names are unique to the process and the engine
+    /// (`conntrail-PID-N.run`, `conntrail-PID-N-WORKER.ring`). The run file appears under its
+    /// final name only once locked, so a recovery never mistakes a starting engine for a
+    /// dead one.
+    pub fn create<W: std::fmt::Display>(
         ring_dir: &Path,
         log: &Path,
-        rings: &[PathBuf],
+        workers: impl IntoIterator<Item = W>,
         log_config: &LogConfig,
     ) -> Result<RunFile> {
+        static ENGINES: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
+        let run = format!(
+            "conntrail-{pid}-{}",
+            ENGINES.fetch_add(1, Ordering::Relaxed)
+        );
+        let rings: Vec<PathBuf> = workers
+            .into_iter()
+            .map(|w| ring_dir.join(format!("{run}-{w}.ring")))
+            .collect();
         let manifest = RunManifest {
             pid,
             log: std::path::absolute(log)
                 .with_context(|| format!("resolving log path {}", log.display()))?,
-            rings: rings.to_vec(),
+            rings: rings.clone(),
             log_config: log_config.clone(),
         };
-        let path = ring_dir.join(format!("conntrail-{pid}.run"));
-        let tmp = ring_dir.join(format!("conntrail-{pid}.run.tmp"));
+        let path = ring_dir.join(format!("{run}.run"));
+        let tmp = ring_dir.join(format!("{run}.run.tmp"));
         let text = serde_json::to_vec_pretty(&manifest).context("encoding the run file")?;
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         let file = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
@@ -97,7 +106,16 @@ impl RunFile {
             .with_context(|| format!("locking {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(RunFile { path, _file: file })
+        Ok(RunFile {
+            path,
+            rings,
+            _file: file,
+        })
+    }
+
+    /// Where the rings go, in worker order.
+    pub fn rings(&self) -> &[PathBuf] {
+        &self.rings
     }
 
     /// Removes the run file: the engine has drained and removed its rings.

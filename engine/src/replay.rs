@@ -81,10 +81,9 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     let started = Instant::now();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
     crate::recover::recover_at_start(&ring_dir);
-    let ring_paths: Vec<PathBuf> = (0..opts.workers)
-        .map(|w| crate::recover::ring_path(&ring_dir, w))
-        .collect();
-    let run_file = crate::recover::RunFile::create(&ring_dir, &opts.log, &ring_paths, &cfg.log)?;
+    let run_file =
+        crate::recover::RunFile::create(&ring_dir, &opts.log, 0..opts.workers, &cfg.log)?;
+    let ring_paths = run_file.rings().to_vec();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut consumers = Vec::new();
     let mut worker_handles = Vec::new();

@@ -139,7 +139,7 @@ impl Scene {
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.rsplit('-').next())
                     .and_then(|w| w.parse().ok())
-                    .expect("conntrail-PID-W.ring");
+                    .expect("conntrail-PID-N-WORKER.ring");
                 (worker, p)
             })
             .collect();
