@@ -13,7 +13,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Live capture: xsk-rs builds libxdp/libbpf with clang and the cc crate (libelf, zlib, m4,
 # pkg-config; libpcap-dev as measured in shared/LAB-NOTES.md); the live test and lab scripts
 # use ip (network namespaces, veth), ethtool and tcpreplay.
-for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay iproute2 ethtool; do
+# Fuzzing: libfuzzer-sys compiles libFuzzer with the C++ compiler.
+for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay iproute2 ethtool g++; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -32,3 +33,5 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fetch --locked 2>/dev/null || cargo fetch
+# The fuzz targets run with cargo-fuzz on the stable toolchain (scripts/fuzz.sh).
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -34,6 +34,7 @@ pub mod html;
 pub mod live;
 pub mod logs;
 pub mod query;
+pub mod recover;
 pub mod replay;
 pub mod show;
 pub mod source;

@@ -60,7 +60,6 @@ use flowtable::config::{Capture, Config};
 use flowtable::packet::LinkType;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
-use recorder::writer::LogWriter;
 
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
@@ -260,8 +259,16 @@ pub fn live(
     let started = Instant::now();
     let plans = plan(cfg, &opts.config_name)?;
     let ring_dir = PathBuf::from(&cfg.ring.dir);
-    let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
-        .with_context(|| format!("creating log {}", opts.log.display()))?;
+    // A crashed run's log, just completed from its rings, is continued rather than replaced.
+    let recovered = crate::recover::recover_at_start(&ring_dir);
+    let resume = crate::recover::names_log(&recovered, &opts.log);
+    let run_file = crate::recover::RunFile::create(
+        &ring_dir,
+        &opts.log,
+        plans.iter().map(|p| p.worker),
+        &cfg.log,
+    )?;
+    let writer = crate::recover::create_log(cfg, &opts.log, resume)?;
     let clock = Clock::new();
     // One XDP program per interface; frames reach the sockets once it is attached.
     let mut programs: Vec<(String, Arc<XdpProgram>)> = Vec::new();
@@ -291,12 +298,8 @@ pub fn live(
             let _ = std::fs::remove_file(p);
         }
     };
-    for p in &plans {
-        let path = ring_dir.join(format!(
-            "conntrail-{}-{}.ring",
-            std::process::id(),
-            p.worker
-        ));
+    for (p, path) in plans.iter().zip(run_file.rings()) {
+        let path = path.clone();
         let created = ring::create(&path, cfg.ring.bytes as usize);
         let (producer, consumer) = match created {
             Ok(pc) => pc,
@@ -574,6 +577,7 @@ pub fn live(
         .join()
         .map_err(|_| anyhow!("the recorder thread panicked"))?;
     cleanup(&ring_paths);
+    run_file.remove();
     if panicked {
         bail!("a worker thread panicked");
     }

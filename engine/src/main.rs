@@ -103,6 +103,9 @@ enum Command {
     Run(engine::live::RunArgs),
     /// Print the counters a running (or stopped) `conntrail run` publishes every second.
     Stats(engine::stats::StatsArgs),
+    /// Write the records that crashed engines left in their shared-memory rings to their
+    /// logs, exactly once (the engine also does this when it starts).
+    Recover(engine::recover::RecoverArgs),
     /// Check or print configuration files.
     Config {
         #[command(subcommand)]
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Extract(a) => engine::extract::run(a),
         Command::Run(a) => engine::live::run(a),
         Command::Stats(a) => engine::stats::run(a),
+        Command::Recover(a) => engine::recover::run(a),
         Command::Config { action } => match action {
             ConfigAction::Default => {
                 print!("{DEFAULT_TOML}");
@@ -343,5 +347,20 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
         "log: {} bytes in {} segment(s)",
         s.log_bytes, s.log_segments
     )?;
+    let w = &s.log_writer;
+    if w.segments_deleted > 0 {
+        writeln!(
+            out,
+            "log retention: {} old segment(s) deleted ({} bytes)",
+            w.segments_deleted, w.bytes_deleted
+        )?;
+    }
+    if w.frames_lost > 0 {
+        writeln!(
+            out,
+            "log full: {} record(s) lost for lack of space ({} failed writes)",
+            w.frames_lost, w.no_space_errors
+        )?;
+    }
     Ok(())
 }

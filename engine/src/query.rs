@@ -183,7 +183,7 @@ fn split_args(args: &QueryArgs) -> anyhow::Result<(Vec<PathBuf>, Option<String>)
     let n_logs = args
         .args
         .iter()
-        .take_while(|a| Path::new(a).is_file())
+        .take_while(|a| recorder::reader::log_exists(Path::new(a)))
         .count();
     let (logs, rest) = args.args.split_at(n_logs);
     let logs: Vec<PathBuf> = logs.iter().map(PathBuf::from).collect();

@@ -18,7 +18,6 @@ use flowtable::config::Config;
 use flowtable::key::{FlowKey, KeyKind};
 use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
-use recorder::writer::LogWriter;
 
 use crate::source::pcap::{Capture, CaptureStats};
 use crate::source::Batch;
@@ -43,6 +42,8 @@ pub struct ReplaySummary {
     pub frames_written: u64,
     pub log_bytes: u64,
     pub log_segments: u32,
+    /// The log writer's counters: retention deletions, records lost to a full disk.
+    pub log_writer: recorder::WriterStats,
     pub elapsed: Duration,
 }
 
@@ -83,9 +84,12 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     let started = Instant::now();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
+    crate::recover::recover_at_start(&ring_dir);
+    let run_file =
+        crate::recover::RunFile::create(&ring_dir, &opts.log, 0..opts.workers, &cfg.log)?;
+    let ring_paths = run_file.rings().to_vec();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut consumers = Vec::new();
-    let mut ring_paths = Vec::new();
     let mut worker_handles = Vec::new();
     let mut to_workers: Vec<Sender<Batch>> = Vec::new();
     let (recycle_tx, recycle_rx) = bounded::<Batch>(opts.workers * BATCHES_PER_WORKER);
@@ -93,10 +97,9 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         recycle_tx.send(Batch::new()).context("preparing batches")?;
     }
     for w in 0..opts.workers {
-        let path = ring_dir.join(format!("conntrail-{}-{w}.ring", std::process::id()));
-        let (producer, consumer) = ring::create(&path, cfg.ring.bytes as usize)
+        let path = &ring_paths[w];
+        let (producer, consumer) = ring::create(path, cfg.ring.bytes as usize)
             .with_context(|| format!("creating ring {}", path.display()))?;
-        ring_paths.push(path);
         consumers.push(consumer);
         let (tx, rx) = bounded::<Batch>(BATCHES_PER_WORKER);
         to_workers.push(tx);
@@ -117,8 +120,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     drop(recycle_tx);
 
-    let writer = LogWriter::create(&opts.log, cfg.log.rotate_bytes)
-        .with_context(|| format!("creating log {}", opts.log.display()))?;
+    let writer = crate::recover::create_log(cfg, &opts.log, false)?;
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&stop));
 
@@ -139,6 +141,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     for p in &ring_paths {
         let _ = std::fs::remove_file(p);
     }
+    run_file.remove();
     let captures = read_result?;
     Ok(ReplaySummary {
         captures,
@@ -146,6 +149,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         frames_written: rec_stats.writer.frames,
         log_bytes: rec_stats.writer.file_bytes,
         log_segments: rec_stats.writer.segments,
+        log_writer: rec_stats.writer,
         elapsed: started.elapsed(),
     })
 }

@@ -79,17 +79,28 @@ impl Default for RingConfig {
     }
 }
 
-/// The log written by the recorder.
+/// The log written by the recorder: rotation and retention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
+    /// Start a new segment when the current one would exceed this size.
     pub rotate_bytes: u64,
+    /// Start a new segment when the current one is this old (0: never).
+    pub rotate_age_s: u64,
+    /// Delete the oldest segments to keep the whole log under this size (0: no cap).
+    pub max_total_bytes: u64,
+    /// Keep this much space free on the log's file system, deleting the oldest segments and
+    /// then dropping (and counting) records (0: no floor).
+    pub min_free_bytes: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             rotate_bytes: 1 << 30,
+            rotate_age_s: 0,
+            max_total_bytes: 0,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -575,6 +586,17 @@ impl Config {
         if self.log.rotate_bytes < 4096 {
             return Err(("rotate_bytes", "must be at least 4096".into()));
         }
+        let max_total = self.log.max_total_bytes;
+        if max_total != 0 && max_total / 2 < self.log.rotate_bytes {
+            return Err((
+                "max_total_bytes",
+                format!(
+                    "must be 0 (no cap) or at least twice rotate_bytes ({}), so a closed \
+                     segment fits beside the one being written; not {max_total}",
+                    self.log.rotate_bytes
+                ),
+            ));
+        }
         let l = &self.triggers.latency;
         for (key, v) in [
             ("syn_synack_ms", l.syn_synack_ms),
@@ -795,6 +817,28 @@ mod tests {
         let e = Config::parse("[timeouts]\nudp_s = -1\n", "c.toml").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("udp_s"), "{e}");
+    }
+
+    #[test]
+    fn log_retention_keys_load_and_a_cap_below_two_segments_is_refused() {
+        let text = "[log]\nrotate_bytes = 65536\nrotate_age_s = 3600\nmax_total_bytes = 131072\n\
+                    min_free_bytes = 0\n";
+        let cfg = Config::parse(text, "c.toml").expect("parses");
+        assert_eq!(cfg.log.rotate_age_s, 3600);
+        assert_eq!(cfg.log.max_total_bytes, 131_072);
+        assert_eq!(cfg.log.min_free_bytes, 0);
+        let text = "[log]\nrotate_bytes = 65536\n\nmax_total_bytes = 100000\n";
+        let e = Config::parse(text, "/etc/conntrail.toml").unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/conntrail.toml line 4: key `max_total_bytes`"),
+            "{e}"
+        );
+        let e = Config::parse("[log]\nrotate_age_s = -5\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = Config::parse("[log]\nmax_age = 5\n", "c.toml").unwrap_err();
+        assert!(e.message.contains("max_age"), "{e}");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //!
 //! **Owns**: the on-disk format (`recorder/FORMAT.md`, implemented in [`mod@format`]): a versioned
 //! file header, then frames of a sync marker, a length, a CRC32 and a payload; size-based
-//! rotation into `LOG`, `LOG.1`, `LOG.2`, ... ([`LogWriter`]); a streaming reader that reports
-//! damage and resynchronises after it ([`LogReader`]); and the recorder thread that drains the
-//! workers' rings into the log ([`thread::spawn`]).
+//! rotation into `LOG`, `LOG.1`, `LOG.2`, ... by size or age, with retention by total size
+//! and free space ([`LogWriter`], [`Retention`]); a streaming reader that reports damage and
+//! resynchronises after it ([`LogReader`]); the recorder thread that drains the workers'
+//! rings into the log ([`thread::spawn`]); and recovery of the records a crashed engine left
+//! in its rings, written exactly once ([`recover::recover`]).
 //!
 //! **Never does**: decode payloads (they are opaque MessagePack records, see `ring::codec`);
 //! rename or rewrite a segment once written; trust a byte it reads (every length is bounded
@@ -35,12 +37,13 @@ use std::path::{Path, PathBuf};
 
 pub mod format;
 pub mod reader;
+pub mod recover;
 pub mod thread;
 pub mod writer;
 
 pub use reader::{Damage, DamageKind, Frame, LogReader};
 pub use thread::RecorderStats;
-pub use writer::{LogWriter, WriterStats};
+pub use writer::{LogWriter, Retention, WriterStats};
 
 /// Errors of the writer, of opening a reader, and of the recorder thread.
 #[derive(Debug, thiserror::Error)]

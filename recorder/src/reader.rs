@@ -123,20 +123,27 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    /// Opens the log whose base file is `path`. Fails only when the base file cannot be
-    /// opened or its directory listed; everything about the contents is reported as
-    /// [`Damage`] while iterating.
+    /// Opens the log whose base file is `path`. Fails only when neither the base file nor a
+    /// numbered segment can be opened, or the directory cannot be listed; everything about
+    /// the contents is reported as [`Damage`] while iterating.
+    ///
+    /// When retention has deleted the oldest segments (the base file first), reading starts
+    /// at the oldest segment left; only gaps after it are damage.
     pub fn open(path: &Path) -> Result<LogReader, RecorderError> {
-        let base_file =
-            File::open(path).map_err(|source| RecorderError::io("opening", path, source))?;
         let numbered = numbered_segments(path)
             .map_err(|source| RecorderError::io("listing segments of", path, source))?;
-        let first = SegmentReader::new(Arc::from(path), 0, base_file);
+        let (current, expected) = match File::open(path) {
+            Ok(base_file) => (Some(SegmentReader::new(Arc::from(path), 0, base_file)), 1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !numbered.is_empty() => {
+                (None, numbered.first().map_or(1, |(index, _)| *index))
+            }
+            Err(source) => return Err(RecorderError::io("opening", path, source)),
+        };
         Ok(LogReader {
             base: path.to_path_buf(),
             queue: numbered.into_iter(),
-            expected: 1,
-            current: Some(first),
+            expected,
+            current,
             pending: None,
         })
     }
@@ -187,6 +194,34 @@ impl Iterator for LogReader {
             }
         }
     }
+}
+
+/// Whether `base` names a log: its base file exists, or (the base file deleted by retention)
+/// one of its numbered segments does.
+pub fn log_exists(base: &Path) -> bool {
+    base.is_file() || numbered_segments(base).is_ok_and(|found| !found.is_empty())
+}
+
+/// Where the intact part of segment file `path` (index `index`) ends: the end of its last
+/// intact frame, or of its header when it has no frame. `None` when its header is not a
+/// valid header of this version (the file cannot be continued). Bytes after that point are
+/// a torn or damaged tail.
+pub(crate) fn intact_end(path: &Path, index: u32) -> std::io::Result<Option<(u64, u64)>> {
+    let file = File::open(path)?;
+    let mut segment = SegmentReader::new(Arc::from(path), index, file);
+    segment.header_checked = true;
+    if segment.check_header().is_some() {
+        return Ok(None);
+    }
+    let mut end = segment.position;
+    let mut frames = 0u64;
+    while let Some(item) = segment.next_item() {
+        if let Ok(frame) = item {
+            end = frame.offset + (FRAME_HEADER_LEN + frame.payload.len()) as u64;
+            frames += 1;
+        }
+    }
+    Ok(Some((end, frames)))
 }
 
 /// Reads one segment file.

@@ -1,11 +1,15 @@
-//! Appending frames to a log, with size-based rotation into numbered segments.
+//! Appending frames to a log, with rotation into numbered segments by size or age, and
+//! retention: a cap on the log's total size and a floor on the file system's free space,
+//! the oldest segments deleted first.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use crate::format::{FileHeader, FrameHeader, FRAME_HEADER_LEN, MAX_PAYLOAD};
+use crate::format::{FileHeader, FrameHeader, FRAME_HEADER_LEN, HEADER_LEN, MAX_PAYLOAD};
 use crate::RecorderError;
 
 /// Size of the in-memory buffer in front of the current segment file.
@@ -52,71 +56,211 @@ pub(crate) fn numbered_segments(base: &Path) -> std::io::Result<Vec<(u32, PathBu
     Ok(found)
 }
 
+/// When the writer starts a new segment and what it deletes to bound the log's disk use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Close a segment when the next frame would take it past this size (header included).
+    pub rotate_bytes: u64,
+    /// Close a segment at the first append after it has been open this long.
+    pub rotate_age: Option<Duration>,
+    /// Delete the oldest closed segments so that they and a full current segment stay under
+    /// this many bytes.
+    pub max_total_bytes: Option<u64>,
+    /// Keep at least this much space free on the log's file system: the oldest closed
+    /// segments are deleted to make room, and records that would eat into it are dropped
+    /// (counted in [`WriterStats::frames_lost`]).
+    pub min_free_bytes: u64,
+}
+
+impl Retention {
+    /// The retention the `[log]` section of a configuration asks for (0 switches a limit off).
+    pub fn from_config(log: &flowtable::config::LogConfig) -> Retention {
+        Retention {
+            rotate_bytes: log.rotate_bytes,
+            rotate_age: (log.rotate_age_s > 0).then(|| Duration::from_secs(log.rotate_age_s)),
+            max_total_bytes: (log.max_total_bytes > 0).then_some(log.max_total_bytes),
+            min_free_bytes: log.min_free_bytes,
+        }
+    }
+
+    /// Rotation by size only; nothing is ever deleted.
+    pub fn rotate_at(rotate_bytes: u64) -> Retention {
+        Retention {
+            rotate_bytes,
+            rotate_age: None,
+            max_total_bytes: None,
+            min_free_bytes: 0,
+        }
+    }
+}
+
 /// Counters of a [`LogWriter`] since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Frames appended.
+    /// Frames handed to the OS.
     pub frames: u64,
-    /// Payload bytes appended.
+    /// Payload bytes of those frames.
     pub payload_bytes: u64,
-    /// Bytes in all segment files: headers, frame headers and payloads.
+    /// Bytes in all segment files written: headers, frame headers and payloads.
     pub file_bytes: u64,
     /// Segment files written (the base file counts as one).
     pub segments: u32,
+    /// Frames dropped because the file system was full (ENOSPC, a quota, a file size limit)
+    /// or its free space was below [`Retention::min_free_bytes`].
+    pub frames_lost: u64,
+    /// Times a write failed for lack of space.
+    pub no_space_errors: u64,
+    /// Old segments deleted by retention, and their bytes.
+    pub segments_deleted: u32,
+    /// Bytes of the segments deleted by retention.
+    pub bytes_deleted: u64,
 }
 
 /// Writes a log: the base file `LOG`, then `LOG.1`, `LOG.2`, ... as each reaches the rotation
-/// size. Files are never renamed, so a reader finds the segments in order by name.
+/// size or age. Files are never renamed, so a reader finds the segments in order by name;
+/// retention deletes the oldest ones first.
 ///
 /// Appends are buffered; [`flush`](Self::flush) hands them to the OS. Dropping the writer
-/// flushes too, but ignores errors.
+/// flushes too, but ignores errors. A full file system is not an error: the frames that do
+/// not fit are dropped and counted, the segment is cut back to its last whole frame, and
+/// writing goes on when there is room again.
 #[derive(Debug)]
 pub struct LogWriter {
     base: PathBuf,
-    rotate_bytes: u64,
-    out: BufWriter<File>,
+    retention: Retention,
+    file: File,
+    /// Bytes of the current segment handed to the OS (whole frames only).
+    file_len: u64,
+    /// Encoded frames (and, for a new segment, its header) not yet written.
+    buf: Vec<u8>,
+    /// Frames and payload bytes in `buf`.
+    buf_frames: u64,
+    buf_payload: u64,
+    /// The current segment's header, written again if a full disk lost it.
+    header: [u8; HEADER_LEN as usize],
     segment: u32,
     segment_path: PathBuf,
-    segment_bytes: u64,
     segment_frames: u64,
+    segment_opened: Instant,
+    /// Closed segments still on disk, oldest first, with their sizes.
+    closed: VecDeque<(PathBuf, u64)>,
+    /// Set while writes fail for lack of space (reported once per episode).
+    out_of_space: bool,
+    /// A pause after every append (see [`set_append_delay`](Self::set_append_delay)).
+    append_delay: Option<Duration>,
     stats: WriterStats,
 }
 
 impl LogWriter {
+    /// Starts a new log at `path` with size-based rotation only; see
+    /// [`create_with`](Self::create_with).
+    pub fn create(path: &Path, rotate_bytes: u64) -> Result<LogWriter, RecorderError> {
+        LogWriter::create_with(path, Retention::rotate_at(rotate_bytes))
+    }
+
     /// Starts a new log at `path`, replacing any log there: the base file is truncated and
     /// its old numbered segments (`path.N`) are removed, so they cannot be mistaken for part
     /// of the new log.
     ///
     /// A segment is closed when the next frame would take it past `rotate_bytes` (header
-    /// included); a segment always holds at least one frame, so a frame larger than
-    /// `rotate_bytes` gets a segment of its own.
-    pub fn create(path: &Path, rotate_bytes: u64) -> Result<LogWriter, RecorderError> {
+    /// included) or, with a rotation age, at the first append after that age; a segment
+    /// always holds at least one frame, so a frame larger than `rotate_bytes` gets a segment
+    /// of its own.
+    pub fn create_with(path: &Path, retention: Retention) -> Result<LogWriter, RecorderError> {
         let stale = numbered_segments(path)
             .map_err(|source| RecorderError::io("listing old segments of", path, source))?;
         for (_, stale_path) in stale {
             std::fs::remove_file(&stale_path)
                 .map_err(|source| RecorderError::io("removing old segment", &stale_path, source))?;
         }
-        let (out, header_len) = start_segment(path, 0)?;
-        Ok(LogWriter {
-            base: path.to_path_buf(),
-            rotate_bytes,
-            out,
-            segment: 0,
-            segment_path: path.to_path_buf(),
-            segment_bytes: header_len,
+        let mut writer = LogWriter::on_segment(path, retention, 0, new_segment(path)?);
+        writer.start_header(0);
+        writer.stats.segments = 1;
+        Ok(writer)
+    }
+
+    /// Continues the log at `path` (or starts it when there is none): appends go to its
+    /// newest segment, after its last intact frame. A torn tail (a frame cut short by a
+    /// crash) is cut off first; a newest segment without a valid header is started again.
+    pub fn resume(path: &Path, retention: Retention) -> Result<LogWriter, RecorderError> {
+        let numbered = numbered_segments(path)
+            .map_err(|source| RecorderError::io("listing segments of", path, source))?;
+        let mut segments: Vec<(u32, PathBuf)> = Vec::new();
+        if path.exists() {
+            segments.push((0, path.to_path_buf()));
+        }
+        segments.extend(numbered);
+        let Some((index, newest)) = segments.pop() else {
+            return LogWriter::create_with(path, retention);
+        };
+        let intact = crate::reader::intact_end(&newest, index)
+            .map_err(|source| RecorderError::io("reading", &newest, source))?;
+        let mut writer = match intact {
+            Some((end, frames)) => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&newest)
+                    .map_err(|source| RecorderError::io("opening", &newest, source))?;
+                file.set_len(end)
+                    .map_err(|source| RecorderError::io("truncating", &newest, source))?;
+                let mut writer = LogWriter::on_segment(path, retention, index, file);
+                writer.file_len = end;
+                writer.segment_frames = frames;
+                writer.header = FileHeader::new(now_ns(), index).encode();
+                writer
+            }
+            None => {
+                let mut writer =
+                    LogWriter::on_segment(path, retention, index, new_segment(&newest)?);
+                writer.start_header(index);
+                writer
+            }
+        };
+        for (_, older) in segments {
+            let len = std::fs::metadata(&older).map_or(0, |m| m.len());
+            writer.closed.push_back((older, len));
+        }
+        writer.stats.segments = 1;
+        Ok(writer)
+    }
+
+    fn on_segment(base: &Path, retention: Retention, index: u32, file: File) -> LogWriter {
+        LogWriter {
+            base: base.to_path_buf(),
+            retention,
+            file,
+            file_len: 0,
+            buf: Vec::with_capacity(BUFFER_BYTES),
+            buf_frames: 0,
+            buf_payload: 0,
+            header: [0; HEADER_LEN as usize],
+            segment: index,
+            segment_path: segment_path(base, index),
             segment_frames: 0,
-            stats: WriterStats {
-                file_bytes: header_len,
-                segments: 1,
-                ..WriterStats::default()
-            },
-        })
+            segment_opened: Instant::now(),
+            closed: VecDeque::new(),
+            out_of_space: false,
+            append_delay: None,
+            stats: WriterStats::default(),
+        }
+    }
+
+    /// Puts a fresh header for segment `index` at the start of the (empty) buffer.
+    fn start_header(&mut self, index: u32) {
+        self.header = FileHeader::new(now_ns(), index).encode();
+        self.buf.extend_from_slice(&self.header);
+    }
+
+    /// Pauses for `delay` after every append. The recorder then falls behind the workers and
+    /// records pile up in the rings: crash-recovery tests use it to kill the engine while
+    /// records are in flight. Never set in normal operation.
+    pub fn set_append_delay(&mut self, delay: Option<Duration>) {
+        self.append_delay = delay;
     }
 
     /// Appends one frame holding `payload`, rotating first if the current segment would
-    /// exceed the rotation size. Fails with [`RecorderError::PayloadTooLarge`] (writing
-    /// nothing) above [`MAX_PAYLOAD`].
+    /// exceed the rotation size or is older than the rotation age. Fails with
+    /// [`RecorderError::PayloadTooLarge`] (writing nothing) above [`MAX_PAYLOAD`].
     pub fn append(&mut self, payload: &[u8]) -> Result<(), RecorderError> {
         let header = FrameHeader::for_payload(payload).ok_or(RecorderError::PayloadTooLarge {
             len: payload.len(),
@@ -124,29 +268,32 @@ impl LogWriter {
         })?;
         let frame_bytes = (FRAME_HEADER_LEN + payload.len()) as u64;
         if self.segment_frames > 0
-            && self.segment_bytes.saturating_add(frame_bytes) > self.rotate_bytes
+            && (self.segment_bytes().saturating_add(frame_bytes) > self.retention.rotate_bytes
+                || self
+                    .retention
+                    .rotate_age
+                    .is_some_and(|age| self.segment_opened.elapsed() >= age))
         {
             self.rotate()?;
         }
-        let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
-            out.write_all(&header.encode())?;
-            out.write_all(payload)
-        };
-        write(&mut self.out)
-            .map_err(|source| RecorderError::io("writing", &self.segment_path, source))?;
-        self.segment_bytes += frame_bytes;
+        self.buf.extend_from_slice(&header.encode());
+        self.buf.extend_from_slice(payload);
+        self.buf_frames += 1;
+        self.buf_payload += payload.len() as u64;
         self.segment_frames += 1;
-        self.stats.frames += 1;
-        self.stats.payload_bytes += payload.len() as u64;
-        self.stats.file_bytes += frame_bytes;
+        if self.buf.len() >= BUFFER_BYTES {
+            self.write_out()?;
+        }
+        if let Some(delay) = self.append_delay {
+            std::thread::sleep(delay);
+        }
         Ok(())
     }
 
     /// Hands everything appended so far to the OS (it survives a crash of this process).
+    /// Frames that do not fit on the file system are dropped and counted, not an error.
     pub fn flush(&mut self) -> Result<(), RecorderError> {
-        self.out
-            .flush()
-            .map_err(|source| RecorderError::io("writing", &self.segment_path, source))
+        self.write_out()
     }
 
     /// Counters since [`create`](Self::create).
@@ -164,8 +311,106 @@ impl LogWriter {
         &self.segment_path
     }
 
+    fn segment_bytes(&self) -> u64 {
+        self.file_len + self.buf.len() as u64
+    }
+
+    /// Writes the buffer at the end of the segment. On a full file system it makes room by
+    /// deleting the oldest closed segments and tries again; what still does not fit is
+    /// dropped and counted, and the file is cut back to its last whole frame.
+    fn write_out(&mut self) -> Result<(), RecorderError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let needed = self.buf.len() as u64;
+        let mut outcome = if self.has_room_for(needed) {
+            self.file.write_all_at(&self.buf, self.file_len)
+        } else {
+            Err(std::io::ErrorKind::StorageFull.into())
+        };
+        while matches!(&outcome, Err(e) if is_no_space(e)) && self.delete_oldest() {
+            outcome = if self.has_room_for(needed) {
+                self.file.write_all_at(&self.buf, self.file_len)
+            } else {
+                Err(std::io::ErrorKind::StorageFull.into())
+            };
+        }
+        match outcome {
+            Ok(()) => {
+                self.file_len += needed;
+                self.stats.frames += self.buf_frames;
+                self.stats.payload_bytes += self.buf_payload;
+                self.stats.file_bytes += needed;
+                if self.out_of_space {
+                    self.out_of_space = false;
+                    log::warn!("log {}: writing again", self.segment_path.display());
+                }
+            }
+            Err(e) if is_no_space(&e) => {
+                // Whatever part of the buffer reached the file goes: the segment ends with
+                // its last whole frame. Cutting a file back needs no space.
+                let _ = self.file.set_len(self.file_len);
+                self.stats.no_space_errors += 1;
+                self.stats.frames_lost += self.buf_frames;
+                self.segment_frames -= self.buf_frames;
+                if !self.out_of_space {
+                    self.out_of_space = true;
+                    log::error!(
+                        "log {}: no space left ({e}); records are dropped and counted until \
+                         there is room",
+                        self.segment_path.display()
+                    );
+                }
+                self.buf.clear();
+                if self.file_len == 0 {
+                    self.buf.extend_from_slice(&self.header);
+                }
+                self.buf_frames = 0;
+                self.buf_payload = 0;
+                return Ok(());
+            }
+            Err(source) => return Err(RecorderError::io("writing", &self.segment_path, source)),
+        }
+        self.buf.clear();
+        self.buf_frames = 0;
+        self.buf_payload = 0;
+        Ok(())
+    }
+
+    /// Whether `bytes` more leave [`Retention::min_free_bytes`] free on the file system.
+    fn has_room_for(&self, bytes: u64) -> bool {
+        if self.retention.min_free_bytes == 0 {
+            return true;
+        }
+        match rustix::fs::fstatvfs(&self.file) {
+            Ok(vfs) => {
+                let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+                free >= self.retention.min_free_bytes.saturating_add(bytes)
+            }
+            // Not knowing the free space is no reason to stop writing.
+            Err(_) => true,
+        }
+    }
+
+    /// Deletes the oldest closed segment; false when there is none.
+    fn delete_oldest(&mut self) -> bool {
+        let Some((path, len)) = self.closed.pop_front() else {
+            return false;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.stats.segments_deleted += 1;
+                self.stats.bytes_deleted += len;
+                log::info!("log retention: deleted {} ({len} bytes)", path.display());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("log retention: cannot delete {}: {e}", path.display()),
+        }
+        true
+    }
+
     fn rotate(&mut self) -> Result<(), RecorderError> {
-        self.flush()?;
+        self.write_out()?;
         let next = self
             .segment
             .checked_add(1)
@@ -173,30 +418,70 @@ impl LogWriter {
                 path: self.base.clone(),
             })?;
         let path = segment_path(&self.base, next);
-        let (out, header_len) = start_segment(&path, next)?;
-        // The old writer was flushed above; dropping it closes the file.
-        self.out = out;
+        let mut created = File::create(&path);
+        while matches!(&created, Err(e) if is_no_space(e)) && self.delete_oldest() {
+            created = File::create(&path);
+        }
+        let file = match created {
+            Ok(file) => file,
+            Err(e) if is_no_space(&e) => {
+                // No room even for a new file: stay on this segment; writes to it are
+                // counted as lost until there is room, and rotation is tried again.
+                log::error!(
+                    "log {}: cannot start {}: {e}",
+                    self.base.display(),
+                    path.display()
+                );
+                self.stats.no_space_errors += 1;
+                return Ok(());
+            }
+            Err(source) => return Err(RecorderError::io("creating", &path, source)),
+        };
+        // The old file was written out above; replacing it closes it.
+        self.file = file;
+        let old_path = std::mem::replace(&mut self.segment_path, path);
+        self.closed.push_back((old_path, self.file_len));
+        self.file_len = 0;
         self.segment = next;
-        self.segment_path = path;
-        self.segment_bytes = header_len;
         self.segment_frames = 0;
+        self.segment_opened = Instant::now();
+        self.start_header(next);
         self.stats.segments += 1;
-        self.stats.file_bytes += header_len;
+        if let Some(max) = self.retention.max_total_bytes {
+            while self.closed.iter().map(|(_, len)| len).sum::<u64>() + self.retention.rotate_bytes
+                > max
+                && self.delete_oldest()
+            {}
+        }
         Ok(())
     }
 }
 
-/// Creates (truncating) a segment file and writes its header into the buffer.
-fn start_segment(path: &Path, index: u32) -> Result<(BufWriter<File>, u64), RecorderError> {
-    let file = File::create(path).map_err(|source| RecorderError::io("creating", path, source))?;
-    let created_ns = std::time::SystemTime::now()
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
+}
+
+/// ENOSPC, EDQUOT and EFBIG: the file system or a limit has no room for the write.
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge
+    )
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let header = FileHeader::new(created_ns, index).encode();
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, file);
-    out.write_all(&header)
-        .map_err(|source| RecorderError::io("writing", path, source))?;
-    Ok((out, header.len() as u64))
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Creates (truncating) a segment file.
+fn new_segment(path: &Path) -> Result<File, RecorderError> {
+    File::create(path).map_err(|source| RecorderError::io("creating", path, source))
 }
 
 #[cfg(test)]
@@ -280,6 +565,211 @@ mod tests {
         writer.flush().unwrap();
         assert_eq!(writer.stats().frames, 0);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 40);
+    }
+
+    fn sequence_frames(log: &Path) -> Vec<u32> {
+        crate::reader::LogReader::open(log)
+            .unwrap()
+            .map(|item| {
+                let payload = item.expect("no damage").payload;
+                u32::from_le_bytes(payload[..4].try_into().unwrap())
+            })
+            .collect()
+    }
+
+    fn numbered(n: u32, len: usize) -> Vec<u8> {
+        let mut payload = n.to_le_bytes().to_vec();
+        payload.resize(len, 0xA5);
+        payload
+    }
+
+    #[test]
+    fn a_segment_older_than_the_rotation_age_is_closed_at_the_next_append() {
+        let dir = TestDir::new("rotate-age");
+        let path = dir.path().join("LOG");
+        let retention = Retention {
+            rotate_age: Some(Duration::from_millis(50)),
+            ..Retention::rotate_at(u64::MAX)
+        };
+        let mut writer = LogWriter::create_with(&path, retention).unwrap();
+        writer.append(&numbered(0, 10)).unwrap();
+        writer.append(&numbered(1, 10)).unwrap();
+        assert_eq!(writer.stats().segments, 1);
+        std::thread::sleep(Duration::from_millis(80));
+        writer.append(&numbered(2, 10)).unwrap();
+        writer.append(&numbered(3, 10)).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(writer.stats().segments, 2);
+        assert_eq!(writer.segment_path(), segment_path(&path, 1));
+        assert_eq!(sequence_frames(&path), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn the_total_cap_deletes_the_oldest_segments_and_the_rest_reads_without_damage() {
+        let dir = TestDir::new("cap");
+        let path = dir.path().join("LOG");
+        let retention = Retention {
+            max_total_bytes: Some(3000),
+            ..Retention::rotate_at(1000)
+        };
+        let mut writer = LogWriter::create_with(&path, retention).unwrap();
+        for n in 0..100 {
+            writer.append(&numbered(n, 88)).unwrap(); // 100-byte frames, 9 a segment
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert_eq!(stats.segments, 12);
+        // Two closed segments (940 bytes each) and a full current one fit in 3000 bytes.
+        assert_eq!(stats.segments_deleted, 9);
+        assert!(!path.exists(), "the base file is the oldest and goes first");
+        let on_disk: u64 = (0..12)
+            .map(|i| std::fs::metadata(segment_path(&path, i)).map_or(0, |m| m.len()))
+            .sum();
+        assert!(on_disk <= 3000, "{on_disk} bytes on disk");
+        assert_eq!(on_disk, stats.file_bytes - stats.bytes_deleted);
+        // Segments 9, 10 and 11 are left: frames 81..100, in order, no damage reported.
+        assert_eq!(sequence_frames(&path), (81..100).collect::<Vec<_>>());
+    }
+
+    /// A tmpfs of `kib` KiB mounted for the test, unmounted when dropped; `None` (with a
+    /// message) when the test does not run as root or cannot mount.
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(name: &str, kib: u32) -> Option<(SmallDisk, TestDir)> {
+            SmallDisk::mount_with(name, &format!("size={kib}k"))
+        }
+
+        fn mount_with(name: &str, options: &str) -> Option<(SmallDisk, TestDir)> {
+            let dir = TestDir::new(name);
+            let mount_point = dir.path().join("disk");
+            std::fs::create_dir_all(&mount_point).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+                .arg(&mount_point)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("skipped: mounting a small tmpfs needs root (mount -t tmpfs)");
+                return None;
+            }
+            Some((SmallDisk(mount_point), dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_drops_and_counts_frames_and_writing_resumes_when_there_is_room() {
+        let Some((disk, _dir)) = SmallDisk::mount("enospc", 256) else {
+            return;
+        };
+        let filler = disk.0.join("filler");
+        std::fs::write(&filler, vec![0u8; 128 * 1024]).unwrap();
+        let path = disk.0.join("LOG");
+        let retention = Retention {
+            min_free_bytes: 0,
+            ..Retention::rotate_at(1 << 20)
+        };
+        let mut writer = LogWriter::create_with(&path, retention).unwrap();
+        for n in 0..400 {
+            writer.append(&numbered(n, 988)).unwrap(); // 1000-byte frames
+            if n % 10 == 9 {
+                writer.flush().unwrap();
+            }
+        }
+        let full = writer.stats();
+        assert!(full.no_space_errors > 0);
+        assert!(full.frames_lost > 0);
+        assert_eq!(full.frames + full.frames_lost, 400);
+        // What is on disk is whole frames only, read back without damage.
+        let kept = sequence_frames(&path);
+        assert_eq!(kept.len() as u64, full.frames);
+        assert_eq!(kept, (0..full.frames as u32).collect::<Vec<_>>());
+
+        std::fs::remove_file(&filler).unwrap();
+        for n in 400..450 {
+            writer.append(&numbered(n, 988)).unwrap();
+        }
+        writer.flush().unwrap();
+        let after = writer.stats();
+        assert_eq!(after.frames, full.frames + 50);
+        assert_eq!(after.frames_lost, full.frames_lost);
+        let kept = sequence_frames(&path);
+        assert_eq!(kept.len() as u64, after.frames);
+        assert_eq!(kept.last(), Some(&449));
+        drop(writer);
+    }
+
+    #[test]
+    fn the_free_space_floor_deletes_old_segments_before_losing_records() {
+        let Some((disk, _dir)) = SmallDisk::mount("min-free", 512) else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let retention = Retention {
+            min_free_bytes: 256 * 1024,
+            ..Retention::rotate_at(32 * 1024)
+        };
+        let mut writer = LogWriter::create_with(&path, retention).unwrap();
+        for n in 0..1000 {
+            writer.append(&numbered(n, 988)).unwrap();
+            if n % 10 == 9 {
+                writer.flush().unwrap();
+            }
+        }
+        let stats = writer.stats();
+        assert_eq!(stats.frames_lost, 0);
+        assert!(stats.segments_deleted > 0);
+        let vfs = rustix::fs::statvfs(&disk.0).unwrap();
+        assert!(vfs.f_bavail * vfs.f_frsize >= 256 * 1024 - 16 * 1024);
+        let kept = sequence_frames(&path);
+        assert_eq!(kept.last(), Some(&999));
+        let first = kept[0];
+        assert_eq!(kept, (first..1000).collect::<Vec<_>>());
+        drop(writer);
+    }
+
+    #[test]
+    fn no_room_for_a_new_segment_deletes_the_oldest_or_stays_on_the_current_one() {
+        // Room for the directory and one file: the base file takes all the frames.
+        let Some((disk, _dir)) = SmallDisk::mount_with("one-inode", "size=1m,nr_inodes=2") else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let mut writer = LogWriter::create_with(&path, Retention::rotate_at(4096)).unwrap();
+        for n in 0..100 {
+            writer.append(&numbered(n, 988)).unwrap();
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert!(stats.no_space_errors > 0);
+        assert_eq!((stats.frames, stats.segments), (100, 1));
+        assert_eq!(sequence_frames(&path), (0..100).collect::<Vec<_>>());
+        drop(writer);
+        drop(disk);
+
+        // Room for two files: each new segment takes the place of the oldest.
+        let Some((disk, _dir)) = SmallDisk::mount_with("two-inodes", "size=1m,nr_inodes=3") else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let mut writer = LogWriter::create_with(&path, Retention::rotate_at(4096)).unwrap();
+        for n in 0..100 {
+            writer.append(&numbered(n, 988)).unwrap();
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert_eq!((stats.frames, stats.frames_lost), (100, 0));
+        assert_eq!(stats.segments_deleted, stats.segments - 2);
+        let kept = sequence_frames(&path);
+        assert_eq!(kept.last(), Some(&99));
+        assert_eq!(kept, (kept[0]..100).collect::<Vec<_>>());
+        drop(writer);
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! Recovery after a crash: the records a dead engine left in its rings are written to its log
+//! exactly once.
+//!
+//! The recorder releases a ring's space only after the frames taken from it are in the log
+//! (see [`crate::thread::spawn`]), so after a crash a ring holds every frame handed to it
+//! that might not be in the log. Some of them may be: a crash between the write and the
+//! release leaves frames in both places. Frames of one ring reach the log in ring order, so
+//! the ones already there are a prefix of what the ring holds, and they are found by
+//! comparing the log's frames with the ring's, byte for byte (every record carries a unique
+//! id, so two distinct records never compare equal). The rest is appended after the log's
+//! last intact frame; a frame torn by the crash is cut off first.
+//!
+//! Running recovery twice over the same rings writes nothing the second time.
+
+use std::path::Path;
+
+use crate::reader::LogReader;
+use crate::writer::{LogWriter, Retention, WriterStats};
+use crate::RecorderError;
+
+/// What [`recover`] did, per ring (in the order given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Frames the ring held that were not in the log, now written.
+    pub written_per_ring: Vec<u64>,
+    /// Frames the ring held that the log already had (not written again).
+    pub already_logged_per_ring: Vec<u64>,
+    /// Frames too large for the log (not written).
+    pub rejected_per_ring: Vec<u64>,
+    /// Rings whose contents turned out corrupt part-way, with what is wrong; the frames
+    /// before the corruption are recovered.
+    pub corrupt_rings: Vec<(usize, ring::Corruption)>,
+    /// The writer's counters (frames lost to a full disk included).
+    pub writer: WriterStats,
+}
+
+impl Recovery {
+    /// Frames written by the recovery, all rings together.
+    pub fn written(&self) -> u64 {
+        self.written_per_ring.iter().sum()
+    }
+
+    /// Frames found already in the log, all rings together.
+    pub fn already_logged(&self) -> u64 {
+        self.already_logged_per_ring.iter().sum()
+    }
+}
+
+/// Writes the frames left in `rings` that `log` does not hold yet to the end of `log`
+/// (started when there is none), under `retention`, and releases them from the rings.
+pub fn recover(
+    log: &Path,
+    retention: Retention,
+    mut rings: Vec<ring::Consumer>,
+) -> Result<Recovery, RecorderError> {
+    let mut recovery = Recovery {
+        written_per_ring: vec![0; rings.len()],
+        already_logged_per_ring: vec![0; rings.len()],
+        rejected_per_ring: vec![0; rings.len()],
+        ..Recovery::default()
+    };
+    let mut left: Vec<Vec<Vec<u8>>> = Vec::with_capacity(rings.len());
+    for (index, consumer) in rings.iter_mut().enumerate() {
+        let mut frames = Vec::new();
+        while consumer.pop_unreleased(|frame| frames.push(frame.to_vec())) {}
+        if let Some(corruption) = consumer.corruption() {
+            recovery.corrupt_rings.push((index, corruption.clone()));
+        }
+        left.push(frames);
+    }
+    if left.iter().all(Vec::is_empty) {
+        // Nothing in flight: the log is left as it is.
+        return Ok(recovery);
+    }
+    // How many of each ring's frames, from the oldest, the log already holds.
+    let mut logged = vec![0usize; left.len()];
+    if let Ok(reader) = LogReader::open(log) {
+        for frame in reader.flatten() {
+            for (frames, count) in left.iter().zip(logged.iter_mut()) {
+                if frames.get(*count) == Some(&frame.payload) {
+                    *count += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let mut writer = LogWriter::resume(log, retention)?;
+    for (index, frames) in left.iter().enumerate() {
+        let count = logged[index];
+        recovery.already_logged_per_ring[index] = count as u64;
+        for frame in frames.iter().skip(count) {
+            match writer.append(frame) {
+                Ok(()) => recovery.written_per_ring[index] += 1,
+                Err(RecorderError::PayloadTooLarge { .. }) => {
+                    recovery.rejected_per_ring[index] += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    writer.flush()?;
+    for consumer in &mut rings {
+        consumer.release();
+    }
+    recovery.writer = writer.stats();
+    Ok(recovery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{FrameHeader, FRAME_HEADER_LEN};
+    use crate::test_dir::TestDir;
+    use std::io::Write;
+
+    fn frame(i: u8) -> Vec<u8> {
+        let mut f = vec![i; 20 + usize::from(i)];
+        f[0] = 0x90 | (i & 0x0f);
+        f
+    }
+
+    fn payloads(log: &Path) -> Vec<Vec<u8>> {
+        LogReader::open(log)
+            .unwrap()
+            .map(|item| item.expect("no damage").payload)
+            .collect()
+    }
+
+    #[test]
+    fn a_crash_between_write_and_release_writes_nothing_twice() {
+        let dir = TestDir::new("recover-window");
+        let log = dir.path().join("LOG");
+        let ring_path = dir.path().join("ring");
+        {
+            let (mut producer, mut consumer) = ring::create(&ring_path, 4096).unwrap();
+            for i in 0..10 {
+                producer.push(&frame(i)).unwrap();
+            }
+            let mut writer = LogWriter::create(&log, u64::MAX).unwrap();
+            // Frames 0 and 1 written and released; 2..6 written, not released; 6 torn.
+            for i in 0..6 {
+                assert!(consumer.pop_unreleased(|f| writer.append(f).unwrap()));
+                if i == 1 {
+                    writer.flush().unwrap();
+                    consumer.release();
+                }
+            }
+            writer.flush().unwrap();
+            drop(writer);
+            let torn = frame(6);
+            let header = FrameHeader::for_payload(&torn).unwrap().encode();
+            let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            file.write_all(&header).unwrap();
+            file.write_all(&torn[..5]).unwrap();
+        }
+        let recovery = recover(
+            &log,
+            Retention::rotate_at(u64::MAX),
+            vec![ring::open(&ring_path).unwrap()],
+        )
+        .unwrap();
+        assert_eq!(recovery.already_logged_per_ring, vec![4]);
+        assert_eq!(recovery.written_per_ring, vec![4]);
+        assert_eq!(payloads(&log), (0..10).map(frame).collect::<Vec<_>>());
+        // The torn frame was cut off: the file is exactly the header and ten whole frames.
+        let whole: u64 = 40
+            + (0..10)
+                .map(|i| (FRAME_HEADER_LEN + frame(i).len()) as u64)
+                .sum::<u64>();
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), whole);
+
+        // Released by the recovery: a second one finds nothing.
+        let again = recover(
+            &log,
+            Retention::rotate_at(u64::MAX),
+            vec![ring::open(&ring_path).unwrap()],
+        )
+        .unwrap();
+        assert_eq!(again.written(), 0);
+        assert_eq!(payloads(&log).len(), 10);
+    }
+
+    #[test]
+    fn a_second_recovery_of_unreleased_rings_finds_everything_logged() {
+        let dir = TestDir::new("recover-twice");
+        let log = dir.path().join("LOG");
+        let paths = [dir.path().join("r0"), dir.path().join("r1")];
+        for (w, path) in paths.iter().enumerate() {
+            let (mut producer, _consumer) = ring::create(path, 4096).unwrap();
+            for i in 0..5 {
+                producer.push(&frame(i * 2 + w as u8)).unwrap();
+            }
+        }
+        std::fs::write(&log, b"").unwrap();
+        // Recovery killed after writing but before releasing: simulated by recovering from
+        // copies of the ring files.
+        for path in &paths {
+            let mut copy = path.clone().into_os_string();
+            copy.push(".copy");
+            std::fs::copy(path, &copy).unwrap();
+        }
+        let open_all = |suffix: &str| {
+            paths
+                .iter()
+                .map(|p| {
+                    let mut name = p.clone().into_os_string();
+                    name.push(suffix);
+                    ring::open(Path::new(&name)).unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = recover(&log, Retention::rotate_at(u64::MAX), open_all("")).unwrap();
+        assert_eq!(first.written_per_ring, vec![5, 5]);
+        let second = recover(&log, Retention::rotate_at(u64::MAX), open_all(".copy")).unwrap();
+        assert_eq!(second.written_per_ring, vec![0, 0]);
+        assert_eq!(second.already_logged_per_ring, vec![5, 5]);
+        let mut got = payloads(&log);
+        got.sort();
+        let mut want: Vec<_> = (0..10).map(frame).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+}
