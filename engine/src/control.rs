@@ -820,10 +820,10 @@ mod hangup {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControlArg {
     /// The control socket (default: LOG.ctl).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub control: Option<PathBuf>,
     /// The log of the run, beside which its control socket is.
-    #[arg(long, default_value = "tracker.log")]
+    #[arg(long, global = true, default_value = "tracker.log")]
     pub log: PathBuf,
 }
 

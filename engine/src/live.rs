@@ -550,6 +550,7 @@ pub fn live(
         started_ns: clock.realtime_ns(Instant::now()),
         updated_ns: 0,
         sockets: Vec::new(),
+        control: opts.control.as_ref().map(|p| p.display().to_string()),
     };
     for (p, r) in plans.iter().zip(&ready) {
         let Some(r) = r else { continue };
