@@ -258,15 +258,21 @@ impl Workers {
         got
     }
 
-    /// Publishes a new watch list; returns how many workers took it within
-    /// [`ANSWER_WAIT`].
-    fn publish_watches(&self, list: Vec<Watch>) -> usize {
+    /// Announces a new watch list to the workers (each takes it at its next poll);
+    /// returns the generation that announces it.
+    pub fn set_watches(&self, list: Vec<Watch>) -> u64 {
         match self.board.watches.lock() {
             Ok(mut l) => *l = Arc::from(list),
             Err(poisoned) => *poisoned.into_inner() = Arc::from(list),
         }
         self.board.watch_generation.fetch_add(1, Ordering::AcqRel);
-        let generation = self.board.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.board.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Publishes a new watch list; returns how many workers took it within
+    /// [`ANSWER_WAIT`].
+    fn publish_watches(&self, list: Vec<Watch>) -> usize {
+        let generation = self.set_watches(list);
         let deadline = Instant::now() + ANSWER_WAIT;
         loop {
             let took = self
