@@ -35,6 +35,7 @@ pub mod html;
 pub mod live;
 pub mod logs;
 pub mod metrics;
+pub mod privilege;
 pub mod query;
 pub mod replay;
 pub mod show;

@@ -45,6 +45,7 @@
 //!     config_path: Some("/etc/conntrail.toml".into()),
 //!     control: Some("tracker.log.ctl".into()),
 //!     metrics: None,
+//!     user: Some("conntrail".into()),
 //! };
 //! let stop = Arc::new(AtomicBool::new(false));
 //! let summary = live(&cfg, &opts, &stop, |line| println!("{line}")).unwrap();
@@ -72,6 +73,7 @@ use recorder::writer::LogWriter;
 
 use crate::control::{self, ControlOptions, ControlSocket};
 use crate::metrics::{MetricsListener, WorkerSample};
+use crate::privilege;
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
@@ -110,6 +112,10 @@ pub struct RunArgs {
     /// a free one). Off by default.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Once the sockets are open and the XDP programs attached, become this user with no
+    /// capability left (the log's directory must be writable by it).
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// What to run and where to write.
@@ -126,6 +132,8 @@ pub struct LiveOptions {
     pub control: Option<PathBuf>,
     /// Where to serve metrics (none: not served).
     pub metrics: Option<SocketAddr>,
+    /// The user to become once the sockets are open (none: stay as started).
+    pub user: Option<String>,
 }
 
 /// One socket and its worker at the end of a run.
@@ -190,6 +198,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| control::default_path(&args.log)),
         ),
         metrics: args.metrics,
+        user: args.user,
         log: args.log,
         config_name: name,
         config_path: Some(config.to_path_buf()),
@@ -498,6 +507,16 @@ pub fn live(
             Err(e) => {
                 failure = Some(at(&opts.config_name, c, first, e.config_key(), e));
             }
+        }
+    }
+    if let (None, Some(user)) = (&failure, &opts.user) {
+        // Everything that needs a privilege is done: become `user`, with no capability.
+        let mut handed: Vec<&std::path::Path> = vec![opts.log.as_path()];
+        handed.extend(ring_paths.iter().map(PathBuf::as_path));
+        handed.extend(opts.control.as_deref());
+        match privilege::drop_to(user, &handed) {
+            Ok(()) => say(format!("running as user {user}, with no capability")),
+            Err(e) => failure = Some(e),
         }
     }
     if let Some(e) = failure {

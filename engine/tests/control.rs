@@ -711,3 +711,117 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--user nobody`: once its socket is open the engine runs as nobody in every thread with
+/// no capability, and still records, answers on its control socket, stops cleanly and
+/// removes its files.
+#[test]
+fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED a_run_that_drops_to_an_unprivileged_user_keeps_recording: {why}");
+        eprintln!("SKIPPED a_run_that_drops_to_an_unprivileged_user_keeps_recording: {why}");
+        return;
+    }
+    let Ok(nobody) = engine::privilege::lookup("nobody") else {
+        println!(
+            "SKIPPED a_run_that_drops_to_an_unprivileged_user_keeps_recording: no user nobody"
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("conntrail-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // The log's directory belongs to the user on an appliance; here anyone may write.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let lab = Lab::up(&format!("cu{}", std::process::id() % 100_000_000));
+    let config = dir.join("live.toml");
+    std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
+    let log = dir.join("live.log");
+    let stats = dir.join("live.log.stats.json");
+    let (out, err) = (dir.join("run.out"), dir.join("run.err"));
+    let child = Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--log")
+        .arg(&log)
+        .args(["--user", "nobody"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(std::fs::File::create(&err).expect("err"))
+        .spawn()
+        .expect("conntrail run starts");
+    let mut running = Running { child, out, err };
+    wait_for("conntrail run to start", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!(
+                "conntrail run exited early ({status}):\n{}",
+                running.output()
+            );
+        }
+        running.stdout().contains("running:").then_some(())
+    });
+    assert!(
+        running
+            .stdout()
+            .contains("running as user nobody, with no capability"),
+        "{}",
+        running.output()
+    );
+    // Every thread: all user ids nobody's, no capability in any set.
+    let tasks = Path::new("/proc")
+        .join(running.child.id().to_string())
+        .join("task");
+    let mut threads = 0;
+    for task in std::fs::read_dir(&tasks).expect("threads") {
+        let status =
+            std::fs::read_to_string(task.expect("a thread").path().join("status")).expect("status");
+        threads += 1;
+        for line in status.lines() {
+            let mut fields = line.split_whitespace();
+            match fields.next() {
+                Some("Uid:") => {
+                    let ids: Vec<u32> = fields.filter_map(|f| f.parse().ok()).collect();
+                    assert_eq!(ids, vec![nobody.uid; 4], "{line}");
+                }
+                Some("CapPrm:" | "CapEff:" | "CapAmb:") => {
+                    assert_eq!(fields.next(), Some("0000000000000000"), "{line}");
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(threads >= 4, "workers, recorder, stats and control threads");
+
+    let pcap = dir.join("refused.pcap");
+    let frames = write_pcap(&pcap, &lab, &[(14, 45001, 6060, refused())]);
+    lab.send(&pcap);
+    wait_frames(&stats, frames);
+    let o = ctl(&log, &["watch", "list"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    running.signal(libc::SIGTERM);
+    let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
+        running.child.try_wait().expect("wait")
+    });
+    assert!(status.success(), "{}", running.output());
+    let last = StatsFile::read(&stats).expect("final stats");
+    assert_eq!(last.state, RunState::Stopped);
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ring") || n.ends_with(".ctl"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let o = Command::new(bin())
+        .args(["show", "--json"])
+        .arg(&log)
+        .output()
+        .expect("show runs");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(shown.contains("\"port\":45001"), "{shown}");
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
