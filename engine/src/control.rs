@@ -302,9 +302,12 @@ pub enum Request {
     WatchDel {
         id: u32,
     },
-    /// The open connections, those matching `expr` if given.
+    /// The open connections, those matching `expr` if given; the first `limit` of them
+    /// by id (none: all).
     Sessions {
         expr: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
     },
     /// One open connection with its tracking points so far.
     Session {
@@ -363,6 +366,8 @@ pub enum Reply {
     },
     Sessions {
         sessions: Vec<SessionRow>,
+        /// How many open connections matched (more than `sessions` holds past the limit).
+        matching: usize,
         workers: usize,
         answered: usize,
     },
@@ -391,7 +396,7 @@ pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut text = String::new();
     stream
-        .take(MAX_MESSAGE * 64)
+        .take(MAX_REPLY)
         .read_to_string(&mut text)
         .with_context(|| format!("reading the reply of {}", path.display()))?;
     serde_json::from_str(&text)
@@ -400,6 +405,8 @@ pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
 
 /// Longest request accepted (bytes).
 const MAX_MESSAGE: u64 = 64 * 1024;
+/// Longest reply read (bytes): a million sessions.
+const MAX_REPLY: u64 = 1 << 30;
 
 /// What the control thread needs besides the workers.
 pub struct ControlOptions {
@@ -554,7 +561,7 @@ impl State {
                     self.workers.count()
                 ))
             }
-            Request::Sessions { expr } => self.sessions(expr.as_deref()),
+            Request::Sessions { expr, limit } => self.sessions(expr.as_deref(), limit),
             Request::Session { id } => self.session(id),
             Request::Reload => self.reload(),
         }
@@ -629,7 +636,7 @@ impl State {
         }
     }
 
-    fn sessions(&mut self, text: Option<&str>) -> Reply {
+    fn sessions(&mut self, text: Option<&str>, limit: Option<usize>) -> Reply {
         let filter = match text.map(Expr::parse).transpose() {
             Ok(f) => f,
             Err(e) => {
@@ -656,8 +663,13 @@ impl State {
             }
         }
         sessions.sort_by_key(|s| s.id);
+        let matching = sessions.len();
+        if let Some(limit) = limit {
+            sessions.truncate(limit);
+        }
         Reply::Sessions {
             sessions,
+            matching,
             workers: self.workers.count(),
             answered,
         }
@@ -884,6 +896,9 @@ pub struct SessionsArgs {
     /// Print JSON Lines.
     #[arg(long)]
     pub json: bool,
+    /// At most this many connections, the oldest ids first (0: all).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
     #[command(flatten)]
     pub at: ControlArg,
 }
@@ -981,9 +996,17 @@ pub fn watch_table(watches: &[WatchRow]) -> String {
 
 /// `conntrail sessions`.
 pub fn run_sessions(args: SessionsArgs) -> Result<ExitCode> {
-    let reply = request(&args.at, &Request::Sessions { expr: args.expr })?;
+    let limit = (args.limit > 0).then_some(args.limit);
+    let reply = request(
+        &args.at,
+        &Request::Sessions {
+            expr: args.expr,
+            limit,
+        },
+    )?;
     let Reply::Sessions {
         sessions,
+        matching,
         workers,
         answered,
     } = reply
@@ -1028,7 +1051,15 @@ pub fn run_sessions(args: SessionsArgs) -> Result<ExitCode> {
                 if s.user { "  user" } else { "" }
             )?;
         }
-        writeln!(out, "{} open connection(s)", sessions.len())?;
+        if matching > sessions.len() {
+            writeln!(
+                out,
+                "{matching} open connection(s), the first {} shown (--limit)",
+                sessions.len()
+            )?;
+        } else {
+            writeln!(out, "{matching} open connection(s)")?;
+        }
     }
     if answered < workers {
         eprintln!(
@@ -1087,7 +1118,10 @@ mod tests {
             },
             Request::WatchList,
             Request::WatchDel { id: 3 },
-            Request::Sessions { expr: None },
+            Request::Sessions {
+                expr: None,
+                limit: Some(10),
+            },
             Request::Session { id: 1 << 48 },
             Request::Reload,
         ] {

@@ -532,10 +532,17 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
         );
         assert_eq!(s["user"], false);
     }
-    // The plain table lists them too (and every connection still open).
+    // The plain table lists them too (and every connection still open), up to a limit.
     let o = ctl(&log, &["sessions"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("3 open connection(s)"), "{}", text(&o));
+    assert!(text(&o).contains("3 open connection(s)\n"), "{}", text(&o));
+    let o = ctl(&log, &["sessions", "--limit", "2"]);
+    assert!(
+        text(&o).contains("3 open connection(s), the first 2 shown"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 4);
 
     let id = sessions[0]["id"].as_u64().expect("an id").to_string();
     let o = ctl(&log, &["session", &id, "--json"]);
