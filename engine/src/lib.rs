@@ -24,6 +24,7 @@
 //! ```
 
 pub mod conntrace;
+pub mod control;
 pub mod correlate;
 pub mod diff;
 pub mod ecs;
@@ -33,6 +34,8 @@ pub mod filter;
 pub mod html;
 pub mod live;
 pub mod logs;
+pub mod metrics;
+pub mod privilege;
 pub mod query;
 pub mod recover;
 pub mod replay;
@@ -42,4 +45,5 @@ pub mod stats;
 pub mod synth;
 pub mod synth_proxy;
 pub mod timeline;
+pub mod watch;
 pub mod worker;

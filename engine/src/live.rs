@@ -20,6 +20,10 @@
 //! into a slot of its own once a second; a stats thread writes the slots to the stats file
 //! ([`crate::stats`]). Nothing is shared per packet.
 //!
+//! Control: a control socket (default `LOG.ctl`, [`crate::control`]) takes runtime
+//! watches, answers the live sessions view and reloads thresholds (also on SIGHUP); with
+//! `--metrics ADDR` the counters are served in the Prometheus format ([`crate::metrics`]).
+//!
 //! Stopping: SIGINT or SIGTERM (a second one kills at once) stops the loops; each worker
 //! takes what is still in its RX ring, closes every open flow with reason `shutdown`, and
 //! the recorder drains the rings and flushes the log.
@@ -38,6 +42,10 @@
 //!     log: "tracker.log".into(),
 //!     stats: "tracker.log.stats.json".into(),
 //!     config_name: "/etc/conntrail.toml".into(),
+//!     config_path: Some("/etc/conntrail.toml".into()),
+//!     control: Some("tracker.log.ctl".into()),
+//!     metrics: None,
+//!     user: Some("conntrail".into()),
 //! };
 //! let stop = Arc::new(AtomicBool::new(false));
 //! let summary = live(&cfg, &opts, &stop, |line| println!("{line}")).unwrap();
@@ -46,6 +54,7 @@
 
 use std::fmt::Display;
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +70,9 @@ use flowtable::packet::LinkType;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
 
+use crate::control::{self, ControlOptions, ControlSocket};
+use crate::metrics::{MetricsListener, WorkerSample};
+use crate::privilege;
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
@@ -91,6 +103,18 @@ pub struct RunArgs {
     /// Where to publish counters every second (default: LOG.stats.json).
     #[arg(long)]
     pub stats: Option<PathBuf>,
+    /// The control socket for `conntrail watch`, `sessions`, `session` and `reload`
+    /// (default: LOG.ctl; mode 0600).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (`127.0.0.1:9187`; port 0 picks
+    /// a free one). Off by default.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Once the sockets are open and the XDP programs attached, become this user with no
+    /// capability left (the log's directory must be writable by it).
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// What to run and where to write.
@@ -101,6 +125,14 @@ pub struct LiveOptions {
     pub stats: PathBuf,
     /// The configuration file's name, for errors that point into it.
     pub config_name: String,
+    /// The configuration file, re-read at reload.
+    pub config_path: Option<PathBuf>,
+    /// The control socket to open (none: no control socket).
+    pub control: Option<PathBuf>,
+    /// Where to serve metrics (none: not served).
+    pub metrics: Option<SocketAddr>,
+    /// The user to become once the sockets are open (none: stay as started).
+    pub user: Option<String>,
 }
 
 /// One socket and its worker at the end of a run.
@@ -160,8 +192,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             RecordArg::All => RecordMode::All,
         },
         stats: args.stats.unwrap_or_else(|| stats::default_path(&args.log)),
+        control: Some(
+            args.control
+                .unwrap_or_else(|| control::default_path(&args.log)),
+        ),
+        metrics: args.metrics,
+        user: args.user,
         log: args.log,
         config_name: name,
+        config_path: Some(config.to_path_buf()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
@@ -207,11 +246,13 @@ struct Ready {
 }
 
 /// The per-worker slot of published counters.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Published {
     counters: SocketCounters,
     kernel: KernelStats,
     stats: Option<WorkerCounters>,
+    /// All of them, for the metrics endpoint.
+    worker: WorkerStats,
 }
 
 /// The parts of [`WorkerStats`] the stats file shows (plain integers: copying them in the
@@ -258,6 +299,17 @@ pub fn live(
 ) -> Result<LiveSummary> {
     let started = Instant::now();
     let plans = plan(cfg, &opts.config_name)?;
+    let control_socket = opts
+        .control
+        .as_deref()
+        .map(ControlSocket::bind)
+        .transpose()?;
+    let metrics = opts
+        .metrics
+        .map(|a| MetricsListener::bind(a).with_context(|| format!("serving metrics on {a}")))
+        .transpose()?;
+    let (control_ends, control_workers) = control::channels(plans.len());
+    let mut control_ends = control_ends.into_iter();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
     let recovered = crate::recover::recover_at_start(&ring_dir);
@@ -326,6 +378,7 @@ pub fn live(
         let (queue, core, worker_id, mode) = (p.queue, p.core, p.worker, opts.mode);
         let worker_stop = Arc::clone(stop);
         let ready = ready_tx.clone();
+        let worker_control = control_ends.next().filter(|_| control_socket.is_some());
         let handle = thread::Builder::new()
             .name(format!("conntrail-w{worker_id}"))
             .spawn(move || {
@@ -350,6 +403,9 @@ pub fn live(
                 };
                 let mut worker = Worker::new(&cfg, worker_id, mode, producer);
                 worker.set_core(pinned);
+                if let Some(c) = worker_control {
+                    worker.attach_control(c);
+                }
                 let _ = ready.send((
                     worker_id,
                     Ok(Ready {
@@ -456,6 +512,16 @@ pub fn live(
             }
         }
     }
+    if let (None, Some(user)) = (&failure, &opts.user) {
+        // Everything that needs a privilege is done: become `user`, with no capability.
+        let mut handed: Vec<&std::path::Path> = vec![opts.log.as_path()];
+        handed.extend(ring_paths.iter().map(PathBuf::as_path));
+        handed.extend(opts.control.as_deref());
+        match privilege::drop_to(user, &handed) {
+            Ok(()) => say(format!("running as user {user}, with no capability")),
+            Err(e) => failure = Some(e),
+        }
+    }
     if let Some(e) = failure {
         stop.store(true, Ordering::Release);
         for h in handles {
@@ -506,6 +572,7 @@ pub fn live(
         started_ns: clock.realtime_ns(Instant::now()),
         updated_ns: 0,
         sockets: Vec::new(),
+        control: opts.control.as_ref().map(|p| p.display().to_string()),
     };
     for (p, r) in plans.iter().zip(&ready) {
         let Some(r) = r else { continue };
@@ -521,8 +588,64 @@ pub fn live(
             ..SocketStats::default()
         });
     }
+    let mut extra = String::new();
+    let mut control_thread = None;
+    if let Some(socket) = control_socket {
+        let path = opts.control.clone().unwrap_or_default();
+        let spawned = socket.spawn(
+            control_workers,
+            ControlOptions {
+                path: path.clone(),
+                config_path: opts.config_path.clone(),
+                config: cfg.clone(),
+                now_ns: Box::new(move || clock.realtime_ns(Instant::now())),
+            },
+            Arc::clone(stop),
+        );
+        match spawned {
+            Ok(h) => control_thread = Some(h),
+            Err(e) => log::warn!("starting the control thread: {e}"),
+        }
+        extra.push_str(&format!(", control {}", path.display()));
+    }
+    let mut metrics_thread = None;
+    if let Some(listener) = metrics {
+        if let Ok(addr) = listener.local_addr() {
+            extra.push_str(&format!(", metrics http://{addr}/metrics"));
+        }
+        let slots = slots.clone();
+        let rows: Vec<(u16, String, u32)> = template
+            .sockets
+            .iter()
+            .map(|r| (r.worker, r.interface.clone(), r.queue))
+            .collect();
+        let source = move || {
+            rows.iter()
+                .zip(&slots)
+                .map(|((worker, interface, queue), slot)| {
+                    let p = match slot.lock() {
+                        Ok(p) => p.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
+                    WorkerSample {
+                        worker: *worker,
+                        interface: interface.clone(),
+                        queue: *queue,
+                        packets: p.counters.frames,
+                        bytes: p.counters.bytes,
+                        kernel: p.kernel,
+                        stats: p.worker,
+                    }
+                })
+                .collect()
+        };
+        match listener.spawn(source, Arc::clone(stop)) {
+            Ok(h) => metrics_thread = Some(h),
+            Err(e) => log::warn!("starting the metrics thread: {e}"),
+        }
+    }
     say(format!(
-        "running: log {}, stats {}; SIGINT or SIGTERM stops",
+        "running: log {}, stats {}{extra}; SIGINT or SIGTERM stops",
         opts.log.display(),
         opts.stats.display()
     ));
@@ -567,6 +690,9 @@ pub fn live(
         }
     }
     let _ = stats_thread.join();
+    for h in [control_thread, metrics_thread].into_iter().flatten() {
+        let _ = h.join();
+    }
     // Detach the programs (the sockets are closed).
     drop(programs);
     for (s, row) in sockets.iter_mut().zip(&template.sockets) {
@@ -594,6 +720,7 @@ pub fn live(
                 counters: s.counters,
                 kernel: s.kernel,
                 stats: Some(WorkerCounters::of(&s.worker)),
+                worker: s.worker.clone(),
             },
         );
     }
@@ -626,6 +753,7 @@ fn capture_loop(
             feed(socket, worker, n, clock.realtime_ns(now));
             socket.counters.busy_ns +=
                 Instant::now().saturating_duration_since(now).as_nanos() as u64;
+            worker.poll_control();
             if now >= next_publish {
                 publish(slot, socket, worker);
                 next_publish = now + PUBLISH_EVERY;
@@ -646,6 +774,7 @@ fn capture_loop(
         socket.wait(IDLE_WAIT_MS);
         let now = Instant::now();
         worker.tick(clock.realtime_ns(now));
+        worker.poll_control();
         if now >= next_publish {
             publish(slot, socket, worker);
             next_publish = now + PUBLISH_EVERY;
@@ -681,12 +810,14 @@ fn feed(socket: &mut XdpSocket, worker: &mut Worker, n: usize, ts_ns: u64) {
 /// allocation; skipped if the stats thread holds the slot right now).
 fn publish(slot: &Mutex<Published>, socket: &XdpSocket, worker: &Worker) {
     let kernel = socket.kernel_stats().unwrap_or_default();
-    let stats = WorkerCounters::of(&worker.stats());
+    let all = worker.stats();
+    let stats = WorkerCounters::of(&all);
     if let Ok(mut p) = slot.try_lock() {
         *p = Published {
             counters: socket.counters,
             kernel,
             stats: Some(stats),
+            worker: all,
         };
     }
 }
@@ -713,8 +844,8 @@ fn assemble(template: &StatsFile, slots: &[Slot], now_ns: u64) -> StatsFile {
     file.updated_ns = now_ns;
     for (row, slot) in file.sockets.iter_mut().zip(slots) {
         let p = match slot.lock() {
-            Ok(p) => *p,
-            Err(poisoned) => *poisoned.into_inner(),
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         };
         fill_row(row, &p);
     }

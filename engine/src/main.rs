@@ -106,6 +106,15 @@ enum Command {
     /// Write the records that crashed engines left in their shared-memory rings to their
     /// logs, exactly once (the engine also does this when it starts).
     Recover(engine::recover::RecoverArgs),
+    /// Runtime watches of a running `conntrail run`: connections that start matching an
+    /// expression are recorded (flag `user`) whatever their outcome.
+    Watch(engine::control::WatchArgs),
+    /// The open connections of a running `conntrail run`.
+    Sessions(engine::control::SessionsArgs),
+    /// One open connection of a running `conntrail run`, with its tracking points so far.
+    Session(engine::control::SessionArgs),
+    /// Make a running `conntrail run` re-read the thresholds of its configuration file.
+    Reload(engine::control::ReloadArgs),
     /// Check or print configuration files.
     Config {
         #[command(subcommand)]
@@ -217,6 +226,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => engine::live::run(a),
         Command::Stats(a) => engine::stats::run(a),
         Command::Recover(a) => engine::recover::run(a),
+        Command::Watch(a) => engine::control::run_watch(a),
+        Command::Sessions(a) => engine::control::run_sessions(a),
+        Command::Session(a) => engine::control::run_session(a),
+        Command::Reload(a) => engine::control::run_reload(a),
         Command::Config { action } => match action {
             ConfigAction::Default => {
                 print!("{DEFAULT_TOML}");

@@ -49,6 +49,9 @@ pub struct StatsFile {
     pub started_ns: u64,
     pub updated_ns: u64,
     pub sockets: Vec<SocketStats>,
+    /// The run's control socket, if it has one (`conntrail stats` asks it for the watches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
 }
 
 /// One socket and the worker behind it.
@@ -174,6 +177,18 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     out.write_all(render(&stats, now_ns(), pid_alive(stats.pid)).as_bytes())?;
+    let control = stats
+        .control
+        .as_deref()
+        .filter(|_| stats.state == RunState::Running);
+    if let Some(path) = control {
+        // The watches and their cost, if the run still answers.
+        let asked = crate::control::ask(Path::new(path), &crate::control::Request::WatchList);
+        if let Ok(crate::control::Reply::Watches { watches, .. }) = asked {
+            writeln!(out, "watches:")?;
+            out.write_all(crate::control::watch_table(&watches).as_bytes())?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -252,6 +267,7 @@ mod tests {
             log: "/var/log/conntrail/tracker.log".into(),
             started_ns: 1_000_000_000,
             updated_ns: 11_000_000_000,
+            control: None,
             sockets: vec![
                 SocketStats {
                     worker: 0,

@@ -9,6 +9,8 @@ use flowtable::table::{FlowTable, RecordMode, TableCounters};
 use ring::codec;
 use ring::spsc::Producer;
 
+use crate::control::WorkerControl;
+
 /// Counters of one worker, plain integers it owns.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerStats {
@@ -58,6 +60,8 @@ pub struct Worker {
     table: FlowTable,
     sink: RingSink,
     stats: WorkerStats,
+    /// The control plane's end (live runs): watches and requests.
+    control: Option<WorkerControl>,
 }
 
 impl Worker {
@@ -79,11 +83,26 @@ impl Worker {
                 worker,
                 ..WorkerStats::default()
             },
+            control: None,
         }
     }
 
     pub fn set_core(&mut self, core: Option<usize>) {
         self.stats.core = core;
+    }
+
+    /// Connects the worker to the control thread (runtime watches, sessions, reload).
+    pub fn attach_control(&mut self, control: WorkerControl) {
+        self.control = Some(control);
+    }
+
+    /// Acts on what the control thread announced; call once per batch and after every
+    /// idle wait.
+    #[inline]
+    pub fn poll_control(&mut self) {
+        if let Some(c) = self.control.as_mut() {
+            c.poll(&mut self.table);
+        }
     }
 
     /// Processes one frame.
@@ -92,9 +111,16 @@ impl Worker {
         self.stats.bytes += u64::from(wire_len);
         let sink = &mut self.sink;
         match parse(link, bytes) {
-            Ok(pkt) => self
-                .table
-                .process(&pkt, ts_ns, wire_len, &mut |rec| sink.emit(rec)),
+            Ok(pkt) => {
+                let created = self.table.counters().flows_created;
+                self.table
+                    .process(&pkt, ts_ns, wire_len, &mut |rec| sink.emit(rec));
+                if self.table.counters().flows_created != created {
+                    if let Some(c) = self.control.as_mut().filter(|c| c.watching()) {
+                        c.on_new_flow(&mut self.table, ts_ns);
+                    }
+                }
+            }
             Err(reason) => {
                 self.table.tick(ts_ns, &mut |rec| sink.emit(rec));
                 self.stats.malformed[reason.index()] += 1;

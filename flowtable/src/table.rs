@@ -24,6 +24,9 @@ use crate::tcp::{self, Segment, TcpDir};
 use crate::tls::{self, TlsEvent};
 use crate::wheel::{Due, Wheel};
 
+mod view;
+pub use view::OpenFlow;
+
 /// Which records a table hands out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordMode {
@@ -89,6 +92,8 @@ struct Flow {
     icmp_type_code: u16,
     /// 0: base triggers; n: override n-1.
     triggers_idx: u8,
+    /// A runtime watch matched at its start: keep its record whatever its outcome.
+    user: bool,
     in_use: bool,
 }
 
@@ -128,6 +133,7 @@ impl Flow {
             ip_version: 4,
             icmp_type_code: 0,
             triggers_idx: 0,
+            user: false,
             in_use: false,
         }
     }
@@ -161,6 +167,8 @@ pub struct TableCounters {
     pub untracked: u64,
     /// Flows evicted because the table was full.
     pub evictions: u64,
+    /// Closed flows whose trail outgrew its arena slot (points dropped from the middle).
+    pub trails_truncated: u64,
 }
 
 /// The flow table of one worker.
@@ -182,6 +190,8 @@ pub struct FlowTable {
     timeouts_ns: TimeoutsNs,
     worker: u16,
     next_id: u64,
+    /// Slot of the connection created last.
+    newest: u32,
     mode: RecordMode,
     counters: TableCounters,
 }
@@ -232,6 +242,7 @@ impl FlowTable {
             cfg: cfg.clone(),
             worker,
             next_id: 0,
+            newest: 0,
             mode: RecordMode::Anomalous,
             counters: TableCounters::default(),
         }
@@ -459,6 +470,7 @@ impl FlowTable {
         };
         f.triggers_idx = triggers_index(&self.cfg, f);
         self.map.insert(key, idx);
+        self.newest = idx;
         self.wheel
             .schedule(idx, ts_ns.saturating_add(self.timeouts_ns.tcp_closed));
         idx
@@ -1001,6 +1013,7 @@ impl FlowTable {
             .arena
             .copy_trail(idx, f.trail, &mut self.scratch_points);
         if dropped > 0 {
+            self.counters.trails_truncated += 1;
             // Mark the truncation where it happened: after the kept head.
             let at = self.arena.per_slot() / 2;
             if at <= self.scratch_points.len()
@@ -1059,6 +1072,9 @@ impl FlowTable {
         rec.flags = rules::evaluate(&rec, f.events, triggers);
         if self.mode == RecordMode::All {
             rec.flags.insert(Flags::ALL);
+        }
+        if f.user {
+            rec.flags.insert(Flags::USER);
         }
         if let Some(i) = CloseReason::ALL.iter().position(|r| *r == close_reason) {
             self.counters.flows_closed[i] += 1;
