@@ -33,6 +33,7 @@ pub mod filter;
 pub mod html;
 pub mod live;
 pub mod logs;
+pub mod nats;
 pub mod query;
 pub mod replay;
 pub mod show;

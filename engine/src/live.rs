@@ -88,6 +88,8 @@ pub struct RunArgs {
     /// Where to publish counters every second (default: LOG.stats.json).
     #[arg(long)]
     pub stats: Option<PathBuf>,
+    #[command(flatten)]
+    pub export: crate::nats::ExportArgs,
 }
 
 /// What to run and where to write.
@@ -160,6 +162,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         log: args.log,
         config_name: name,
     };
+    let shipping = crate::nats::start(&cfg, &args.export, &opts.log)?;
     let stop = Arc::new(AtomicBool::new(false));
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let watcher = {
@@ -183,9 +186,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     });
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
-    let summary = result?;
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            if let Some(shipping) = shipping {
+                shipping.abandon();
+            }
+            return Err(e);
+        }
+    };
     print_summary(&summary, &opts)?;
-    Ok(ExitCode::SUCCESS)
+    match shipping {
+        Some(shipping) => shipping.finish(),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// One planned socket: which entry, which queue, which core, which worker.
