@@ -14,6 +14,10 @@ use futures_util::StreamExt;
 use crate::names::{self, HEADER_HOST, HEADER_LOG};
 use crate::{FleetError, Settings};
 
+/// Shortest wait for an answer to the requests that set up a query.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Attempts at creating the consumer of a query.
+const CONSUMER_ATTEMPTS: u32 = 8;
 /// Longest wait for the next message of a query before giving up.
 const NEXT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,24 +67,46 @@ impl StreamReader {
         let filter = names::filter(host, context);
         let (messages, left) = runtime.block_on(async {
             let client = settings.connect(false).await?;
-            let js = settings.jetstream(client, 1);
+            let mut js = settings.jetstream(client, 1);
+            js.set_timeout(settings.ack_timeout.max(REQUEST_TIMEOUT));
             let stream = js
                 .get_stream(&settings.stream)
                 .await
                 .map_err(|e| settings.server_error(format!("stream {}: {e}", settings.stream)))?;
-            let mut consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| settings.server_error(format!("reading {filter}: {e}")))?;
-            let left = consumer
-                .info()
-                .await
-                .map_err(|e| settings.server_error(format!("reading {filter}: {e}")))?
-                .num_pending;
+            // A consumer can be placed on a server that just went down and is not known to
+            // be down yet: its creation times out, and the next one goes elsewhere.
+            let mut attempt = 1;
+            let (consumer, left) = loop {
+                let created = async {
+                    let mut consumer = stream
+                        .create_consumer(OrderedConfig {
+                            filter_subject: filter.clone(),
+                            deliver_policy: DeliverPolicy::All,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let left = consumer
+                        .info()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .num_pending;
+                    Ok::<_, String>((consumer, left))
+                };
+                let created = tokio::time::timeout(REQUEST_TIMEOUT, created)
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".to_string()));
+                match created {
+                    Ok(made) => break made,
+                    Err(e) if attempt >= CONSUMER_ATTEMPTS => {
+                        return Err(settings.server_error(format!("reading {filter}: {e}")))
+                    }
+                    Err(e) => {
+                        log::info!("reading {filter}: {e}; trying again");
+                        attempt += 1;
+                    }
+                }
+            };
             if left == 0 {
                 return Ok((None, 0));
             }
