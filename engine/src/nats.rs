@@ -1,6 +1,7 @@
 //! The engine's side of NATS JetStream (the `fleet` crate does the work): `--export` on
 //! `replay` and `run`, `conntrail export` for what an earlier run left pending, and
-//! `--nats` for `query`, which reads the whole fleet's records from the stream.
+//! `--nats` for `query` (the whole fleet's records), `show` and `diff` (records named
+//! `HOST:LOG` and `HOST:LOG:ID`), which read the stream.
 //!
 //! The exporter starts before the engine and follows the log from its own thread; the
 //! engine never waits for it. When the engine is done, the summary is printed first (the
@@ -52,25 +53,34 @@ pub struct ExportCmdArgs {
     pub timeout_s: Option<f64>,
 }
 
-/// `--nats` and its companions, for the forensic commands that read records.
+/// `--nats` and its companions, for `show` and `diff`: records named `HOST:LOG` (and
+/// `HOST:LOG:ID`) are read from the stream.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct FleetArgs {
+pub struct StreamArgs {
     /// Read the records from NATS JetStream (server URLs, comma-separated) instead of local
-    /// logs: every appliance that exports to the stream.
+    /// logs; logs are then named HOST:LOG, as `query --nats` prints them.
     #[arg(long, value_name = "URL[,URL...]")]
     pub nats: Option<String>,
     /// The stream (default: `[export] stream` of --config, else CONNTRAIL).
     #[arg(long, requires = "nats")]
     pub stream: Option<String>,
+    /// Configuration file whose `[export]` section gives the stream, credentials and TLS.
+    #[arg(long = "config", requires = "nats", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `--nats` and its companions for `query`: the records of the whole fleet, or of one host
+/// or context.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
     /// Only the records of this appliance (its `[export] host`).
     #[arg(long, requires = "nats")]
     pub host: Option<String>,
     /// Only the records of this context (`default` until contexts exist).
     #[arg(long, requires = "nats")]
     pub context: Option<String>,
-    /// Configuration file whose `[export]` section gives the stream, credentials and TLS.
-    #[arg(long = "config", requires = "nats", value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 fn split_servers(urls: &str) -> Vec<String> {
@@ -215,14 +225,21 @@ pub struct FleetRecord {
 pub fn fleet_records(
     args: &FleetArgs,
 ) -> Result<impl Iterator<Item = std::result::Result<FleetRecord, String>>> {
+    stream_records(&args.stream, args.host.as_deref(), args.context.as_deref())
+}
+
+fn stream_records(
+    args: &StreamArgs,
+    host: Option<&str>,
+    context: Option<&str>,
+) -> Result<impl Iterator<Item = std::result::Result<FleetRecord, String>>> {
     let mut cfg = load_export_config(args.config.as_deref())?;
     if let Some(stream) = &args.stream {
         cfg.stream = stream.clone();
     }
     let settings =
         settings(&cfg, args.nats.as_deref())?.context("no NATS server: give --nats URL")?;
-    let reader =
-        fleet::StreamReader::open(&settings, args.host.as_deref(), args.context.as_deref())?;
+    let reader = fleet::StreamReader::open(&settings, host, context)?;
     let stream = settings.stream;
     Ok(reader.map(move |item| {
         let message = item.map_err(|e| e.to_string())?;
@@ -239,4 +256,44 @@ pub fn fleet_records(
             sequence: message.sequence,
         })
     }))
+}
+
+/// The records of one appliance's log in the stream, named `HOST:LOG` as `query --nats`
+/// prints it, in the form [`crate::logs::Records`] gives a local log's.
+pub fn log_records(
+    args: &StreamArgs,
+    origin: &Path,
+) -> Result<impl Iterator<Item = crate::logs::Item>> {
+    let origin = origin.to_string_lossy().into_owned();
+    let Some((host, log)) = origin.split_once(':') else {
+        anyhow::bail!("`{origin}`: with --nats, name a log HOST:LOG (as query --nats prints it)");
+    };
+    let (host, log) = (host.to_string(), log.to_string());
+    let records = stream_records(args, Some(&host), None)?;
+    Ok(records.filter_map(move |item| match item {
+        Ok(r) if r.log == log => Some(Ok(r.record)),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    }))
+}
+
+/// The record named `HOST:LOG:ID`, read from the stream; messages that do not decode go to
+/// `damage`.
+pub fn load_record(
+    args: &StreamArgs,
+    at: &crate::logs::RecordRef,
+    mut damage: impl FnMut(&str),
+) -> Result<Record<'static>> {
+    for item in log_records(args, &at.log)? {
+        match item {
+            Ok(rec) if rec.id == at.id => return Ok(rec),
+            Ok(_) => {}
+            Err(e) => damage(&e),
+        }
+    }
+    anyhow::bail!(
+        "{}: no record with id {} in the stream",
+        at.log.display(),
+        at.id
+    )
 }

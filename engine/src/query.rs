@@ -150,7 +150,7 @@ impl Key {
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let (logs, text) = if args.fleet.nats.is_some() {
+    let (logs, text) = if args.fleet.stream.nats.is_some() {
         (Vec::new(), expression(&args.args, args.expr.as_ref())?)
     } else {
         split_args(&args)?
@@ -175,7 +175,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let done = match args.fleet.nats {
+    let done = match args.fleet.stream.nats {
         Some(_) => query.run_fleet(&args.fleet, &mut out),
         None => query.run(&logs, &mut out),
     };

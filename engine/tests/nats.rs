@@ -306,6 +306,47 @@ fn replayed_records_are_in_the_stream_exactly_once_and_query_reads_the_fleet() {
         let there = records_by_id(&["--nats", &url, "--host", host, "--context", "default", expr]);
         assert_eq!(here, there, "{host}: {expr}");
     }
+    // show and diff on records from the stream, named HOST:LOG and HOST:LOG:ID, print what
+    // they print on the log.
+    let (log, records) = &local["box2"];
+    let ids: Vec<String> = records.keys().take(2).map(u64::to_string).collect();
+    let origin = format!("box2:{}", s(log));
+    let here = conntrail(&["show", s(log), &ids[0], &ids[1], "--color", "never"]);
+    let there = conntrail(&[
+        "show", &origin, &ids[0], &ids[1], "--color", "never", "--nats", &url,
+    ]);
+    assert!(there.status.success(), "{}", text(&there.stderr));
+    assert!(!here.stdout.is_empty());
+    assert_eq!(text(&there.stdout), text(&here.stdout));
+    let refs_here = [
+        format!("{}:{}", s(log), ids[0]),
+        format!("{}:{}", s(log), ids[1]),
+    ];
+    let refs_there = [
+        format!("{origin}:{}", ids[0]),
+        format!("{origin}:{}", ids[1]),
+    ];
+    let here = conntrail(&["diff", &refs_here[0], &refs_here[1], "--json"]);
+    let there = conntrail(&[
+        "diff",
+        &refs_there[0],
+        &refs_there[1],
+        "--json",
+        "--nats",
+        &url,
+    ]);
+    assert!(there.status.success(), "{}", text(&there.stderr));
+    let strip = |out: &Output| {
+        let mut v: Value = serde_json::from_slice(&out.stdout).expect("diff JSON");
+        // The references name where each record was read; everything else must agree.
+        for side in ["baseline", "problem"] {
+            if let Some(o) = v.get_mut(side).and_then(Value::as_object_mut) {
+                o.remove("ref");
+            }
+        }
+        v
+    };
+    assert_eq!(strip(&there), strip(&here));
     // Exporting a log again sends nothing: its position says it is all there.
     let (log, _) = &local["box1"];
     let again = conntrail(&["export", s(log), "--nats", &url]);
