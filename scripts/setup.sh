@@ -10,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Fleet export tests: a real JetStream server (single node and a 3-node cluster on loopback).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 # Live capture: xsk-rs builds libxdp/libbpf with clang and the cc crate (libelf, zlib, m4,
 # pkg-config; libpcap-dev as measured in shared/LAB-NOTES.md); the live test and lab scripts
 # use ip (network namespaces, veth), ethtool and tcpreplay.

@@ -46,14 +46,24 @@ pub struct DiffArgs {
     /// One JSON object: both records, the field deltas, the aligned timeline.
     #[arg(long)]
     pub json: bool,
+    /// Both records from NATS JetStream, each named HOST:LOG:ID (as `query --nats` prints).
+    #[command(flatten)]
+    pub nats: crate::nats::StreamArgs,
 }
 
 pub fn run(args: DiffArgs) -> Result<ExitCode> {
     let mut damaged = 0u64;
-    let (baseline, problem) = load_pair(&args.baseline, &args.problem, |d| {
+    let mut damage = |d: &str| {
         damaged += 1;
         eprintln!("conntrail: damaged log: {d}");
-    })?;
+    };
+    let (baseline, problem) = match args.nats.nats {
+        Some(_) => (
+            crate::nats::load_record(&args.nats, &args.baseline, &mut damage)?,
+            crate::nats::load_record(&args.nats, &args.problem, &mut damage)?,
+        ),
+        None => load_pair(&args.baseline, &args.problem, &mut damage)?,
+    };
     let diff = Diff::of(&baseline, &problem);
     let text = if args.json {
         diff.to_json(&args.baseline, &args.problem).to_string()

@@ -36,6 +36,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod privilege;
+pub mod nats;
 pub mod query;
 pub mod recover;
 pub mod replay;

@@ -115,6 +115,8 @@ pub struct RunArgs {
     /// capability left (the log's directory must be writable by it).
     #[arg(long)]
     pub user: Option<String>,
+    #[command(flatten)]
+    pub export: crate::nats::ExportArgs,
 }
 
 /// What to run and where to write.
@@ -202,6 +204,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         config_name: name,
         config_path: Some(config.to_path_buf()),
     };
+    let shipping = crate::nats::start(&cfg, &args.export, &opts.log)?;
     let stop = Arc::new(AtomicBool::new(false));
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let watcher = {
@@ -225,9 +228,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     });
     stop.store(true, Ordering::Release);
     let _ = watcher.join();
-    let summary = result?;
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            if let Some(shipping) = shipping {
+                shipping.abandon();
+            }
+            return Err(e);
+        }
+    };
     print_summary(&summary, &opts)?;
-    Ok(ExitCode::SUCCESS)
+    match shipping {
+        Some(shipping) => shipping.finish(),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// One planned socket: which entry, which queue, which core, which worker.

@@ -52,6 +52,8 @@ enum Command {
         /// Capture files, replayed in order.
         #[arg(required = true)]
         pcaps: Vec<PathBuf>,
+        #[command(flatten)]
+        export: engine::nats::ExportArgs,
     },
     /// Decode a log: one block per record, or JSON Lines.
     Show(engine::show::ShowArgs),
@@ -101,6 +103,8 @@ enum Command {
     /// Capture live traffic with AF_XDP on the `[[capture]]` queues of the config into a log,
     /// until SIGINT or SIGTERM.
     Run(engine::live::RunArgs),
+    /// Ship the records of a log to NATS JetStream, from where an earlier export stopped.
+    Export(engine::nats::ExportCmdArgs),
     /// Print the counters a running (or stopped) `conntrail run` publishes every second.
     Stats(engine::stats::StatsArgs),
     /// Write the records that crashed engines left in their shared-memory rings to their
@@ -161,8 +165,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             record,
             log,
             pcaps,
+            export,
         } => {
             let cfg = load_config(config.as_deref())?;
+            let shipping = engine::nats::start(&cfg, &export, &log)?;
             let opts = ReplayOptions {
                 workers,
                 mode: match record {
@@ -173,9 +179,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 captures: pcaps,
                 progress: io::stderr().is_terminal(),
             };
-            let summary = replay(&cfg, &opts)?;
+            let summary = match replay(&cfg, &opts) {
+                Ok(summary) => summary,
+                Err(e) => {
+                    if let Some(shipping) = shipping {
+                        shipping.abandon();
+                    }
+                    return Err(e);
+                }
+            };
             print_summary(&summary)?;
-            Ok(ExitCode::SUCCESS)
+            match shipping {
+                Some(shipping) => shipping.finish(),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Show(a) => engine::show::run(a),
         Command::Synth {
@@ -224,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Filter(a) => engine::filter::run(a),
         Command::Extract(a) => engine::extract::run(a),
         Command::Run(a) => engine::live::run(a),
+        Command::Export(a) => engine::nats::run_export(a),
         Command::Stats(a) => engine::stats::run(a),
         Command::Recover(a) => engine::recover::run(a),
         Command::Watch(a) => engine::control::run_watch(a),

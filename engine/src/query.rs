@@ -13,7 +13,12 @@
 //! conntrail query a.log b.log reason=tcp-rst-server and port 443
 //! conntrail query a.log --where 'latency.syn_synack>100ms' --json
 //! conntrail query a.log --count-by server 'state=REJ,S0'
+//! conntrail query --nats nats://10.0.0.1:4222 --host box1 reason=tcp-rst-server
 //! ```
+//!
+//! With `--nats` the records come from the NATS JetStream stream the appliances export to
+//! (see [`crate::nats`]), in stream order, narrowed by `--host` and `--context`; a record's
+//! `LOG:ID` is then `HOST:LOG:ID`, and the JSON forms add the host.
 
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
@@ -35,7 +40,8 @@ pub const SIZING_ROWS: usize = 100;
 
 /// Arguments of `conntrail query`.
 #[derive(clap::Args, Debug)]
-#[command(override_usage = "conntrail query [OPTIONS] LOG... [EXPR...]")]
+#[command(override_usage = "conntrail query [OPTIONS] LOG... [EXPR...]\n       \
+    conntrail query --nats URL [--host H] [--context C] [OPTIONS] [EXPR...]")]
 #[command(after_help = "EXPR examples:\n  \
     reason=tcp-rst-server and port 443\n  \
     state=REJ,S0 and server net 10.0.0.0/8\n  \
@@ -47,7 +53,7 @@ pub struct QueryArgs {
     /// Logs (the leading arguments that are existing files; each is read with its rotated
     /// segments), then the expression, its words joined with spaces. Without an expression
     /// every record is selected.
-    #[arg(required = true, value_name = "LOG|EXPR")]
+    #[arg(required_unless_present = "nats", value_name = "LOG|EXPR")]
     pub args: Vec<OsString>,
     /// The expression; every positional argument is then a log.
     #[arg(short = 'e', long = "where", value_name = "EXPR")]
@@ -65,6 +71,10 @@ pub struct QueryArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N", conflicts_with = "count_by")]
     pub limit: Option<u64>,
+    /// Records from NATS JetStream instead of logs (every positional argument is then part
+    /// of the expression).
+    #[command(flatten)]
+    pub fleet: crate::nats::FleetArgs,
 }
 
 /// The field of `--count-by`.
@@ -140,7 +150,11 @@ impl Key {
 }
 
 pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let (logs, text) = split_args(&args)?;
+    let (logs, text) = if args.fleet.stream.nats.is_some() {
+        (Vec::new(), expression(&args.args, args.expr.as_ref())?)
+    } else {
+        split_args(&args)?
+    };
     let expr = match &text {
         Some(t) => Some(parse_expr(t, args.expr.is_none())?),
         None => None,
@@ -161,7 +175,11 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    match query.run(&logs, &mut out) {
+    let done = match args.fleet.stream.nats {
+        Some(_) => query.run_fleet(&args.fleet, &mut out),
+        None => query.run(&logs, &mut out),
+    };
+    match done {
         Ok(()) => {}
         Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e),
@@ -194,26 +212,37 @@ fn split_args(args: &QueryArgs) -> anyhow::Result<(Vec<PathBuf>, Option<String>)
             first.unwrap_or_default()
         );
     }
-    if let Some(e) = &args.expr {
-        if let Some(extra) = rest.first() {
+    if let (Some(_), Some(extra)) = (&args.expr, rest.first()) {
+        bail!(
+            "`{}` is not an existing file (with --where, every other argument is a log)",
+            extra.to_string_lossy()
+        );
+    }
+    Ok((logs, expression(rest, args.expr.as_ref())?))
+}
+
+/// The expression: `--where`, else the words joined with spaces; `None` if neither.
+fn expression(words: &[OsString], where_: Option<&String>) -> anyhow::Result<Option<String>> {
+    if let Some(e) = where_ {
+        if let Some(extra) = words.first() {
             bail!(
-                "`{}` is not an existing file (with --where, every other argument is a log)",
+                "`{}`: with --where there is no expression word",
                 extra.to_string_lossy()
             );
         }
-        return Ok((logs, Some(e.clone())));
+        return Ok(Some(e.clone()));
     }
-    if rest.is_empty() {
-        return Ok((logs, None));
+    if words.is_empty() {
+        return Ok(None);
     }
-    let words: Vec<&str> = rest
+    let words: Vec<&str> = words
         .iter()
         .map(|w| {
             w.to_str()
                 .with_context(|| format!("the expression word {w:?} is not UTF-8"))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok((logs, Some(words.join(" "))))
+    Ok(Some(words.join(" ")))
 }
 
 /// Parses the expression; an error shows it with a caret under the offending column.
@@ -270,12 +299,7 @@ impl Query {
                         continue;
                     }
                 };
-                if !self.expr.as_ref().is_none_or(|e| e.matches(&rec)) {
-                    continue;
-                }
-                self.selected += 1;
-                self.emit(&rec, &log_text, out)?;
-                if self.selected >= self.limit {
+                if !self.offer(&rec, None, &log_text, out)? {
                     break 'logs;
                 }
             }
@@ -285,17 +309,72 @@ impl Query {
         Ok(())
     }
 
-    fn emit(&mut self, rec: &Record<'_>, log: &str, out: &mut impl Write) -> io::Result<()> {
+    /// The same over the records of a NATS JetStream stream.
+    fn run_fleet(
+        &mut self,
+        args: &crate::nats::FleetArgs,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        for item in crate::nats::fleet_records(args)? {
+            let rec = match item {
+                Ok(rec) => rec,
+                Err(damage) => {
+                    self.damaged += 1;
+                    eprintln!("conntrail: damaged stream message: {damage}");
+                    continue;
+                }
+            };
+            if !self.offer(&rec.record, Some(&rec.host), &rec.log, out)? {
+                break;
+            }
+        }
+        self.finish(out)?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Emits `rec` if it matches; false once the limit is reached.
+    fn offer(
+        &mut self,
+        rec: &Record<'_>,
+        host: Option<&str>,
+        log: &str,
+        out: &mut impl Write,
+    ) -> io::Result<bool> {
+        if !self.expr.as_ref().is_none_or(|e| e.matches(rec)) {
+            return Ok(true);
+        }
+        self.selected += 1;
+        self.emit(rec, host, log, out)?;
+        Ok(self.selected < self.limit)
+    }
+
+    fn emit(
+        &mut self,
+        rec: &Record<'_>,
+        host: Option<&str>,
+        log: &str,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
         match &mut self.output {
-            Output::Table(t) => t.row(out, cells(rec, log)),
+            Output::Table(t) => match host {
+                Some(host) => t.row(out, cells(rec, &format!("{host}:{log}"))),
+                None => t.row(out, cells(rec, log)),
+            },
             Output::Json { ecs: false } => {
                 let mut doc = crate::show::to_json(rec);
                 doc["log"] = json!(log);
+                if let Some(host) = host {
+                    doc["host"] = json!(host);
+                }
                 write_json_line(out, &doc)
             }
             Output::Json { ecs: true } => {
                 let mut doc = crate::ecs::to_ecs(rec);
                 doc["log"]["file"]["path"] = json!(log);
+                if let Some(host) = host {
+                    doc["host"]["name"] = json!(host);
+                }
                 write_json_line(out, &doc)
             }
             Output::Count(by, counts) => {

@@ -57,6 +57,17 @@ pub struct ShowArgs {
     /// to this file instead of text.
     #[arg(long, value_name = "OUT.html", conflicts_with_all = ["json", "ecs"])]
     pub html: Option<PathBuf>,
+    /// The log's records from NATS JetStream (the log named HOST:LOG).
+    #[command(flatten)]
+    pub nats: crate::nats::StreamArgs,
+}
+
+/// The records of the log of `args`: from the file, or from the stream with `--nats`.
+fn open(args: &ShowArgs) -> anyhow::Result<Box<dyn Iterator<Item = crate::logs::Item>>> {
+    Ok(match args.nats.nats {
+        Some(_) => Box::new(crate::nats::log_records(&args.nats, &args.log)?),
+        None => Box::new(crate::logs::Records::open(std::slice::from_ref(&args.log))?),
+    })
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -64,7 +75,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         return run_html(&args, page);
     }
     let json = args.json || args.ecs;
-    let records = crate::logs::Records::open(std::slice::from_ref(&args.log))?;
+    let records = open(&args)?;
     let stdout = io::stdout();
     let paint = Paint {
         color: args.color.resolve(
@@ -118,7 +129,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
 
 /// `show --html OUT`: the selected records as one page, written as they are read.
 fn run_html(args: &ShowArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let records = crate::logs::Records::open(std::slice::from_ref(&args.log))?;
+    let records = open(args)?;
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut page = HtmlPage::start(BufWriter::new(file), &args.log.display().to_string())

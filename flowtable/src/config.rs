@@ -233,6 +233,129 @@ pub struct Triggers {
     pub path: PathTriggers,
 }
 
+/// `[export]`: shipping every record of the log to a NATS JetStream stream (see the `fleet`
+/// crate). Off while `servers` is empty (the command line's `--export URL` fills it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); the client picks one and
+    /// fails over to the others and to the cluster members the servers announce.
+    pub servers: Vec<String>,
+    /// The JetStream stream, created (subjects `conntrail.records.>`) when missing.
+    pub stream: String,
+    /// This appliance's name in subjects (`conntrail.records.<host>.<context>`); empty: the
+    /// machine's host name, with characters a subject token cannot hold replaced by `_`.
+    pub host: String,
+    /// Copies of each message when the stream is created (1, or 3 on a 3-node cluster).
+    pub replicas: u32,
+    /// How long the stream remembers message ids to drop duplicates, when it is created.
+    pub duplicate_window_s: f64,
+    /// How long to wait for the server to acknowledge a record before sending it again.
+    pub ack_timeout_s: f64,
+    /// At the end of `replay` (or `run`), how long to wait for the export to catch up.
+    pub drain_timeout_s: f64,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed); empty: none.
+    pub credentials: String,
+    /// Require TLS to the servers.
+    pub tls: bool,
+    /// PEM file of the CA that signed the servers' certificates; empty: the system's roots.
+    pub tls_ca: String,
+    /// PEM client certificate and key, for servers that verify clients; both or neither.
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            servers: Vec::new(),
+            stream: "CONNTRAIL".to_string(),
+            host: String::new(),
+            replicas: 1,
+            duplicate_window_s: 3600.0,
+            ack_timeout_s: 2.0,
+            drain_timeout_s: 30.0,
+            credentials: String::new(),
+            tls: false,
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+/// Whether `token` can be one token of a NATS subject (and a stream name): printable ASCII
+/// without `.`, `*`, `>`, `/`, `\` or white space, at most 64 bytes.
+pub fn is_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b".*>/\\".contains(&b))
+}
+
+impl ExportConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for server in &self.servers {
+            let rest = ["nats://", "tls://"]
+                .iter()
+                .find_map(|scheme| server.strip_prefix(scheme))
+                .unwrap_or(server);
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err((
+                    "servers",
+                    format!("`{server}` is not a server URL such as nats://10.0.0.1:4222"),
+                ));
+            }
+        }
+        if !is_subject_token(&self.stream) {
+            return Err((
+                "stream",
+                format!(
+                    "`{}` is not a stream name (letters, digits, - and _; no `.`, `*`, `>`)",
+                    self.stream
+                ),
+            ));
+        }
+        if !self.host.is_empty() && !is_subject_token(&self.host) {
+            return Err((
+                "host",
+                format!(
+                    "`{}` cannot be a subject token (no `.`, `*`, `>` or spaces)",
+                    self.host
+                ),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err((
+                "replicas",
+                format!("must be from 1 to 5, not {}", self.replicas),
+            ));
+        }
+        for (key, v) in [
+            ("duplicate_window_s", self.duplicate_window_s),
+            ("ack_timeout_s", self.ack_timeout_s),
+            ("drain_timeout_s", self.drain_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 30.0 * 86400.0) {
+                return Err((
+                    key,
+                    format!("must be a positive number of seconds (at most 30 days), not {v}"),
+                ));
+            }
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            let key = if self.tls_cert.is_empty() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            return Err((key, "tls_cert and tls_key go together".into()));
+        }
+        Ok(())
+    }
+}
+
 /// An IP network in CIDR form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Net {
@@ -479,6 +602,8 @@ pub struct Config {
     pub overrides: Vec<Override>,
     /// Live capture: AF_XDP sockets for `conntrail run` (none by default).
     pub captures: Vec<Capture>,
+    /// Export of the records to NATS JetStream (off by default).
+    pub export: ExportConfig,
 }
 
 impl Config {
@@ -518,8 +643,16 @@ impl Config {
             triggers: file.triggers,
             overrides: Vec::new(),
             captures: Vec::new(),
+            export: file.export,
         };
         cfg.validate().map_err(|(key, m)| err(key, m))?;
+        cfg.export
+            .validate()
+            .map_err(|(key, message)| ConfigError {
+                origin: origin.to_string(),
+                line: find_key_line(text, key),
+                message: format!("[export] key `{key}`: {message}"),
+            })?;
         cfg.captures = parse_captures(file.captures, text, origin)?;
         let raw_overrides = raw
             .get("override")
@@ -644,6 +777,7 @@ struct ConfigFile {
     overrides: Vec<OverrideFile>,
     #[serde(rename = "capture")]
     captures: Vec<Capture>,
+    export: ExportConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -795,6 +929,7 @@ mod tests {
         assert_eq!(cfg.triggers, Triggers::default());
         assert!(cfg.overrides.is_empty());
         assert!(cfg.captures.is_empty());
+        assert_eq!(cfg.export, ExportConfig::default());
         assert_eq!(cfg, Config::default());
     }
 
@@ -970,6 +1105,35 @@ syn_synack_ms = 300
         assert_eq!(cfg.captures.len(), 2);
         assert_eq!(cfg.captures[1].queues, vec![0]);
         assert_eq!(cfg.captures[0].umem_bytes(), 16 << 20);
+    }
+
+    #[test]
+    fn export_errors_name_file_line_and_key() {
+        let ok = Config::parse(
+            "[export]\nservers = [\"nats://127.0.0.1:4222\", \"tls://n2:4222\"]\nreplicas = 3\n",
+            "c.toml",
+        )
+        .expect("parses");
+        assert_eq!(ok.export.servers.len(), 2);
+        assert_eq!(ok.export.replicas, 3);
+        for (text, line, key) in [
+            ("[export]\nstream = \"a.b\"\n", 2, "stream"),
+            ("[export]\n\nhost = \"box 1\"\n", 3, "host"),
+            ("[export]\nreplicas = 7\n", 2, "replicas"),
+            ("[export]\nack_timeout_s = 0\n", 2, "ack_timeout_s"),
+            ("[export]\nservers = [\"nats://\"]\n", 2, "servers"),
+            ("[export]\ntls_cert = \"c.pem\"\n", 1, "tls_key"),
+        ] {
+            let e = Config::parse(text, "c.toml").expect_err(text);
+            assert!(e.message.contains(&format!("[export] key `{key}`")), "{e}");
+            if key != "tls_key" {
+                assert_eq!(e.line, Some(line), "{e}");
+            }
+        }
+        let e = Config::parse("[export]\nstreams = \"X\"\n", "c.toml").expect_err("unknown");
+        assert_eq!(e.line, Some(2));
+        assert!(is_subject_token("box-1_a"));
+        assert!(!is_subject_token("box.1") && !is_subject_token("") && !is_subject_token("a>"));
     }
 
     #[test]
