@@ -400,6 +400,62 @@ pub fn ng_ts_ns(high: u32, low: u32, resolution: u64, offset_s: i64) -> u64 {
 mod tests {
     use super::*;
 
+    /// A nanosecond legacy pcap (raw IP link type) holding `frames`, each stamped 1 s apart.
+    fn legacy_pcap(frames: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&65535u32.to_le_bytes());
+        out.extend_from_slice(&101u32.to_le_bytes());
+        for (i, f) in frames.iter().enumerate() {
+            out.extend_from_slice(&(i as u32 + 1).to_le_bytes());
+            out.extend_from_slice(&7u32.to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32 + 10).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_come_in_place_and_a_cut_short_file_reports_where() {
+        let dir = std::env::temp_dir().join(format!("conntrail-pcap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("two.pcap");
+        let bytes = legacy_pcap(&[&[0x45, 1, 2, 3], &[0x60, 4, 5, 6, 7]]);
+        std::fs::write(&path, &bytes).expect("write");
+        let mut seen = Vec::new();
+        let stats = read_capture(
+            &path,
+            |link, ts, wire, frame| seen.push((link, ts, wire, frame.to_vec())),
+            |_| {},
+        )
+        .expect("reads");
+        assert_eq!(stats.frames, 2);
+        assert!(stats.damage.is_none());
+        assert_eq!(
+            seen,
+            vec![
+                (LinkType::RawIp, 1_000_000_007, 14, vec![0x45, 1, 2, 3]),
+                (LinkType::RawIp, 2_000_000_007, 15, vec![0x60, 4, 5, 6, 7]),
+            ]
+        );
+
+        // The second frame loses its last two bytes.
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).expect("write");
+        let mut n = 0;
+        let stats = read_capture(&path, |_, _, _, _| n += 1, |_| {}).expect("reads");
+        assert_eq!((n, stats.frames), (1, 1));
+        let second_at = 24 + 16 + 4;
+        assert_eq!(
+            stats.damage.as_deref(),
+            Some(format!("at byte {second_at}: the last block is cut short").as_str())
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn pcapng_timestamps() {
         // microseconds
