@@ -120,7 +120,7 @@ pub struct WorkerControl {
 
 impl WorkerControl {
     /// Once per batch and after every idle wait: acts on what the control thread has
-    /// announced since the last call (one relaxed load when nothing has).
+    /// announced since the last call (one atomic load when nothing has).
     #[inline]
     pub fn poll(&mut self, table: &mut FlowTable) {
         let generation = self.board.generation.load(Ordering::Acquire);
