@@ -126,10 +126,20 @@ impl Settings {
         }
     }
 
-    /// Checks what can be checked before connecting: at least one server, and every URL
-    /// parses.
+    /// Checks what can be checked before connecting: at least one server, every URL
+    /// parses, and the credentials and TLS files exist.
     pub fn check(&self) -> Result<(), FleetError> {
-        self.addresses().map(|_| ())
+        self.addresses()?;
+        let client = self.tls_client.iter().flat_map(|(cert, key)| [cert, key]);
+        for file in self.credentials.iter().chain(&self.tls_ca).chain(client) {
+            if !file.is_file() {
+                return Err(FleetError::Settings(format!(
+                    "{}: no such file (from [export])",
+                    file.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn addresses(&self) -> Result<Vec<async_nats::ServerAddr>, FleetError> {
@@ -200,4 +210,30 @@ fn runtime() -> Result<tokio::runtime::Runtime, FleetError> {
         .enable_all()
         .build()
         .map_err(|e| FleetError::Thread(format!("starting the I/O runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_before_connecting() {
+        let mut cfg = ExportConfig::default();
+        assert!(Settings::from_config(&cfg).check().is_err(), "no server");
+        cfg.servers = vec!["nats://127.0.0.1:4222".into(), "tls://n2:4222".into()];
+        let settings = Settings::from_config(&cfg);
+        assert!(settings.check().is_ok());
+        assert!(!settings.host.is_empty(), "the host name by default");
+        cfg.credentials = "/nonexistent/conntrail.creds".into();
+        let e = Settings::from_config(&cfg)
+            .check()
+            .expect_err("missing file");
+        assert!(
+            e.to_string().contains("/nonexistent/conntrail.creds"),
+            "{e}"
+        );
+        cfg.credentials.clear();
+        cfg.servers = vec!["nats://host:port".into()];
+        assert!(Settings::from_config(&cfg).check().is_err(), "bad port");
+    }
 }
