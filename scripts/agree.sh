@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=../shared/corpus/real
-bin=target/release/conntrail
+bin=${CARGO_TARGET_DIR:-target}/release/conntrail
 [ -x "$bin" ] || cargo build --release
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
