@@ -4,7 +4,7 @@
 #
 #   scripts/bench-live.sh [--duration S] [--size BYTES] [--flows N] [--generator G]
 #                         [--mode auto|native|generic] [--worker-cpu N] [--gen-cpu N]
-#                         [--steps N]
+#                         [--steps N] [--ring N]
 #
 # 1. lab.sh makes a veth pair with both ends in namespaces of their own (--capture-ns).
 # 2. The generator (scripts/pktgen.sh: kernel pktgen, else trafgen, else tcpreplay) sends
@@ -12,6 +12,7 @@
 # 3. `conntrail run` starts on the capture end (inside its namespace, the worker pinned to
 #    --worker-cpu, the generator to --gen-cpu), and the generator sends as fast as it can
 #    again, then at rates found by bisection (--steps runs) between 0 and that maximum.
+#    --ring sets the fill and RX rings (descriptors; UMEM frames twice that; default 2048).
 #    A run is clean when conntrail counted every frame the generator end sent and the
 #    kernel's counters of its socket (rx dropped, rx ring full, fill ring empty) did not
 #    move; the `dropped` column is rx dropped + rx ring full (a copy-mode frame lost to an
@@ -36,6 +37,7 @@ mode=auto
 worker_cpu=1
 gen_cpu=0
 steps=6
+ring=2048
 while [ $# -gt 0 ]; do
     case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --worker-cpu) worker_cpu=$2; shift 2 ;;
     --gen-cpu) gen_cpu=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
+    --ring) ring=$2; shift 2 ;;
     -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-live.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -114,6 +117,9 @@ interface = "$CAP_IF"
 queues = [0]
 cores = [$worker_cpu]
 mode = "$mode"
+fill_ring = $ring
+rx_ring = $ring
+frames = $((ring * 2))
 EOF
 ip netns exec "$CAP_NS" "$bin" run --config "$out/live.toml" --log "$out/live.log" \
     >"$out/run.out" 2>"$out/run.err" &
