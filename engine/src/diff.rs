@@ -18,7 +18,6 @@
 //! than times from the anchor, so that one slow SYN-ACK marks the SYN-ACK row and not every
 //! row after it.
 
-use std::io::{self, Write};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -70,17 +69,7 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
     } else {
         diff.to_text(&args.baseline, &args.problem)
     };
-    let mut out = io::stdout().lock();
-    if let Err(e) = write!(out, "{text}") {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    crate::logs::print_and_exit(&text, damaged > 0)
 }
 
 /// Loads both records, in one pass when they are in the same log.

@@ -136,22 +136,13 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
             rec.id
         );
     }
-    let summary = if args.json {
+    let mut summary = if args.json {
         summary_json(&rec, &args.output, format, &reports).to_string()
     } else {
         summary_text(&rec, &args.output, format, &reports)
     };
-    let mut stdout = io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{summary}") {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    summary.push('\n');
+    crate::logs::print_and_exit(&summary, damaged > 0)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

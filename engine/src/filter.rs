@@ -49,7 +49,6 @@
 //! # }
 //! ```
 
-use std::io::{self, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
@@ -84,7 +83,7 @@ pub fn run(args: FilterArgs) -> anyhow::Result<ExitCode> {
         eprintln!("conntrail: damaged log: {d}");
     })?;
     let sel = Selection::of(&rec);
-    let text = if args.json {
+    let mut text = if args.json {
         json!({
             "wireshark": sel.wireshark(),
             "bpf": sel.bpf(),
@@ -104,17 +103,8 @@ pub fn run(args: FilterArgs) -> anyhow::Result<ExitCode> {
             sel.bpf()
         )
     };
-    let mut out = io::stdout().lock();
-    if let Err(e) = writeln!(out, "{text}") {
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
-    }
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    text.push('\n');
+    crate::logs::print_and_exit(&text, damaged > 0)
 }
 
 /// The Wireshark display filter for exactly this connection (see the module documentation).

@@ -2,7 +2,9 @@
 //! and all rotated segments; damaged frames and undecodable records are reported (with
 //! file and byte offset) and skipped, never fatal.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
@@ -109,6 +111,21 @@ impl RecordRef {
         }
         bail!("{}: no record with id {}", self.log.display(), self.id)
     }
+}
+
+/// Writes a command's output to stdout (a reader that went away, as `head` does, is not an
+/// error) and gives its exit status: 1 when damage was reported on the way, else 0.
+pub fn print_and_exit(text: &str, damaged: bool) -> Result<ExitCode> {
+    if let Err(e) = io::stdout().lock().write_all(text.as_bytes()) {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    Ok(if damaged {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

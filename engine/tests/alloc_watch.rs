@@ -3,9 +3,7 @@
 //! connection is tested against them, and some are marked `user`), and the worker polling
 //! the board after every frame as the live loop does after every batch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use engine::control;
 use engine::synth::{self, SynthOptions};
@@ -15,52 +13,9 @@ use flowtable::config::Config;
 use flowtable::packet::LinkType;
 use flowtable::table::RecordMode;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: delegates to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Reads a nanosecond legacy pcap (as `synth` writes it) into (ts_ns, wire_len, bytes).
-fn frames(path: &std::path::Path) -> Vec<(u64, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    engine::source::pcap::read_capture(
-        path,
-        |_, ts, wire, bytes| out.push((ts, wire, bytes.to_vec())),
-        |_| {},
-    )
-    .expect("capture reads");
-    out
-}
+#[path = "common/counting.rs"]
+mod counting;
+use counting::{frames, ALLOCS, COUNTING};
 
 #[test]
 fn watches_add_no_allocation_per_packet() {

@@ -3,30 +3,9 @@
 //! the file, line and key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("conntrail-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn capture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/real")
-        .join(name)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+mod common;
+use common::{conntrail, corpus as capture, temp_dir, text};
 
 fn replay_to(dir: &Path, cap: &str, extra: &[&str]) -> PathBuf {
     let log = dir.join("t.log");

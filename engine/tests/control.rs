@@ -29,8 +29,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::stats::{RunState, StatsFile};
@@ -38,145 +38,9 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_conntrail")
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (needs network namespaces, veth and AF_XDP)".into());
-    }
-    // SAFETY: plain socket(2); the descriptor is closed right away.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        return Some(format!(
-            "AF_XDP is unavailable: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just opened by us.
-    unsafe { libc::close(fd) };
-    None
-}
-
-/// A lab made by scripts/lab.sh, removed when dropped.
-struct Lab {
-    name: String,
-    vars: BTreeMap<String, String>,
-}
-
-fn lab_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh")
-}
-
-impl Lab {
-    fn up(name: &str) -> Lab {
-        let _ = Command::new("bash")
-            .arg(lab_script())
-            .args(["down", "--name", name])
-            .status();
-        let out = Command::new("bash")
-            .arg(lab_script())
-            .args(["up", "--name", name])
-            .output()
-            .expect("bash runs lab.sh");
-        let mut lab = Lab {
-            name: name.to_string(),
-            vars: BTreeMap::new(),
-        };
-        assert!(
-            out.status.success(),
-            "lab.sh up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                lab.vars.insert(k.to_string(), v.to_string());
-            }
-        }
-        lab
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("lab.sh up printed no {key}"))
-    }
-
-    /// Sends a capture from the generator end, as fast as it goes.
-    fn send(&self, pcap: &Path) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", self.var("GEN_NS"), "tcpreplay"])
-            .args(["--topspeed", "-q", "-i", self.var("GEN_IF")])
-            .arg(pcap)
-            .output()
-            .expect("tcpreplay runs (scripts/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "tcpreplay {}: {}",
-            pcap.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(lab_script())
-            .args(["down", "--name", &self.name])
-            .status();
-    }
-}
-
-/// A running `conntrail run`, killed when dropped if it is still running.
-struct Running {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Running {
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    fn output(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on the pid of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+mod common;
+use common::bin;
+use common::lab::{skip_reason, wait_for, Lab, Running};
 
 /// One TCP segment of a connection between `client` and `server` (last octets of
 /// 198.18.1.0/24 and 198.18.2.0/24).
@@ -397,7 +261,7 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
     }
     let dir = std::env::temp_dir().join(format!("conntrail-control-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let lab = Lab::up(&format!("cc{}", std::process::id() % 100_000_000));
+    let lab = Lab::up(&format!("cc{}", std::process::id() % 100_000_000), &[]);
     let config = dir.join("live.toml");
     std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
     let log = dir.join("live.log");
@@ -740,7 +604,7 @@ fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
     // The log's directory belongs to the user on an appliance; here anyone may write.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .expect("chmod");
-    let lab = Lab::up(&format!("cu{}", std::process::id() % 100_000_000));
+    let lab = Lab::up(&format!("cu{}", std::process::id() % 100_000_000), &[]);
     let config = dir.join("live.toml");
     std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
     let log = dir.join("live.log");

@@ -6,30 +6,18 @@
 //! right and the ambiguous ones must say so.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
 use engine::synth_proxy::{write_proxy, ProxyOptions, PROXY_BACK, PROXY_FRONT_V4, PROXY_FRONT_V6};
 use serde_json::Value;
 
+mod common;
+use common::{conntrail, s, text};
+
 /// The share of requests `--proxy` must pair right on the scenario below (93-99 % over
 /// seeds 1-12, 97 % with seed 7; bursts of requests within a millisecond make the rest).
 const MIN_TIME_PAIRING_ACCURACY: f64 = 0.8;
-
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// The generated scenario, replayed.
 struct Scenario {

@@ -5,25 +5,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use recorder::writer::segment_path;
 use recorder::LogReader;
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{conntrail, s, text};
 
 /// One frame of the intact log: its segment, offset, total length and record id.
 #[derive(Clone, Debug)]

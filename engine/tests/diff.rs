@@ -5,30 +5,11 @@
 //! different logs and from any rotated segment.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("conntrail-diff-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{conntrail, s, temp_dir, text};
 
 /// Replays a corpus capture (`--record all`) into `dir/LOG`, with `extra` configuration.
 fn replay(dir: &Path, capture: &str, log: &str, extra: &str) -> PathBuf {

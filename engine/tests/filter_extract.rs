@@ -11,38 +11,14 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
+mod common;
+use common::{conntrail, corpus, s, temp_dir, text};
 
 fn tool(name: &str, args: &[&str]) -> Output {
     Command::new(name)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{name} runs (scripts/setup.sh installs it): {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("conntrail-fx-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn corpus(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/real")
-        .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// Replays `capture` with `--record all` into `dir/NAME.log`.

@@ -32,14 +32,18 @@
 //! here). Original speed would keep all of it, but some captures span hours or years.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::source::pcap::read_capture;
 use engine::stats::{RunState, StatsFile};
 use flowtable::packet::LinkType;
 use serde_json::Value;
+
+mod common;
+use common::lab::{skip_reason, wait_for, Lab, Running};
+use common::{bin, corpus};
 
 /// The MTU lab.sh gives both ends (native XDP on a veth takes up to about 3500).
 const MTU: usize = 3000;
@@ -61,116 +65,6 @@ const CAPTURES: &[&str] = &[
     "tcpdump_bgp-4byte-asn.pcap",
 ];
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_conntrail")
-}
-
-fn corpus(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/real")
-        .join(name)
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (needs network namespaces, veth and AF_XDP)".into());
-    }
-    // SAFETY: plain socket(2); the descriptor is closed right away.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        return Some(format!(
-            "AF_XDP is unavailable: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: `fd` was just opened by us.
-    unsafe { libc::close(fd) };
-    None
-}
-
-/// A lab made by scripts/lab.sh, removed when dropped.
-struct Lab {
-    name: String,
-    vars: BTreeMap<String, String>,
-}
-
-impl Lab {
-    fn up(name: &str) -> Lab {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh");
-        // Remove leftovers of an earlier run that died, then make the lab.
-        let _ = Command::new("bash")
-            .arg(&script)
-            .args(["down", "--name", name])
-            .status();
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["up", "--name", name, "--mtu", &MTU.to_string()])
-            .output()
-            .expect("bash runs lab.sh");
-        // Guard first, so a half-made lab is removed too.
-        let mut lab = Lab {
-            name: name.to_string(),
-            vars: BTreeMap::new(),
-        };
-        assert!(
-            out.status.success(),
-            "lab.sh up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                lab.vars.insert(k.to_string(), v.to_string());
-            }
-        }
-        lab
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("lab.sh up printed no {key}"))
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh");
-        let _ = Command::new("bash")
-            .arg(&script)
-            .args(["down", "--name", &self.name])
-            .status();
-    }
-}
-
-/// A running `conntrail run`, killed when dropped if it is still running.
-struct Running {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Running {
-    fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Frames of a capture and the largest one; None if it is not all Ethernet.
 fn frames_of(path: &Path) -> Option<(u64, usize)> {
     let mut largest = 0usize;
@@ -185,17 +79,6 @@ fn frames_of(path: &Path) -> Option<(u64, usize)> {
     )
     .expect("capture reads");
     (!other_link && stats.damage.is_none()).then_some((stats.frames, largest))
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `show --json` of a log, as records keyed by endpoints, each normalised (see the module
@@ -360,8 +243,7 @@ fn live_equals_replay(lab: &Lab, dir: &Path, capture: &str) -> Vec<String> {
         running.output()
     );
 
-    // SAFETY: kill(2) on the pid of our own child.
-    unsafe { libc::kill(running.child.id() as libc::pid_t, libc::SIGTERM) };
+    running.signal(libc::SIGTERM);
     let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
         running.child.try_wait().expect("wait")
     });
@@ -425,7 +307,11 @@ fn live_capture_records_what_replay_records() {
     }
     let dir = std::env::temp_dir().join(format!("conntrail-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let lab = Lab::up(&format!("ct{}", std::process::id() % 100_000_000));
+    let mtu = MTU.to_string();
+    let lab = Lab::up(
+        &format!("ct{}", std::process::id() % 100_000_000),
+        &["--mtu", &mtu],
+    );
     let mut diffs = Vec::new();
     for capture in CAPTURES {
         diffs.extend(live_equals_replay(&lab, &dir, capture));

@@ -22,20 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{conntrail, s, text};
 
 /// A fresh directory, removed when dropped.
 struct TempDir(PathBuf);

@@ -9,11 +9,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::expr::Expr;
 use serde_json::Value;
+
+mod common;
+use common::{conntrail, corpus as capture, s, temp_dir, text};
 
 struct Counting;
 
@@ -51,39 +53,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn conntrail(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conntrail"))
-        .args(args)
-        .output()
-        .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A fresh temporary directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("conntrail-query-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn capture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/real")
-        .join(name)
-}
-
 fn oracle(name: &str) -> Value {
     let path = capture(&format!("{name}.oracle.json"));
     let t = std::fs::read_to_string(&path).expect("oracle reads");
     serde_json::from_str(&t).expect("oracle parses")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// Replays a corpus capture with `--record all` into `DIR/NAME.log` (ring files in DIR).

@@ -4,11 +4,14 @@
 //! and a full ring never makes a worker wait: its records are dropped and counted instead.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use flowtable::point::PointKind;
 use flowtable::record::{CloseReason, Flags, Record};
+
+mod common;
+use common::{s, text};
 
 fn conntrail(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_conntrail"))
@@ -16,14 +19,6 @@ fn conntrail(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 struct Scene {

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use engine::html::{ERROR_RGB, LANE_RGB, WARN_RGB};
 
+mod common;
+use common::{corpus as capture, s, temp_dir, text};
+
 fn conntrail(args: &[&str]) -> Output {
     conntrail_env(args, &[])
 }
@@ -22,27 +25,6 @@ fn conntrail_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("conntrail runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("conntrail-timeline-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn capture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/real")
-        .join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// Replays `cap` into `dir/t.log` (the rings live in `dir` too) and returns the log.

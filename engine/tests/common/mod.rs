@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests: running the binary, temporary directories,
+//! corpus paths, and (in [`lab`]) the veth lab and a running `conntrail run`.
+//!
+//! Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
+pub mod lab;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `conntrail` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_conntrail")
+}
+
+/// Runs the binary to completion.
+pub fn conntrail(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("conntrail runs")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A fresh, empty directory of this test process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("conntrail-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A capture of the shared corpus.
+pub fn corpus(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/corpus/real")
+        .join(name)
+}
