@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use flowtable::config::{Config, Override, Triggers};
+use flowtable::config::Config;
 use flowtable::point::Point;
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, OpenFlow};
@@ -88,7 +88,7 @@ enum AskKind {
     /// One connection, its points into the buffer.
     Session(u64, Vec<Point>),
     Costs,
-    Thresholds(Box<(Triggers, Vec<Override>)>),
+    Thresholds(Box<Config>),
 }
 
 #[derive(Debug)]
@@ -163,9 +163,8 @@ impl WorkerControl {
                     AnswerKind::Session(found, points)
                 }
                 AskKind::Costs => AnswerKind::Costs(self.watches.costs().to_vec()),
-                AskKind::Thresholds(t) => {
-                    let (triggers, overrides) = *t;
-                    table.set_thresholds(triggers, overrides);
+                AskKind::Thresholds(cfg) => {
+                    table.set_thresholds(&cfg);
                     AnswerKind::Applied
                 }
             };
@@ -739,6 +738,12 @@ impl State {
             }
         };
         let old = &self.opts.config;
+        let same_contexts = new.contexts.len() == old.contexts.len()
+            && new
+                .contexts
+                .iter()
+                .zip(&old.contexts)
+                .all(|(n, o)| n.same_membership(o));
         let mut fixed = Vec::new();
         for (section, same) in [
             ("[table]", new.table == old.table),
@@ -746,6 +751,10 @@ impl State {
             ("[ring]", new.ring == old.ring),
             ("[log]", new.log == old.log),
             ("[[capture]]", new.captures == old.captures),
+            (
+                "[[context]] names, interfaces, VLANs or logs",
+                same_contexts,
+            ),
         ] {
             if !same {
                 fixed.push(section);
@@ -759,12 +768,19 @@ impl State {
                 fixed.join(", ")
             )
         };
-        if new.triggers == old.triggers && new.overrides == old.overrides {
+        // The running configuration with the new thresholds: the default context's, and the
+        // other contexts' when they are the same contexts.
+        let mut thresholds = old.clone();
+        thresholds.triggers = new.triggers;
+        thresholds.overrides = new.overrides;
+        if same_contexts {
+            thresholds.contexts = new.contexts;
+        }
+        if thresholds == *old {
             return Reply::Reloaded {
                 message: format!("{name}: thresholds unchanged{restart}"),
             };
         }
-        let thresholds = (new.triggers.clone(), new.overrides.clone());
         let answers = self
             .workers
             .ask(|_| Some(AskKind::Thresholds(Box::new(thresholds.clone()))));
@@ -772,8 +788,7 @@ impl State {
             .iter()
             .filter(|a| matches!(a.kind, AnswerKind::Applied))
             .count();
-        self.opts.config.triggers = new.triggers;
-        self.opts.config.overrides = new.overrides;
+        self.opts.config = thresholds;
         Reply::Reloaded {
             message: format!(
                 "{name}: thresholds reloaded on {applied} of {} workers{restart}",

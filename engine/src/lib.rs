@@ -18,12 +18,14 @@
 //!     log: "tracker.log".into(),
 //!     captures: vec!["capture.pcap".into()],
 //!     progress: false,
+//!     interface: None,
 //! };
 //! let summary = replay(&Config::default(), &opts).expect("replay");
 //! println!("{} packets, {} records", summary.packets(), summary.records());
 //! ```
 
 pub mod conntrace;
+pub mod contexts;
 pub mod control;
 pub mod correlate;
 pub mod diff;

@@ -69,9 +69,10 @@ use flowtable::config::{Capture, Config};
 use flowtable::packet::LinkType;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
+use recorder::thread::Progress;
 
 use crate::control::{self, ControlOptions, ControlSocket};
-use crate::metrics::{MetricsListener, WorkerSample};
+use crate::metrics::{ContextSample, MetricsListener, WorkerSample};
 use crate::privilege;
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
@@ -154,6 +155,8 @@ pub struct SocketSummary {
 #[derive(Clone, Debug, Default)]
 pub struct LiveSummary {
     pub sockets: Vec<SocketSummary>,
+    /// Each context's name, log and records written, in context order (`default` first).
+    pub contexts: Vec<crate::contexts::ContextSummary>,
     pub records_written: u64,
     pub log_bytes: u64,
     pub log_segments: u32,
@@ -204,7 +207,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         config_name: name,
         config_path: Some(config.to_path_buf()),
     };
-    let shipping = crate::nats::start(&cfg, &args.export, &opts.log)?;
+    let shipping = crate::nats::start(
+        &cfg,
+        &args.export,
+        &crate::contexts::log_paths(&cfg, &opts.log)?,
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     signals::install().context("installing the SIGINT/SIGTERM handlers")?;
     let watcher = {
@@ -326,15 +333,17 @@ pub fn live(
     let mut control_ends = control_ends.into_iter();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
+    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     let recovered = crate::recover::recover_at_start(&ring_dir);
-    let resume = crate::recover::names_log(&recovered, &opts.log);
     let run_file = crate::recover::RunFile::create(
         &ring_dir,
-        &opts.log,
+        &log_paths,
         plans.iter().map(|p| p.worker),
         &cfg.log,
     )?;
-    let writer = crate::recover::create_log(cfg, &opts.log, resume)?;
+    let logs = crate::contexts::open_logs(cfg, &log_paths, |path| {
+        crate::recover::names_log(&recovered, path)
+    })?;
     let clock = Clock::new();
     // One XDP program per interface; frames reach the sockets once it is attached.
     let mut programs: Vec<(String, Arc<XdpProgram>)> = Vec::new();
@@ -417,6 +426,7 @@ pub fn live(
                 };
                 let mut worker = Worker::new(&cfg, worker_id, mode, producer);
                 worker.set_core(pinned);
+                worker.set_interface(cfg.interface_id(&capture.interface));
                 if let Some(c) = worker_control {
                     worker.attach_control(c);
                 }
@@ -459,7 +469,13 @@ pub fn live(
     }
     drop(ready_tx);
     let rec_stop = Arc::new(AtomicBool::new(false));
-    let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&rec_stop));
+    let progress = Progress::new(consumers.len(), logs.len());
+    let recorder = recorder::thread::spawn(
+        consumers,
+        logs,
+        Arc::clone(&rec_stop),
+        Arc::clone(&progress),
+    );
 
     // Wait until every socket is open (or one failed).
     let mut ready: Vec<Option<Ready>> = (0..plans.len()).map(|_| None).collect();
@@ -528,7 +544,7 @@ pub fn live(
     }
     if let (None, Some(user)) = (&failure, &opts.user) {
         // Everything that needs a privilege is done: become `user`, with no capability.
-        let mut handed: Vec<&std::path::Path> = vec![opts.log.as_path()];
+        let mut handed: Vec<&std::path::Path> = log_paths.iter().map(PathBuf::as_path).collect();
         handed.extend(ring_paths.iter().map(PathBuf::as_path));
         handed.extend(opts.control.as_deref());
         match privilege::drop_to(user, &handed) {
@@ -633,10 +649,16 @@ pub fn live(
             .iter()
             .map(|r| (r.worker, r.interface.clone(), r.queue))
             .collect();
+        let progress = Arc::clone(&progress);
+        let names: Vec<String> = (0..log_paths.len())
+            .map(|i| cfg.context_name(u16::try_from(i).unwrap_or(u16::MAX)))
+            .collect();
         let source = move || {
-            rows.iter()
+            let workers = rows
+                .iter()
                 .zip(&slots)
-                .map(|((worker, interface, queue), slot)| {
+                .enumerate()
+                .map(|(ring, ((worker, interface, queue), slot))| {
                     let p = match slot.lock() {
                         Ok(p) => p.clone(),
                         Err(poisoned) => poisoned.into_inner().clone(),
@@ -649,9 +671,19 @@ pub fn live(
                         bytes: p.counters.bytes,
                         kernel: p.kernel,
                         stats: p.worker,
+                        records_written: progress.written_from_ring(ring),
                     }
                 })
-                .collect()
+                .collect();
+            let contexts = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ContextSample {
+                    name: name.clone(),
+                    records_written: progress.written_to_log(i),
+                })
+                .collect();
+            (workers, contexts)
         };
         match listener.spawn(source, Arc::clone(stop)) {
             Ok(h) => metrics_thread = Some(h),
@@ -740,11 +772,14 @@ pub fn live(
     }
     file.write_atomic(&opts.stats)
         .with_context(|| format!("writing stats file {}", opts.stats.display()))?;
+    let total = rec.writers_total();
+    let contexts = crate::contexts::summaries(cfg, log_paths, &rec.frames_per_log);
     Ok(LiveSummary {
         sockets,
-        records_written: rec.writer.frames,
-        log_bytes: rec.writer.file_bytes,
-        log_segments: rec.writer.segments,
+        contexts,
+        records_written: total.frames,
+        log_bytes: total.file_bytes,
+        log_segments: total.segments,
         elapsed: started.elapsed(),
     })
 }
@@ -1014,6 +1049,10 @@ fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
         .map(|(r, n)| format!("{} {n}", r.as_str()))
         .collect();
     writeln!(out, "closed: {}", reasons.join(", "))?;
+    let tables: Vec<_> = s.sockets.iter().map(|x| &x.worker.table).collect();
+    for line in crate::contexts::summary_lines(&s.contexts, &tables) {
+        writeln!(out, "{line}")?;
+    }
     for x in &s.sockets {
         let w = &x.worker;
         writeln!(

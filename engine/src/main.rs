@@ -49,6 +49,10 @@ enum Command {
         /// The log to write (rotated segments are LOG.1, LOG.2, ...).
         #[arg(long)]
         log: PathBuf,
+        /// The interface the captures were taken on, for those that do not name it (pcap
+        /// files; pcapng interfaces without a name): `[[context]]` interfaces match it.
+        #[arg(long)]
+        interface: Option<String>,
         /// Capture files, replayed in order.
         #[arg(required = true)]
         pcaps: Vec<PathBuf>,
@@ -164,11 +168,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workers,
             record,
             log,
+            interface,
             pcaps,
             export,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let shipping = engine::nats::start(&cfg, &export, &log)?;
+            let shipping =
+                engine::nats::start(&cfg, &export, &engine::contexts::log_paths(&cfg, &log)?)?;
             let opts = ReplayOptions {
                 workers,
                 mode: match record {
@@ -178,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 log,
                 captures: pcaps,
                 progress: io::stderr().is_terminal(),
+                interface,
             };
             let summary = match replay(&cfg, &opts) {
                 Ok(summary) => summary,
@@ -324,6 +331,10 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
         .map(|(r, n)| format!("{} {n}", r.as_str()))
         .collect();
     writeln!(out, "closed: {}", reasons.join(", "))?;
+    let tables: Vec<_> = s.workers.iter().map(|w| &w.table).collect();
+    for line in engine::contexts::summary_lines(&s.contexts, &tables) {
+        writeln!(out, "{line}")?;
+    }
     let not_ip = malformed[Malformed::NotIp.index()];
     let bad: Vec<String> = Malformed::ALL
         .iter()

@@ -3,19 +3,25 @@
 //!
 //! Every series is per worker (`worker="N"`, with its `interface` and `queue`): packets and
 //! bytes received, flows open, created and closed (by `reason`), records handed to the
-//! recorder, drops by `cause` (the ring to the recorder full, the flow table full, a trail
-//! truncated in its arena, a record that did not encode), malformed frames by `reason`, and
-//! the kernel's own drop counters of the socket. The numbers are those the workers publish
-//! once a second; a scrape never touches a worker.
+//! recorder and records the recorder wrote to the log, drops by `cause` (the ring to the
+//! recorder full, the flow table full, a trail truncated in its arena, a record that did
+//! not encode, an incomplete IP datagram dropped from a full fragment table or timed out),
+//! malformed frames by `reason`, and the kernel's own drop counters of the socket. Records
+//! written are also given per context (`context="NAME"`). The numbers are those the workers
+//! and the recorder publish; a scrape never touches a worker.
 //!
 //! The responder answers `GET /metrics` (and `GET /`) with the exposition, anything else
 //! with 404, one connection at a time, and closes each connection after its reply.
 //!
 //! ```
-//! use engine::metrics::{render, WorkerSample};
-//! let text = render(&[WorkerSample { worker: 0, interface: "eth0".into(), queue: 0,
-//!     ..WorkerSample::default() }]);
+//! use engine::metrics::{render, ContextSample, WorkerSample};
+//! let text = render(
+//!     &[WorkerSample { worker: 0, interface: "eth0".into(), queue: 0,
+//!         ..WorkerSample::default() }],
+//!     &[ContextSample { name: "default".into(), records_written: 3 }],
+//! );
 //! assert!(text.contains("conntrail_packets_total{worker=\"0\",interface=\"eth0\",queue=\"0\"} 0"));
+//! assert!(text.contains("conntrail_context_records_written_total{context=\"default\"} 3"));
 //! ```
 
 use std::fmt::Write as _;
@@ -43,6 +49,15 @@ pub struct WorkerSample {
     pub bytes: u64,
     pub kernel: KernelStats,
     pub stats: WorkerStats,
+    /// Records from this worker's ring the recorder has written to the logs.
+    pub records_written: u64,
+}
+
+/// Records written to one context's log.
+#[derive(Clone, Debug, Default)]
+pub struct ContextSample {
+    pub name: String,
+    pub records_written: u64,
 }
 
 /// A family with one value per worker: name, type, help and how to read the value.
@@ -85,11 +100,11 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The exposition of `samples`.
-pub fn render(samples: &[WorkerSample]) -> String {
+/// The exposition of `samples` (per worker) and `contexts`.
+pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
-    let simple: [Simple; 6] = [
+    let simple: [Simple; 7] = [
         (
             "conntrail_packets_total",
             "counter",
@@ -126,6 +141,12 @@ pub fn render(samples: &[WorkerSample]) -> String {
             |s| s.stats.records,
         ),
         (
+            "conntrail_records_written_total",
+            "counter",
+            "Records of this worker the recorder wrote to the logs.",
+            |s| s.records_written,
+        ),
+        (
             "conntrail_untracked_packets_total",
             "counter",
             "Packets of protocols that are not tracked.",
@@ -150,7 +171,8 @@ pub fn render(samples: &[WorkerSample]) -> String {
         name,
         "counter",
         "Losses by cause: ring-full (record lost), table-full (connection evicted), \
-         arena-truncation (points dropped from a trail), encode-error (record lost).",
+         arena-truncation (points dropped from a trail), encode-error (record lost), \
+         fragment-table-full and fragment-timeout (incomplete IP datagram dropped).",
     );
     for s in samples {
         for (cause, n) in [
@@ -158,6 +180,8 @@ pub fn render(samples: &[WorkerSample]) -> String {
             ("table-full", s.stats.table.evictions),
             ("arena-truncation", s.stats.table.trails_truncated),
             ("encode-error", s.stats.encode_errors),
+            ("fragment-table-full", s.stats.table.fragments_evicted),
+            ("fragment-timeout", s.stats.table.fragments_expired),
         ] {
             f.value(name, s, Some(("cause", cause)), n);
         }
@@ -185,6 +209,16 @@ pub fn render(samples: &[WorkerSample]) -> String {
             f.value(name, s, Some(("cause", cause)), n);
         }
     }
+    let name = "conntrail_context_records_written_total";
+    f.head(name, "counter", "Records written to each context's log.");
+    for c in contexts {
+        let _ = writeln!(
+            f.out,
+            "{name}{{context=\"{}\"}} {}",
+            escape(&c.name),
+            c.records_written
+        );
+    }
     out
 }
 
@@ -209,7 +243,7 @@ impl MetricsListener {
     /// Serves scrapes until `stop`, with the samples `source` gives at each.
     pub fn spawn(
         self,
-        source: impl Fn() -> Vec<WorkerSample> + Send + 'static,
+        source: impl Fn() -> (Vec<WorkerSample>, Vec<ContextSample>) + Send + 'static,
         stop: Arc<AtomicBool>,
     ) -> io::Result<JoinHandle<()>> {
         thread::Builder::new()
@@ -235,7 +269,10 @@ impl MetricsListener {
     }
 }
 
-fn respond(stream: TcpStream, source: &impl Fn() -> Vec<WorkerSample>) -> io::Result<()> {
+fn respond(
+    stream: TcpStream,
+    source: &impl Fn() -> (Vec<WorkerSample>, Vec<ContextSample>),
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -254,11 +291,10 @@ fn respond(stream: TcpStream, source: &impl Fn() -> Vec<WorkerSample>) -> io::Re
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics" | "/") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&source()),
-        ),
+        ("GET", "/metrics" | "/") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", {
+            let (workers, contexts) = source();
+            render(&workers, &contexts)
+        }),
         _ => (
             "404 Not Found",
             "text/plain; charset=utf-8",
@@ -290,7 +326,9 @@ mod tests {
         };
         s.stats.table.flows_created = 5;
         s.stats.table.flows_closed[0] = 3;
+        s.stats.table.fragments_evicted = 8;
         s.stats.ring_drops = 4;
+        s.records_written = 7;
         s.stats.malformed[0] = 2;
         s.kernel.rx_ring_full = 6;
         s
@@ -298,7 +336,17 @@ mod tests {
 
     #[test]
     fn every_series_is_per_worker_with_escaped_labels() {
-        let text = render(&[sample()]);
+        let contexts = [
+            ContextSample {
+                name: "default".into(),
+                records_written: 5,
+            },
+            ContextSample {
+                name: "dmz".into(),
+                records_written: 2,
+            },
+        ];
+        let text = render(&[sample()], &contexts);
         let labels = r#"worker="1",interface="veth\"0",queue="2""#;
         for line in [
             format!("conntrail_packets_total{{{labels}}} 10"),
@@ -308,6 +356,9 @@ mod tests {
                 CloseReason::ALL[0].as_str()
             ),
             format!("conntrail_drops_total{{{labels},cause=\"ring-full\"}} 4"),
+            format!("conntrail_drops_total{{{labels},cause=\"fragment-table-full\"}} 8"),
+            format!("conntrail_records_written_total{{{labels}}} 7"),
+            "conntrail_context_records_written_total{context=\"dmz\"} 2".to_string(),
             format!(
                 "conntrail_malformed_total{{{labels},reason=\"{}\"}} 2",
                 Malformed::ALL[0].as_str()
@@ -334,7 +385,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
         let h = listener
-            .spawn(|| vec![sample()], Arc::clone(&stop))
+            .spawn(|| (vec![sample()], Vec::new()), Arc::clone(&stop))
             .expect("spawns");
         let get = |path: &str| {
             let mut s = TcpStream::connect(addr).expect("connects");

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flowtable::config::{Config, ExportConfig};
+use flowtable::config::Config;
 use flowtable::record::Record;
 
 /// Exit status when the log is complete but records are still waiting to be exported.
@@ -91,19 +91,20 @@ fn split_servers(urls: &str) -> Vec<String> {
         .collect()
 }
 
-fn load_export_config(path: Option<&Path>) -> Result<ExportConfig> {
+fn load_config(path: Option<&Path>) -> Result<Config> {
     let Some(path) = path else {
-        return Ok(ExportConfig::default());
+        return Ok(Config::default());
     };
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config {name}"))?;
-    Ok(Config::parse(&text, &name)?.export)
+    Ok(Config::parse(&text, &name)?)
 }
 
 /// The settings for `cfg` with the servers of the command line (if given); `None` when
 /// there is no server at all (export off).
-fn settings(cfg: &ExportConfig, servers: Option<&str>) -> Result<Option<fleet::Settings>> {
-    let mut cfg = cfg.clone();
+fn settings(cfg: &Config, servers: Option<&str>) -> Result<Option<fleet::Settings>> {
+    let contexts = cfg.contexts.iter().map(|c| c.name.clone()).collect();
+    let mut cfg = cfg.export.clone();
     if let Some(urls) = servers {
         cfg.servers = split_servers(urls);
         anyhow::ensure!(!cfg.servers.is_empty(), "no NATS server URL in `{urls}`");
@@ -111,44 +112,60 @@ fn settings(cfg: &ExportConfig, servers: Option<&str>) -> Result<Option<fleet::S
     if cfg.servers.is_empty() {
         return Ok(None);
     }
-    let settings = fleet::Settings::from_config(&cfg);
+    let settings = fleet::Settings {
+        contexts,
+        ..fleet::Settings::from_config(&cfg)
+    };
     settings.check()?;
     Ok(Some(settings))
 }
 
-/// An export running beside the engine.
+/// An export running beside the engine: one exporter per log (per context).
 pub struct Shipping {
-    exporter: fleet::Exporter,
+    exporters: Vec<(fleet::Exporter, PathBuf)>,
     drain: Duration,
-    log: PathBuf,
 }
 
-/// Starts exporting the log that `replay`/`run` is about to create at `log`, if export is
-/// on (`--export` or `[export] servers`).
-pub fn start(cfg: &Config, args: &ExportArgs, log: &Path) -> Result<Option<Shipping>> {
-    let Some(settings) = settings(&cfg.export, args.export.as_deref())? else {
+/// Starts exporting the logs that `replay`/`run` is about to create at `logs` (one per
+/// context), if export is on (`--export` or `[export] servers`).
+pub fn start(cfg: &Config, args: &ExportArgs, logs: &[PathBuf]) -> Result<Option<Shipping>> {
+    let Some(settings) = settings(cfg, args.export.as_deref())? else {
         return Ok(None);
     };
-    let exporter = fleet::Exporter::spawn(settings, log, fleet::Start::created_from_now())?;
+    let mut exporters = Vec::with_capacity(logs.len());
+    for log in logs {
+        let exporter =
+            fleet::Exporter::spawn(settings.clone(), log, fleet::Start::created_from_now())?;
+        exporters.push((exporter, log.clone()));
+    }
     Ok(Some(Shipping {
-        exporter,
+        exporters,
         drain: Duration::from_secs_f64(cfg.export.drain_timeout_s),
-        log: log.to_path_buf(),
     }))
 }
 
 impl Shipping {
-    /// The engine is done and the log complete: waits for the export to catch up (at most
-    /// `[export] drain_timeout_s`) and says how it went.
+    /// The engine is done and the logs complete: waits for the export to catch up (at most
+    /// `[export] drain_timeout_s` in all) and says how it went, log by log.
     pub fn finish(self) -> Result<ExitCode> {
-        let report = self.exporter.finish(self.drain)?;
-        say(&report, &self.log)
+        let deadline = std::time::Instant::now() + self.drain;
+        let mut code = ExitCode::SUCCESS;
+        for (exporter, log) in self.exporters {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let report = exporter.finish(left)?;
+            if say(&report, &log)? != ExitCode::SUCCESS {
+                code = ExitCode::from(EXIT_EXPORT_PENDING);
+            }
+        }
+        Ok(code)
     }
 
     /// The engine failed: stops the export where it is (its position is saved).
     pub fn abandon(self) {
-        if let Err(e) = self.exporter.finish(Duration::ZERO) {
-            log::debug!("export stopped: {e}");
+        for (exporter, _) in self.exporters {
+            if let Err(e) = exporter.finish(Duration::ZERO) {
+                log::debug!("export stopped: {e}");
+            }
         }
     }
 }
@@ -195,11 +212,11 @@ pub fn run_export(args: ExportCmdArgs) -> Result<ExitCode> {
         "log {}: not an existing file",
         args.log.display()
     );
-    let cfg = load_export_config(args.config.as_deref())?;
+    let cfg = load_config(args.config.as_deref())?;
     let Some(settings) = settings(&cfg, args.nats.as_deref())? else {
         anyhow::bail!("no NATS server: give --nats URL or [export] servers in --config");
     };
-    let wait = args.timeout_s.unwrap_or(cfg.drain_timeout_s);
+    let wait = args.timeout_s.unwrap_or(cfg.export.drain_timeout_s);
     anyhow::ensure!(
         wait.is_finite() && wait >= 0.0,
         "--timeout-s must be a number of seconds, not {wait}"
@@ -233,9 +250,9 @@ fn stream_records(
     host: Option<&str>,
     context: Option<&str>,
 ) -> Result<impl Iterator<Item = std::result::Result<FleetRecord, String>>> {
-    let mut cfg = load_export_config(args.config.as_deref())?;
+    let mut cfg = load_config(args.config.as_deref())?;
     if let Some(stream) = &args.stream {
-        cfg.stream = stream.clone();
+        cfg.export.stream = stream.clone();
     }
     let settings =
         settings(&cfg, args.nats.as_deref())?.context("no NATS server: give --nats URL")?;

@@ -54,6 +54,9 @@ pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> 
 struct RunManifest {
     pid: u32,
     log: PathBuf,
+    /// The logs of contexts 1, 2, ...: records are routed to them by their context.
+    #[serde(default)]
+    context_logs: Vec<PathBuf>,
     rings: Vec<PathBuf>,
     log_config: LogConfig,
 }
@@ -68,15 +71,16 @@ pub struct RunFile {
 }
 
 impl RunFile {
-    /// Writes and locks a run file in `ring_dir` for an engine writing `log` (made absolute)
-    /// with one ring per worker of `workers`; [`rings`](Self::rings) are the paths the rings
+    /// Writes and locks a run file in `ring_dir` for an engine writing `logs` (the default
+    /// context's first, then each context's; made absolute) with one ring per worker of
+    /// `workers`; [`rings`](Self::rings) are the paths the rings
     /// must be created at. Names are unique to the process and the engine
     /// (`conntrail-PID-N.run`, `conntrail-PID-N-WORKER.ring`). The run file appears under its
     /// final name only once locked, so a recovery never mistakes a starting engine for a
     /// dead one.
     pub fn create<W: std::fmt::Display>(
         ring_dir: &Path,
-        log: &Path,
+        logs: &[PathBuf],
         workers: impl IntoIterator<Item = W>,
         log_config: &LogConfig,
     ) -> Result<RunFile> {
@@ -90,10 +94,14 @@ impl RunFile {
             .into_iter()
             .map(|w| ring_dir.join(format!("{run}-{w}.ring")))
             .collect();
+        let mut logs = logs.iter().map(|log| {
+            std::path::absolute(log)
+                .with_context(|| format!("resolving log path {}", log.display()))
+        });
         let manifest = RunManifest {
             pid,
-            log: std::path::absolute(log)
-                .with_context(|| format!("resolving log path {}", log.display()))?,
+            log: logs.next().context("no log to write")??,
+            context_logs: logs.collect::<Result<_>>()?,
             rings: rings.clone(),
             log_config: log_config.clone(),
         };
@@ -129,8 +137,8 @@ impl RunFile {
 pub struct Recovered {
     /// Its run file (removed now).
     pub run_file: PathBuf,
-    /// The log written to.
-    pub log: PathBuf,
+    /// Its logs: the default context's, then each context's.
+    pub logs: Vec<PathBuf>,
     /// Counts per ring.
     pub recovery: Recovery,
 }
@@ -195,12 +203,13 @@ fn recover_run(run_file: &Path) -> Result<Option<Recovered>> {
             Err(e) => log::error!("{}: {e}; its records cannot be recovered", ring.display()),
         }
     }
-    let recovery = recorder::recover::recover(
-        &manifest.log,
-        Retention::from_config(&manifest.log_config),
-        consumers,
-    )
-    .with_context(|| format!("writing to log {}", manifest.log.display()))?;
+    let mut logs = vec![manifest.log.clone()];
+    logs.extend(manifest.context_logs.iter().cloned());
+    let retention = Retention::from_config(&manifest.log_config);
+    let targets: Vec<(&Path, Retention)> = logs.iter().map(|l| (l.as_path(), retention)).collect();
+    let route = (logs.len() > 1).then_some(crate::contexts::route as recorder::thread::Route);
+    let recovery = recorder::recover::recover_routed(&targets, route, consumers)
+        .with_context(|| format!("writing to log {}", manifest.log.display()))?;
     for (index, problem) in &recovery.corrupt_rings {
         if let Some(ring) = present.get(*index) {
             log::error!("{}: {problem}; recovered up to there", ring.display());
@@ -212,7 +221,7 @@ fn recover_run(run_file: &Path) -> Result<Option<Recovered>> {
     let _ = std::fs::remove_file(run_file);
     Ok(Some(Recovered {
         run_file: run_file.to_path_buf(),
-        log: manifest.log,
+        logs,
         recovery,
     }))
 }
@@ -227,7 +236,7 @@ pub fn recover_at_start(ring_dir: &Path) -> Vec<PathBuf> {
                 match outcome {
                     Ok(r) => {
                         log::warn!("{}", describe(&r));
-                        logs.push(r.log);
+                        logs.extend(r.logs);
                     }
                     Err(e) => log::error!("{e:#}"),
                 }
@@ -244,12 +253,20 @@ pub fn names_log(logs: &[PathBuf], log: &Path) -> bool {
 }
 
 fn describe(r: &Recovered) -> String {
-    let lost = r.recovery.writer.frames_lost;
+    let lost = r.recovery.frames_lost();
+    let logs = match &r.logs[..] {
+        [one] => one.display().to_string(),
+        many => many
+            .iter()
+            .zip(&r.recovery.writers)
+            .map(|(log, w)| format!("{} ({})", log.display(), w.frames))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     format!(
-        "recovered {}: {} records written to {}, {} already there{}",
+        "recovered {}: {} records written to {logs}, {} already there{}",
         r.run_file.display(),
         r.recovery.written(),
-        r.log.display(),
         r.recovery.already_logged(),
         if lost > 0 {
             format!(", {lost} lost (no space)")

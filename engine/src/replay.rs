@@ -20,6 +20,8 @@ use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 
 use crate::source::pcap::{Capture, CaptureStats};
+use recorder::thread::Progress;
+
 use crate::source::Batch;
 use crate::worker::{Worker, WorkerStats};
 
@@ -32,6 +34,9 @@ pub struct ReplayOptions {
     pub captures: Vec<PathBuf>,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// The interface the captures were taken on, for those that do not name it (pcap
+    /// files, pcapng interfaces without `if_name`): it chooses the contexts.
+    pub interface: Option<String>,
 }
 
 /// The outcome of a replay.
@@ -39,6 +44,8 @@ pub struct ReplayOptions {
 pub struct ReplaySummary {
     pub captures: Vec<(PathBuf, CaptureStats)>,
     pub workers: Vec<WorkerStats>,
+    /// Each context's name, log and records written, in context order (`default` first).
+    pub contexts: Vec<crate::contexts::ContextSummary>,
     pub frames_written: u64,
     pub log_bytes: u64,
     pub log_segments: u32,
@@ -84,9 +91,10 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     let started = Instant::now();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
+    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     crate::recover::recover_at_start(&ring_dir);
     let run_file =
-        crate::recover::RunFile::create(&ring_dir, &opts.log, 0..opts.workers, &cfg.log)?;
+        crate::recover::RunFile::create(&ring_dir, &log_paths, 0..opts.workers, &cfg.log)?;
     let ring_paths = run_file.rings().to_vec();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut consumers = Vec::new();
@@ -120,11 +128,12 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     drop(recycle_tx);
 
-    let writer = crate::recover::create_log(cfg, &opts.log, false)?;
+    let logs = crate::contexts::open_logs(cfg, &log_paths, |_| false)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let recorder = recorder::thread::spawn(consumers, writer, Arc::clone(&stop));
+    let progress = Progress::new(consumers.len(), logs.len());
+    let recorder = recorder::thread::spawn(consumers, logs, Arc::clone(&stop), progress);
 
-    let read_result = read_all(opts, &to_workers, &recycle_rx);
+    let read_result = read_all(cfg, opts, &to_workers, &recycle_rx);
     drop(to_workers);
     let mut workers = Vec::new();
     for h in worker_handles {
@@ -143,13 +152,16 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     run_file.remove();
     let captures = read_result?;
+    let total = rec_stats.writers_total();
+    let contexts = crate::contexts::summaries(cfg, log_paths, &rec_stats.frames_per_log);
     Ok(ReplaySummary {
         captures,
         workers,
-        frames_written: rec_stats.writer.frames,
-        log_bytes: rec_stats.writer.file_bytes,
-        log_segments: rec_stats.writer.segments,
-        log_writer: rec_stats.writer,
+        contexts,
+        frames_written: total.frames,
+        log_bytes: total.file_bytes,
+        log_segments: total.segments,
+        log_writer: total,
         elapsed: started.elapsed(),
     })
 }
@@ -157,6 +169,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
 fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
     while let Ok(mut batch) = rx.recv() {
         for (f, bytes) in batch.iter() {
+            worker.set_interface(f.interface);
             worker.frame(f.link, f.ts_ns, f.wire_len, bytes);
         }
         batch.clear();
@@ -223,6 +236,7 @@ impl Spreader {
 }
 
 fn read_all(
+    cfg: &Config,
     opts: &ReplayOptions,
     to_workers: &[Sender<Batch>],
     recycle: &Receiver<Batch>,
@@ -263,7 +277,12 @@ fn read_all(
         let bytes = capture.bytes();
         let mut send_failed = false;
         let mut released = 0usize;
+        let interface_id = |name: Option<&str>| {
+            name.or(opts.interface.as_deref())
+                .map_or(0, |n| cfg.interface_id(n))
+        };
         let stats = capture.frames(
+            interface_id,
             |f| {
                 if send_failed {
                     return;

@@ -91,6 +91,13 @@ impl Worker {
         self.stats.core = core;
     }
 
+    /// Says which interface the next frames come in on (an id of
+    /// `Config::interface_id`): it chooses the context of the connections they open.
+    #[inline]
+    pub fn set_interface(&mut self, interface: u16) {
+        self.table.set_interface(interface);
+    }
+
     /// Connects the worker to the control thread (runtime watches, sessions, reload).
     pub fn attach_control(&mut self, control: WorkerControl) {
         self.control = Some(control);

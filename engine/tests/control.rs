@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use engine::stats::{RunState, StatsFile};
@@ -266,33 +266,19 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
     std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
     let log = dir.join("live.log");
     let stats = dir.join("live.log.stats.json");
-    let (out, err) = (dir.join("run.out"), dir.join("run.err"));
-    let child = Command::new(bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg(&log)
-        .args(["--metrics", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"))
-        .spawn()
-        .expect("conntrail run starts");
-    let mut running = Running { child, out, err };
-    let metrics_addr = wait_for("conntrail run to start", Duration::from_secs(30), || {
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!(
-                "conntrail run exited early ({status}):\n{}",
-                running.output()
-            );
-        }
-        let stdout = running.stdout();
-        let line = stdout.lines().find(|l| l.starts_with("running:"))?;
-        let addr = line.split("metrics http://").nth(1)?.split('/').next()?;
-        Some(addr.to_string())
-    });
+    let (mut running, line) = Running::start(
+        &dir,
+        &config,
+        &log,
+        &["--metrics", "127.0.0.1:0"],
+        &[("RUST_LOG", "info")],
+    );
+    let metrics_addr = line
+        .split("metrics http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the metrics address")
+        .to_string();
     assert!(
         running
             .stdout()
@@ -494,6 +480,25 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
         "{}",
         text(&o)
     );
+    // A new context needs a restart: said, not applied; the thresholds stay as reloaded.
+    std::fs::write(
+        &config,
+        format!(
+            "{good}\n[triggers.error]\nrst_server = false\nrejected = false\n\n\
+             [[context]]\nname = \"later\"\nvlans = [7]\n"
+        ),
+    )
+    .expect("config with a context");
+    let o = ctl(&log, &["reload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "thresholds unchanged; [[context]] names, interfaces, VLANs or logs changed but \
+             need a restart (not applied)"
+        ),
+        "{}",
+        text(&o)
+    );
     send_refused(45003, &mut frames);
 
     // Step 4: metrics (the workers publish once a second).
@@ -534,13 +539,33 @@ fn watches_sessions_reload_and_metrics_of_a_live_run() {
         0.0
     );
     assert!(get("conntrail_bytes_total", None) > 0.0);
+    // The recorder's count of records written catches up with the records handed to it.
+    let handed = get("conntrail_records_total", None);
+    assert!(
+        handed >= 3.0,
+        "the refused connections are recorded: {handed}"
+    );
+    wait_for("the recorder to write them", Duration::from_secs(5), || {
+        let m = parse_metrics(&scrape(&metrics_addr));
+        let value = |name: &str| {
+            m.iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+        };
+        let written = value("conntrail_records_written_total");
+        let default = m
+            .iter()
+            .find(|((n, l), _)| {
+                n == "conntrail_context_records_written_total"
+                    && l.get("context").map(String::as_str) == Some("default")
+            })
+            .map(|(_, v)| *v);
+        (written >= handed && default == Some(written)).then_some(())
+    });
 
     // The end: what was recorded.
-    running.signal(libc::SIGTERM);
-    let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
-        running.child.try_wait().expect("wait")
-    });
-    assert!(status.success(), "{}", running.output());
+    running.stop();
     assert!(!dir.join("live.log.ctl").exists(), "the socket is removed");
     let last = StatsFile::read(&stats).expect("final stats");
     assert_eq!(last.state, RunState::Stopped);
@@ -609,29 +634,7 @@ fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
     std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
     let log = dir.join("live.log");
     let stats = dir.join("live.log.stats.json");
-    let (out, err) = (dir.join("run.out"), dir.join("run.err"));
-    let child = Command::new(bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg(&log)
-        .args(["--user", "nobody"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"))
-        .spawn()
-        .expect("conntrail run starts");
-    let mut running = Running { child, out, err };
-    wait_for("conntrail run to start", Duration::from_secs(30), || {
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!(
-                "conntrail run exited early ({status}):\n{}",
-                running.output()
-            );
-        }
-        running.stdout().contains("running:").then_some(())
-    });
+    let (mut running, _) = Running::start(&dir, &config, &log, &["--user", "nobody"], &[]);
     assert!(
         running
             .stdout()
@@ -671,11 +674,7 @@ fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
     let o = ctl(&log, &["watch", "list"]);
     assert!(o.status.success(), "{}", text(&o));
 
-    running.signal(libc::SIGTERM);
-    let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
-        running.child.try_wait().expect("wait")
-    });
-    assert!(status.success(), "{}", running.output());
+    running.stop();
     let last = StatsFile::read(&stats).expect("final stats");
     assert_eq!(last.state, RunState::Stopped);
     let left: Vec<String> = std::fs::read_dir(&dir)

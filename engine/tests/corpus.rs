@@ -47,6 +47,7 @@ fn replay_all(capture: &Path, out: &Path) -> Vec<Record<'static>> {
         log: log.clone(),
         captures: vec![capture.to_path_buf()],
         progress: false,
+        interface: None,
     };
     let summary = replay(&cfg, &opts).expect("replay succeeds");
     assert_eq!(summary.ring_drops(), 0, "{}: ring drops", capture.display());

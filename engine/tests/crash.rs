@@ -8,7 +8,8 @@
 //! so a clean replay of the same capture gives each worker's records in the order it
 //! produced them; after recovery the log must hold, for every worker, exactly a prefix of
 //! that sequence (no record missing before the last one written, none twice), and at least
-//! every record that was in the log or in a ring when the engine died.
+//! every record that was in the log or in a ring when the engine died. With contexts the
+//! same holds for each context's log, and each record is in the log of its context.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,8 +28,27 @@ struct Scene {
     capture: PathBuf,
 }
 
+/// The config's context: every VLAN the generator tags flows with (10 to 4009), so about 3 %
+/// of the flows go to `LOG.tagged`.
+const TAGGED: &str = "tagged";
+
 impl Scene {
     fn new(name: &str) -> Scene {
+        Scene::with(name, "")
+    }
+
+    fn with_contexts(name: &str) -> Scene {
+        let vlans: Vec<String> = (10..4010).map(|v: u32| v.to_string()).collect();
+        Scene::with(
+            name,
+            &format!(
+                "\n[[context]]\nname = {TAGGED:?}\nvlans = [{}]\n",
+                vlans.join(", ")
+            ),
+        )
+    }
+
+    fn with(name: &str, extra: &str) -> Scene {
         let dir =
             std::env::temp_dir().join(format!("conntrail-crash-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -38,7 +58,7 @@ impl Scene {
         std::fs::write(
             &config,
             format!(
-                "[ring]\ndir = {:?}\nbytes = 67108864\n\n[log]\nmin_free_bytes = 0\n",
+                "[ring]\ndir = {:?}\nbytes = 67108864\n\n[log]\nmin_free_bytes = 0\n{extra}",
                 s(&rings)
             ),
         )
@@ -185,74 +205,135 @@ fn ids_in_rings(rings: &[PathBuf]) -> HashSet<u64> {
     ids
 }
 
-/// Checks the recovered log against the clean replay and what the crash left behind.
+/// The path of context `name`'s log beside `log`.
+fn context_log(log: &Path, name: &str) -> PathBuf {
+    let mut path = log.as_os_str().to_owned();
+    path.push(format!(".{name}"));
+    PathBuf::from(path)
+}
+
+/// Checks the recovered logs (one per context) against the clean replay's logs and what the
+/// crash left behind.
 fn check_exactly_once(
-    clean: &[Record<'static>],
+    clean: &[Vec<Record<'static>>],
     before: &HashSet<u64>,
     in_rings: &HashSet<u64>,
-    recovered_log: &Path,
+    recovered_logs: &[PathBuf],
 ) {
-    let after = records(recovered_log, true);
     let mut seen = HashSet::new();
-    for rec in &after {
-        assert!(seen.insert(rec.id), "record {} written twice", rec.id);
+    for (context, (log, clean)) in recovered_logs.iter().zip(clean).enumerate() {
+        let after = records(log, true);
+        for rec in &after {
+            assert!(seen.insert(rec.id), "record {} written twice", rec.id);
+            assert_eq!(usize::from(rec.context), context, "in {}", log.display());
+        }
+        let clean = by_worker(clean);
+        for (worker, got) in by_worker(&after) {
+            let want = &clean[&worker];
+            assert!(got.len() <= want.len());
+            for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                assert_eq!(
+                    g,
+                    w,
+                    "worker {worker}: record {i} of {} differs from the clean replay",
+                    log.display()
+                );
+            }
+        }
     }
     let expected: HashSet<u64> = before.union(in_rings).copied().collect();
     assert_eq!(
         seen, expected,
-        "the log is what was written plus what the rings held"
+        "the logs are what was written plus what the rings held"
     );
-    let clean = by_worker(clean);
-    for (worker, got) in by_worker(&after) {
-        let want = &clean[&worker];
-        assert!(got.len() <= want.len());
-        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-            assert_eq!(
-                g, w,
-                "worker {worker}: record {i} differs from the clean replay"
-            );
-        }
-    }
 }
 
-#[test]
-fn records_in_flight_at_a_sigkill_are_recovered_exactly_once() {
-    let scene = Scene::new("recover");
-    let clean_log = scene.dir.join("clean.log");
-    let out = scene.replay(&clean_log, &scene.capture);
+/// What [`crash_and_recover`] saw.
+struct Crash {
+    /// The clean replay's records, per log (default context first).
+    clean: Vec<Vec<Record<'static>>>,
+    /// The crashed replay's logs, and the records in them before recovery.
+    logs: Vec<PathBuf>,
+    before: usize,
+    /// Records in the rings but not in the logs when the engine died.
+    in_flight: usize,
+}
+
+/// Replays the scene's capture cleanly, then again with a slow recorder killed by SIGKILL,
+/// recovers with `conntrail recover` and checks that every record is in its context's log
+/// (`contexts` are the config's context names) exactly once.
+fn crash_and_recover(scene: &Scene, contexts: &[&str]) -> Crash {
+    let logs_of = |log: PathBuf| {
+        let mut logs = vec![log.clone()];
+        logs.extend(contexts.iter().map(|c| context_log(&log, c)));
+        logs
+    };
+    let out = scene.replay(&scene.dir.join("clean.log"), &scene.capture);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("ring drops: 0\n"),
         "{}",
         text(&out.stdout)
     );
-    let clean = records(&clean_log, true);
-    assert_eq!(clean.len(), 20_000);
+    let clean: Vec<_> = logs_of(scene.dir.join("clean.log"))
+        .iter()
+        .map(|l| records(l, true))
+        .collect();
+    assert_eq!(clean.iter().map(Vec::len).sum::<usize>(), 20_000);
 
-    let log = scene.dir.join("crash.log");
-    scene.crashed_replay(&log);
+    let logs = logs_of(scene.dir.join("crash.log"));
+    scene.crashed_replay(&logs[0]);
     let rings = scene.ring_files();
     assert_eq!(rings.len(), 2, "the rings survive the crash");
-    let before: HashSet<u64> = records(&log, false).iter().map(|r| r.id).collect();
+    let before: HashSet<u64> = logs
+        .iter()
+        .flat_map(|l| records(l, false))
+        .map(|r| r.id)
+        .collect();
     let in_rings = ids_in_rings(&rings);
     let in_flight = in_rings.difference(&before).count();
     assert!(in_flight > 100, "only {in_flight} records were in flight");
-    assert!(before.len() < clean.len());
+    assert!(before.len() < 20_000);
 
     let out = conntrail(&["recover", "--config", s(&scene.config)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(
-        said.contains(&format!("{in_flight} records written to {}", s(&log))),
+        said.contains(&format!("{in_flight} records written to {}", s(&logs[0]))),
         "{said}"
     );
-    check_exactly_once(&clean, &before, &in_rings, &log);
+    check_exactly_once(&clean, &before, &in_rings, &logs);
     assert!(scene.leftovers().is_empty(), "{:?}", scene.leftovers());
+    Crash {
+        clean,
+        logs,
+        before: before.len(),
+        in_flight,
+    }
+}
 
+#[test]
+fn records_in_flight_at_a_sigkill_are_recovered_exactly_once() {
+    let scene = Scene::new("recover");
+    let crash = crash_and_recover(&scene, &[]);
     let out = conntrail(&["recover", "--config", s(&scene.config)]);
     assert!(out.status.success());
     assert!(text(&out.stdout).starts_with("nothing to recover"));
-    assert_eq!(records(&log, true).len(), before.len() + in_flight);
+    assert_eq!(
+        records(&crash.logs[0], true).len(),
+        crash.before + crash.in_flight
+    );
+}
+
+#[test]
+fn with_contexts_each_record_is_recovered_once_into_its_contexts_log() {
+    let scene = Scene::with_contexts("contexts");
+    let crash = crash_and_recover(&scene, &[TAGGED]);
+    assert!(
+        crash.clean[1].len() > 300,
+        "{} tagged",
+        crash.clean[1].len()
+    );
 }
 
 #[test]
@@ -290,6 +371,11 @@ fn the_next_start_of_the_engine_recovers_a_crashed_run() {
         "{}",
         text(&out.stderr)
     );
-    check_exactly_once(&clean, &before, &in_rings, &log);
+    check_exactly_once(
+        std::slice::from_ref(&clean),
+        &before,
+        &in_rings,
+        std::slice::from_ref(&log),
+    );
     assert!(scene.leftovers().is_empty(), "{:?}", scene.leftovers());
 }

@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::source::pcap::read_capture;
@@ -42,8 +42,8 @@ use flowtable::packet::LinkType;
 use serde_json::Value;
 
 mod common;
-use common::lab::{skip_reason, wait_for, Lab, Running};
-use common::{bin, corpus};
+use common::lab::{skip_reason, Lab, Running};
+use common::{bin, corpus, s};
 
 /// The MTU lab.sh gives both ends (native XDP on a veth takes up to about 3500).
 const MTU: usize = 3000;
@@ -173,36 +173,13 @@ fn live_equals_replay(lab: &Lab, dir: &Path, capture: &str) -> Vec<String> {
     .expect("config");
     let live_log = cap_dir.join("live.log");
     let stats_path = cap_dir.join("live.stats.json");
-    let out = cap_dir.join("run.out");
-    let err = cap_dir.join("run.err");
-    let child = Command::new(bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .args(["--record", "all", "--log"])
-        .arg(&live_log)
-        .arg("--stats")
-        .arg(&stats_path)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"))
-        .spawn()
-        .expect("conntrail run starts");
-    let mut running = Running { child, out, err };
-    wait_for(
-        "conntrail run to open its socket",
-        Duration::from_secs(30),
-        || {
-            if let Ok(Some(status)) = running.child.try_wait() {
-                panic!(
-                    "conntrail run exited early ({status}):\n{}",
-                    running.output()
-                );
-            }
-            StatsFile::read(&stats_path)
-                .ok()
-                .filter(|s| s.state == RunState::Running)
-        },
+    let stats = s(&stats_path);
+    let (mut running, _) = Running::start(
+        &cap_dir,
+        &config,
+        &live_log,
+        &["--record", "all", "--stats", stats],
+        &[],
     );
 
     let replayed = Command::new("ip")
@@ -243,15 +220,7 @@ fn live_equals_replay(lab: &Lab, dir: &Path, capture: &str) -> Vec<String> {
         running.output()
     );
 
-    running.signal(libc::SIGTERM);
-    let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
-        running.child.try_wait().expect("wait")
-    });
-    assert!(
-        status.success(),
-        "conntrail run: {status}\n{}",
-        running.output()
-    );
+    running.stop();
     let summary = running.output();
     assert!(
         summary.contains("rx dropped 0, rx ring full 0"),

@@ -29,6 +29,7 @@ fn run(dir: &Path, pcap: &Path, mode: RecordMode, workers: usize) -> Vec<Record<
         log: log.clone(),
         captures: vec![pcap.to_path_buf()],
         progress: false,
+        interface: None,
     };
     let s = replay(&cfg, &opts).expect("replay");
     assert_eq!(s.ring_drops(), 0);

@@ -383,7 +383,11 @@ impl Pump<'_> {
                         headers
                             .insert(HEADER_LOG_CREATED, self.log_created_ns.to_string().as_str());
                         headers.insert(HEADER_RECORD, record.id.to_string().as_str());
-                        let subject = names::subject(&self.settings.host, record.context);
+                        let subject = names::subject(
+                            &self.settings.host,
+                            &self.settings.contexts,
+                            record.context,
+                        );
                         let sent = js.publish_with_headers(subject, headers, frame.payload.into());
                         let ack = within(self.shared, sent)
                             .await?

@@ -89,6 +89,8 @@ pub struct Settings {
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key.
     pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// The names of contexts 1, 2, ... (the `[[context]]` entries): the subject's last token.
+    pub contexts: Vec<String>,
 }
 
 impl Settings {
@@ -111,6 +113,7 @@ impl Settings {
             tls: cfg.tls,
             tls_ca: path(&cfg.tls_ca),
             tls_client: path(&cfg.tls_cert).zip(path(&cfg.tls_key)),
+            contexts: Vec::new(),
         }
     }
 

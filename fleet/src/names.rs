@@ -18,18 +18,25 @@ pub const HEADER_LOG_CREATED: &str = "Conntrail-Log-Created";
 /// Header: the record's id in its log.
 pub const HEADER_RECORD: &str = "Conntrail-Record";
 
-/// The subject token of a record's context: `default` for context 0 (the only one until
-/// contexts are configured), else its number.
-pub fn context_token(context: u16) -> String {
-    match context {
-        0 => "default".to_string(),
-        n => n.to_string(),
+/// The subject token of a record's context: `default` for context 0, the name of
+/// `[[context]]` n for context n (`contexts` lists their names in order), its number for a
+/// context the configuration does not have.
+pub fn context_token(contexts: &[String], context: u16) -> String {
+    match usize::from(context).checked_sub(1) {
+        None => flowtable::config::DEFAULT_CONTEXT.to_string(),
+        Some(i) => contexts
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| context.to_string()),
     }
 }
 
 /// `conntrail.records.<host>.<context>`.
-pub fn subject(host: &str, context: u16) -> String {
-    format!("{SUBJECT_PREFIX}.{host}.{}", context_token(context))
+pub fn subject(host: &str, contexts: &[String], context: u16) -> String {
+    format!(
+        "{SUBJECT_PREFIX}.{host}.{}",
+        context_token(contexts, context)
+    )
 }
 
 /// The subject filter for reading: one host and/or one context, or all of them.
@@ -86,8 +93,13 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(subject("box1", 0), "conntrail.records.box1.default");
-        assert_eq!(subject("box1", 7), "conntrail.records.box1.7");
+        let contexts = ["dmz".to_string(), "lab".to_string()];
+        assert_eq!(
+            subject("box1", &contexts, 0),
+            "conntrail.records.box1.default"
+        );
+        assert_eq!(subject("box1", &contexts, 2), "conntrail.records.box1.lab");
+        assert_eq!(subject("box1", &contexts, 7), "conntrail.records.box1.7");
         assert_eq!(filter(None, None), "conntrail.records.>");
         assert_eq!(filter(Some("b"), None), "conntrail.records.b.*");
         assert_eq!(filter(None, Some("default")), "conntrail.records.*.default");

@@ -420,6 +420,107 @@ impl Override {
     }
 }
 
+/// A context: a named group of interfaces and/or VLANs (like a firewall's virtual system)
+/// whose connections are judged by thresholds of their own and recorded in a log of their
+/// own. Context 0 is `default`: every connection no `[[context]]` claims.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Context {
+    /// Its name: in the NATS subject, the default log file name, `conntrail stats`.
+    pub name: String,
+    /// Interfaces it takes connections from (empty: any): the capture interface in `run`,
+    /// the capture file's interface name (pcapng) or `replay --interface` in `replay`.
+    pub interfaces: Vec<String>,
+    /// Outer VLAN ids it takes connections from (empty: any, tagged or not).
+    pub vlans: Vec<u16>,
+    /// Its log file: empty means `LOG.<name>` beside the main log; a relative path is taken
+    /// from the main log's directory.
+    pub log: String,
+    pub triggers: Triggers,
+    /// Its own overrides first, then the global ones, each applied over its `triggers`.
+    pub overrides: Vec<Override>,
+    /// The ids (see [`Config::interface_id`]) of `interfaces`.
+    interface_ids: Vec<u16>,
+    /// Where each key was found in the file; `[[context]]` is the entry's header line.
+    lines: Vec<(String, usize)>,
+}
+
+impl Context {
+    /// A context of `name` taking the connections of these interfaces and VLANs, with the
+    /// default thresholds and log; see [`Config::add_context`].
+    pub fn new(name: &str, interfaces: &[&str], vlans: &[u16]) -> Context {
+        Context {
+            name: name.to_string(),
+            interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            vlans: vlans.to_vec(),
+            log: String::new(),
+            triggers: Triggers::default(),
+            overrides: Vec::new(),
+            interface_ids: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// The line of `key` in this entry, else of the entry's header, when parsed from a file.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        let find = |k: &str| self.lines.iter().find(|(n, _)| n == k).map(|(_, l)| *l);
+        find(key).or_else(|| find("[[context]]"))
+    }
+
+    /// Whether the membership (name, interfaces, VLANs, log) is the same: what a reload may
+    /// not change.
+    pub fn same_membership(&self, other: &Context) -> bool {
+        self.name == other.name
+            && self.interfaces == other.interfaces
+            && self.vlans == other.vlans
+            && self.log == other.log
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name = &self.name;
+        if !is_subject_token(name) || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err((
+                "name",
+                format!(
+                    "`{name}` is not a context name: start with a letter, then letters, digits,                      - or _ (it names a log file and a NATS subject token)"
+                ),
+            ));
+        }
+        if name == DEFAULT_CONTEXT {
+            return Err((
+                "name",
+                "`default` is the context of every connection no [[context]] claims".into(),
+            ));
+        }
+        if self.interfaces.is_empty() && self.vlans.is_empty() {
+            return Err((
+                "interfaces",
+                "give `interfaces`, `vlans` or both: a context with neither would take every                  connection"
+                    .into(),
+            ));
+        }
+        for i in &self.interfaces {
+            if !is_interface_name(i) {
+                return Err(("interfaces", format!("`{i}` is not an interface name")));
+            }
+        }
+        if let Some(v) = self.vlans.iter().find(|v| **v > 4095) {
+            return Err(("vlans", format!("VLAN ids go from 0 to 4095, not {v}")));
+        }
+        Ok(())
+    }
+}
+
+/// The name of context 0.
+pub const DEFAULT_CONTEXT: &str = "default";
+
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ' ', '\t'])
+        && name != "."
+        && name != ".."
+}
+
 /// How an AF_XDP socket is attached to its queue: the XDP mode (native = in the driver,
 /// generic = on the kernel's socket buffers) and whether frames are DMA'd straight into the
 /// UMEM (zero-copy) or copied there.
@@ -521,7 +622,7 @@ impl Capture {
                 "missing: name the interface to capture on, e.g. interface = \"eth0\"".into(),
             ));
         }
-        if name.len() > 15 || name.contains(['/', ' ', '\t']) || name == "." || name == ".." {
+        if !is_interface_name(name) {
             return Err(("interface", format!("`{name}` is not an interface name")));
         }
         if self.queues.is_empty() {
@@ -604,15 +705,106 @@ pub struct Config {
     pub captures: Vec<Capture>,
     /// Export of the records to NATS JetStream (off by default).
     pub export: ExportConfig,
+    /// Contexts 1, 2, ... in file order (context 0, `default`, is the rest).
+    pub contexts: Vec<Context>,
 }
 
 impl Config {
-    /// The triggers that apply to a connection: the first matching override, else the base.
+    /// The triggers that apply to a connection of the default context: the first matching
+    /// override, else the base.
     pub fn triggers_for(&self, server_port: u16, client: &Ip, server: &Ip) -> &Triggers {
-        self.overrides
+        let (triggers, overrides) = self.thresholds(0);
+        overrides
             .iter()
             .find(|o| o.matches(server_port, client, server))
-            .map_or(&self.triggers, |o| &o.triggers)
+            .map_or(triggers, |o| &o.triggers)
+    }
+
+    /// The base triggers and the overrides of `context` (0: default; unknown: default).
+    pub fn thresholds(&self, context: u16) -> (&Triggers, &[Override]) {
+        match usize::from(context)
+            .checked_sub(1)
+            .and_then(|i| self.contexts.get(i))
+        {
+            Some(c) => (&c.triggers, &c.overrides),
+            None => (&self.triggers, &self.overrides),
+        }
+    }
+
+    /// Which triggers of `context` a connection gets: 0 for the base, n for override n-1.
+    pub fn override_index(&self, context: u16, server_port: u16, client: &Ip, server: &Ip) -> u8 {
+        self.thresholds(context)
+            .1
+            .iter()
+            .position(|o| o.matches(server_port, client, server))
+            .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0))
+    }
+
+    /// The triggers [`Config::override_index`] chose.
+    pub fn triggers_at(&self, context: u16, index: u8) -> &Triggers {
+        let (triggers, overrides) = self.thresholds(context);
+        usize::from(index)
+            .checked_sub(1)
+            .and_then(|o| overrides.get(o))
+            .map_or(triggers, |o| &o.triggers)
+    }
+
+    /// The name of `context`: [`DEFAULT_CONTEXT`] for 0, else its `[[context]]` name (its
+    /// number for one this configuration does not have).
+    pub fn context_name(&self, context: u16) -> String {
+        match usize::from(context).checked_sub(1) {
+            None => DEFAULT_CONTEXT.to_string(),
+            Some(i) => self
+                .contexts
+                .get(i)
+                .map_or_else(|| context.to_string(), |c| c.name.clone()),
+        }
+    }
+
+    /// The id of an interface among those the contexts name (1, 2, ...), 0 for any other:
+    /// what a source tells its flow table ([`crate::table::FlowTable::set_interface`]).
+    pub fn interface_id(&self, name: &str) -> u16 {
+        let mut names: Vec<&str> = Vec::new();
+        for i in self.contexts.iter().flat_map(|c| &c.interfaces) {
+            if !names.contains(&i.as_str()) {
+                names.push(i);
+            }
+        }
+        names
+            .iter()
+            .position(|n| *n == name)
+            .map_or(0, |p| u16::try_from(p + 1).unwrap_or(0))
+    }
+
+    /// The context of a connection whose first packet came in on interface `interface` (an
+    /// [`Config::interface_id`]) with outer VLAN id `vlan`: the first `[[context]]` whose
+    /// interfaces and VLANs both take it, else 0 (`default`).
+    pub fn context_of(&self, interface: u16, vlan: Option<u16>) -> u16 {
+        self.contexts
+            .iter()
+            .position(|c| {
+                (c.interfaces.is_empty() || c.interface_ids.contains(&interface))
+                    && (c.vlans.is_empty() || vlan.is_some_and(|v| c.vlans.contains(&v)))
+            })
+            .map_or(0, |i| u16::try_from(i + 1).unwrap_or(0))
+    }
+
+    /// Adds a context (after those there are), with thresholds as given; for configurations
+    /// built in code rather than parsed.
+    pub fn add_context(&mut self, context: Context) {
+        self.contexts.push(context);
+        self.resolve_interfaces();
+    }
+
+    fn resolve_interfaces(&mut self) {
+        let ids: Vec<Vec<u16>> = self
+            .contexts
+            .iter()
+            .map(|c| c.interfaces.iter().map(|i| self.interface_id(i)).collect())
+            .collect();
+        for (c, ids) in self.contexts.iter_mut().zip(ids) {
+            c.interface_ids = ids;
+        }
     }
 
     /// Parses a configuration file's text; `origin` names the file in errors.
@@ -644,6 +836,7 @@ impl Config {
             overrides: Vec::new(),
             captures: Vec::new(),
             export: file.export,
+            contexts: Vec::new(),
         };
         cfg.validate().map_err(|(key, m)| err(key, m))?;
         cfg.export
@@ -654,38 +847,29 @@ impl Config {
                 message: format!("[export] key `{key}`: {message}"),
             })?;
         cfg.captures = parse_captures(file.captures, text, origin)?;
-        let raw_overrides = raw
-            .get("override")
-            .and_then(|v| v.as_array())
-            .cloned()
-            .unwrap_or_default();
-        for (i, (o, raw_o)) in file.overrides.into_iter().zip(raw_overrides).enumerate() {
-            let mut nets = Vec::new();
-            for n in &o.nets {
-                nets.push(Net::parse(n).ok_or_else(|| {
-                    err(
-                        "nets",
-                        format!("override {}: `{n}` is not a network", i + 1),
-                    )
-                })?);
-            }
-            let triggers = match raw_o.get("triggers") {
-                Some(patch) => {
-                    let mut merged = toml::Value::try_from(&cfg.triggers)
-                        .map_err(|e| err("triggers", e.to_string()))?;
-                    merge(&mut merged, patch);
-                    merged
-                        .try_into()
-                        .map_err(|e: toml::de::Error| err("triggers", e.message().to_string()))?
-                }
-                None => cfg.triggers.clone(),
-            };
-            cfg.overrides.push(Override {
-                ports: o.ports,
-                nets,
-                triggers,
-            });
+        let mut global = Vec::new();
+        for (i, (o, raw_o)) in file
+            .overrides
+            .into_iter()
+            .zip(raw_entries(&raw, "override"))
+            .enumerate()
+        {
+            global.push(
+                OverrideSpec::new(o, raw_o)
+                    .map_err(|m| err("nets", format!("override {}: {m}", i + 1)))?,
+            );
         }
+        cfg.overrides = apply_overrides(&cfg.triggers, &global)
+            .map_err(|m| err("triggers", format!("override {m}")))?;
+        cfg.contexts = parse_contexts(
+            file.contexts,
+            &raw_entries(&raw, "context"),
+            text,
+            origin,
+            &cfg.triggers,
+            &global,
+        )?;
+        cfg.resolve_interfaces();
         Ok(cfg)
     }
 
@@ -778,6 +962,20 @@ struct ConfigFile {
     #[serde(rename = "capture")]
     captures: Vec<Capture>,
     export: ExportConfig,
+    #[serde(rename = "context")]
+    contexts: Vec<ContextFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct ContextFile {
+    name: String,
+    interfaces: Vec<String>,
+    vlans: Vec<u16>,
+    log: String,
+    triggers: Triggers,
+    #[serde(rename = "override")]
+    overrides: Vec<OverrideFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -822,36 +1020,13 @@ fn parse_captures(
         "batch",
         "busy_poll_us",
     ];
-    let headers: Vec<usize> = text
-        .lines()
+    let lines = entry_lines(text, "capture", &KEYS);
+    for (i, (c, lines)) in captures
+        .iter_mut()
+        .zip(lines.into_iter().chain(std::iter::repeat_with(Vec::new)))
         .enumerate()
-        .filter(|(_, l)| {
-            l.trim_start()
-                .strip_prefix("[[")
-                .and_then(|r| r.trim_start().strip_prefix("capture"))
-                .is_some_and(|r| r.trim_start().starts_with("]]"))
-        })
-        .map(|(i, _)| i + 1)
-        .collect();
-    let lines: Vec<&str> = text.lines().collect();
-    for (i, c) in captures.iter_mut().enumerate() {
-        if let Some(&header) = headers.get(i) {
-            c.lines.push(("[[capture]]".to_string(), header));
-            // The entry's keys run up to the next table header.
-            for (n, l) in lines.iter().enumerate().skip(header) {
-                let l = l.trim_start();
-                if l.starts_with('[') {
-                    break;
-                }
-                for key in KEYS {
-                    if l.strip_prefix(key)
-                        .is_some_and(|rest| rest.trim_start().starts_with('='))
-                    {
-                        c.lines.push((key.to_string(), n + 1));
-                    }
-                }
-            }
-        }
+    {
+        c.lines = lines;
         let entry_err = |c: &Capture, key: &str, message: String| ConfigError {
             origin: origin.to_string(),
             line: c.line_of(key),
@@ -897,6 +1072,165 @@ fn parse_captures(
         }
     }
     Ok(captures)
+}
+
+/// The `name` array of tables of the raw file (`[[override]]`, `[[context]]`), or none.
+fn raw_entries(raw: &toml::Table, name: &str) -> Vec<toml::Value> {
+    raw.get(name)
+        .and_then(|v| v.as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An `[[override]]` as written: where it applies and the trigger keys it replaces.
+struct OverrideSpec {
+    ports: Vec<u16>,
+    nets: Vec<Net>,
+    /// Its `triggers` table, laid over the triggers of the context it is applied in.
+    patch: Option<toml::Value>,
+}
+
+impl OverrideSpec {
+    fn new(file: OverrideFile, raw: toml::Value) -> Result<OverrideSpec, String> {
+        let mut nets = Vec::new();
+        for n in &file.nets {
+            nets.push(Net::parse(n).ok_or_else(|| format!("`{n}` is not a network"))?);
+        }
+        Ok(OverrideSpec {
+            ports: file.ports,
+            nets,
+            patch: raw.get("triggers").cloned(),
+        })
+    }
+}
+
+/// `base` with `patch` laid over it.
+fn patched(base: &Triggers, patch: Option<&toml::Value>) -> Result<Triggers, String> {
+    let Some(patch) = patch else {
+        return Ok(base.clone());
+    };
+    let mut merged = toml::Value::try_from(base).map_err(|e| e.to_string())?;
+    merge(&mut merged, patch);
+    merged
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())
+}
+
+/// The overrides `specs` applied over `base`, in order.
+fn apply_overrides(base: &Triggers, specs: &[OverrideSpec]) -> Result<Vec<Override>, String> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            Ok(Override {
+                ports: o.ports.clone(),
+                nets: o.nets.clone(),
+                triggers: patched(base, o.patch.as_ref()).map_err(|m| format!("{}: {m}", i + 1))?,
+            })
+        })
+        .collect()
+}
+
+/// The lines of the keys of each `[[name]]` entry of `text`: the header as `[[name]]`, then
+/// each of `keys` met before the next table header.
+fn entry_lines(text: &str, name: &str, keys: &[&str]) -> Vec<Vec<(String, usize)>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = format!("[[{name}]]");
+    let mut entries = Vec::new();
+    for (h, l) in lines.iter().enumerate() {
+        let is_header = l
+            .trim_start()
+            .strip_prefix("[[")
+            .and_then(|r| r.trim_start().strip_prefix(name))
+            .is_some_and(|r| r.trim_start().starts_with("]]"));
+        if !is_header {
+            continue;
+        }
+        let mut found = vec![(header.clone(), h + 1)];
+        for (n, l) in lines.iter().enumerate().skip(h + 1) {
+            let l = l.trim_start();
+            if l.starts_with('[') {
+                break;
+            }
+            for key in keys {
+                if l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+                {
+                    found.push((key.to_string(), n + 1));
+                }
+            }
+        }
+        entries.push(found);
+    }
+    entries
+}
+
+/// Validates the `[[context]]` entries and builds their thresholds: the global triggers with
+/// the context's `triggers` over them, then its own overrides and the global ones over that.
+fn parse_contexts(
+    files: Vec<ContextFile>,
+    raw: &[toml::Value],
+    text: &str,
+    origin: &str,
+    global_triggers: &Triggers,
+    global_overrides: &[OverrideSpec],
+) -> Result<Vec<Context>, ConfigError> {
+    let mut lines = entry_lines(text, "context", &["name", "interfaces", "vlans", "log"]);
+    lines.resize(files.len(), Vec::new());
+    let mut contexts: Vec<Context> = Vec::new();
+    for (i, ((file, raw), lines)) in files.into_iter().zip(raw).zip(lines).enumerate() {
+        let mut c = Context {
+            name: file.name,
+            interfaces: file.interfaces,
+            vlans: file.vlans,
+            log: file.log,
+            triggers: Triggers::default(),
+            overrides: Vec::new(),
+            interface_ids: Vec::new(),
+            lines,
+        };
+        let entry_err = |c: &Context, key: &str, message: String| ConfigError {
+            origin: origin.to_string(),
+            line: c.line_of(key),
+            message: format!("[[context]] {} key `{key}`: {message}", i + 1),
+        };
+        c.validate().map_err(|(key, m)| entry_err(&c, key, m))?;
+        if let Some(earlier) = contexts.iter().find(|e| e.name == c.name) {
+            let m = format!("context `{}` is defined twice", earlier.name);
+            return Err(entry_err(&c, "name", m));
+        }
+        if !c.log.is_empty() && contexts.iter().any(|e| e.log == c.log) {
+            let m = format!("`{}` is already the log of another context", c.log);
+            return Err(entry_err(&c, "log", m));
+        }
+        c.triggers = patched(global_triggers, raw.get("triggers"))
+            .map_err(|m| entry_err(&c, "triggers", m))?;
+        let mut specs = Vec::new();
+        let raw_own = raw
+            .get("override")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (j, (o, raw_o)) in file.overrides.into_iter().zip(raw_own).enumerate() {
+            specs.push(
+                OverrideSpec::new(o, raw_o)
+                    .map_err(|m| entry_err(&c, "nets", format!("override {}: {m}", j + 1)))?,
+            );
+        }
+        let mut overrides = apply_overrides(&c.triggers, &specs)
+            .map_err(|m| entry_err(&c, "triggers", format!("override {m}")))?;
+        overrides.extend(
+            apply_overrides(&c.triggers, global_overrides)
+                .map_err(|m| entry_err(&c, "triggers", format!("global override {m}")))?,
+        );
+        if overrides.len() > usize::from(u8::MAX) {
+            let m = "more than 255 overrides apply in this context".to_string();
+            return Err(entry_err(&c, "triggers", m));
+        }
+        c.overrides = overrides;
+        contexts.push(c);
+    }
+    Ok(contexts)
 }
 
 fn merge(base: &mut toml::Value, patch: &toml::Value) {
@@ -1134,6 +1468,135 @@ syn_synack_ms = 300
         assert_eq!(e.line, Some(2));
         assert!(is_subject_token("box-1_a"));
         assert!(!is_subject_token("box.1") && !is_subject_token("") && !is_subject_token("a>"));
+    }
+
+    #[test]
+    fn contexts_have_their_own_thresholds_over_the_global_ones() {
+        let text = r#"
+[triggers.latency]
+ttfb_ms = 2000
+
+[[override]]
+ports = [443]
+[override.triggers.latency]
+syn_synack_ms = 300
+
+[[context]]
+name = "dmz"
+interfaces = ["eth1", "eth2"]
+[context.triggers.latency]
+stall_ms = 50
+[[context.override]]
+ports = [53]
+[context.override.triggers.latency]
+ttfb_ms = 10
+
+[[context]]
+name = "lab"
+vlans = [100]
+interfaces = ["eth2"]
+log = "/var/log/lab.log"
+"#;
+        let cfg = Config::parse(text, "c.toml").expect("parses");
+        assert_eq!(cfg.contexts.len(), 2);
+        let dmz = &cfg.contexts[0];
+        assert_eq!(dmz.triggers.latency.stall_ms, 50.0);
+        assert_eq!(dmz.triggers.latency.ttfb_ms, 2000.0, "global key kept");
+        // Its own override first, then the global one, both over its triggers.
+        assert_eq!(dmz.overrides.len(), 2);
+        assert_eq!(dmz.overrides[0].ports, vec![53]);
+        assert_eq!(dmz.overrides[0].triggers.latency.ttfb_ms, 10.0);
+        assert_eq!(dmz.overrides[0].triggers.latency.stall_ms, 50.0);
+        assert_eq!(dmz.overrides[1].triggers.latency.syn_synack_ms, 300.0);
+        assert_eq!(dmz.overrides[1].triggers.latency.stall_ms, 50.0);
+        assert_eq!(
+            cfg.triggers.latency.stall_ms, 5000.0,
+            "default context unchanged"
+        );
+        assert_eq!(cfg.overrides.len(), 1);
+        let ip = Net::parse("10.0.0.1").unwrap().addr;
+        assert_eq!(
+            cfg.triggers_at(1, cfg.override_index(1, 53, &ip, &ip))
+                .latency
+                .ttfb_ms,
+            10.0
+        );
+        assert_eq!(
+            cfg.triggers_at(0, cfg.override_index(0, 53, &ip, &ip))
+                .latency
+                .ttfb_ms,
+            2000.0
+        );
+
+        // Membership: interface ids, then interface and VLAN together, first context wins.
+        let (eth1, eth2) = (cfg.interface_id("eth1"), cfg.interface_id("eth2"));
+        assert_eq!((eth1, eth2, cfg.interface_id("eth9")), (1, 2, 0));
+        assert_eq!(cfg.context_of(eth1, None), 1);
+        assert_eq!(cfg.context_of(eth2, Some(100)), 1, "dmz comes first");
+        assert_eq!(
+            cfg.context_of(0, Some(100)),
+            0,
+            "lab needs eth2 and VLAN 100"
+        );
+        assert_eq!(cfg.context_of(0, None), 0);
+        assert_eq!(cfg.context_name(2), "lab");
+        assert_eq!(cfg.context_name(0), "default");
+        assert_eq!(cfg.contexts[1].log, "/var/log/lab.log");
+    }
+
+    #[test]
+    fn context_errors_name_file_line_and_key() {
+        for (text, line, key) in [
+            ("[[context]]\nname = \"dmz\"\n", 1, "interfaces"),
+            ("[[context]]\nname = \"default\"\nvlans = [1]\n", 2, "name"),
+            ("[[context]]\nname = \"7up\"\nvlans = [1]\n", 2, "name"),
+            ("[[context]]\nname = \"a.b\"\nvlans = [1]\n", 2, "name"),
+            ("[[context]]\nname = \"a\"\nvlans = [1, 4096]\n", 3, "vlans"),
+            ("[[context]]\nname = \"a\"\ninterfaces = [\"x/y\"]\n", 3, "interfaces"),
+            (
+                "[[context]]\nname = \"a\"\nvlans = [1]\n\n[[context]]\nname = \"a\"\nvlans = [2]\n",
+                6,
+                "name",
+            ),
+            (
+                "[[context]]\nname = \"a\"\nvlans = [1]\nlog = \"x\"\n[[context]]\nname = \"b\"\nvlans = [2]\nlog = \"x\"\n",
+                8,
+                "log",
+            ),
+        ] {
+            let e = Config::parse(text, "c.toml").expect_err(text);
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+            assert!(e.message.contains(&format!("key `{key}`")), "{text}: {e}");
+            assert!(e.message.starts_with("[[context]] "), "{e}");
+        }
+        let e = Config::parse(
+            "[[context]]\nname = \"a\"\nvlans = [1]\n[context.triggers.latency]\nttbf_ms = 1\n",
+            "c.toml",
+        )
+        .expect_err("unknown key");
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn documented_context_example_parses() {
+        let start = DEFAULT_TOML
+            .find("# [[context]]")
+            .expect("example in default.toml");
+        let example: String = DEFAULT_TOML[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg = Config::parse(&example, "example.toml").expect("parses");
+        let c = &cfg.contexts[0];
+        assert_eq!(
+            (c.name.as_str(), c.vlans.as_slice()),
+            ("dmz", &[100, 101][..])
+        );
+        assert_eq!(c.triggers.latency.ttfb_ms, 300.0);
+        assert_eq!(c.line_of("vlans"), Some(4));
     }
 
     #[test]

@@ -90,8 +90,10 @@ struct Flow {
     proto: Proto,
     ip_version: u8,
     icmp_type_code: u16,
-    /// 0: base triggers; n: override n-1.
+    /// 0: the context's base triggers; n: its override n-1.
     triggers_idx: u8,
+    /// Its context (0: default), chosen from its first packet.
+    context: u16,
     /// A runtime watch matched at its start: keep its record whatever its outcome.
     user: bool,
     in_use: bool,
@@ -133,6 +135,7 @@ impl Flow {
             ip_version: 4,
             icmp_type_code: 0,
             triggers_idx: 0,
+            context: 0,
             user: false,
             in_use: false,
         }
@@ -161,6 +164,10 @@ pub struct TableCounters {
     pub records_emitted: u64,
     /// Fragments that did not (yet) complete a datagram.
     pub fragments_pending: u64,
+    /// Incomplete datagrams dropped because the fragment table was full, or because their
+    /// other fragments did not come within `fragment_s`.
+    pub fragments_evicted: u64,
+    pub fragments_expired: u64,
     /// ICMP errors attributed to a tracked flow.
     pub icmp_errors_attributed: u64,
     /// Packets of protocols we do not track (and non-first fragments of unknown datagrams).
@@ -187,6 +194,8 @@ pub struct FlowTable {
     expired: Vec<u32>,
     scratch_points: Vec<Point>,
     cfg: Config,
+    /// The interface the packets come in on now (an id of [`Config::interface_id`]).
+    interface: u16,
     timeouts_ns: TimeoutsNs,
     worker: u16,
     next_id: u64,
@@ -240,6 +249,7 @@ impl FlowTable {
                 icmp: secs_to_ns(t.icmp_s),
             },
             cfg: cfg.clone(),
+            interface: 0,
             worker,
             next_id: 0,
             newest: 0,
@@ -250,6 +260,14 @@ impl FlowTable {
 
     pub fn set_mode(&mut self, mode: RecordMode) {
         self.mode = mode;
+    }
+
+    /// Says which interface the next packets come in on (an id of
+    /// [`Config::interface_id`]; 0 for one no context names): a connection's context is
+    /// chosen from the interface and outer VLAN of its first packet.
+    #[inline]
+    pub fn set_interface(&mut self, interface: u16) {
+        self.interface = interface;
     }
 
     pub fn counters(&self) -> &TableCounters {
@@ -294,7 +312,10 @@ impl FlowTable {
         self.counters.packets += 1;
         self.expire(ts_ns, emit);
         if pkt.fragment.is_some() {
-            match self.frags.feed(pkt, ts_ns) {
+            let whole = self.frags.feed(pkt, ts_ns);
+            self.counters.fragments_evicted = self.frags.evicted_full();
+            self.counters.fragments_expired = self.frags.expired();
+            match whole {
                 Some(whole) => self.track(&whole, ts_ns, frame_len, true, emit),
                 None => self.counters.fragments_pending += 1,
             }
@@ -468,6 +489,11 @@ impl FlowTable {
             in_use: true,
             ..Flow::empty()
         };
+        if !self.cfg.contexts.is_empty() {
+            f.context = self
+                .cfg
+                .context_of(self.interface, (vlan_count > 0).then_some(vlans[0]));
+        }
         f.triggers_idx = triggers_index(&self.cfg, f);
         self.map.insert(key, idx);
         self.newest = idx;
@@ -497,15 +523,8 @@ impl FlowTable {
     }
 
     fn triggers(&self, idx: u32) -> &Triggers {
-        let i = usize::from(self.flows[idx as usize].triggers_idx);
-        match i.checked_sub(1) {
-            Some(o) => self
-                .cfg
-                .overrides
-                .get(o)
-                .map_or(&self.cfg.triggers, |o| &o.triggers),
-            None => &self.cfg.triggers,
-        }
+        let f = &self.flows[idx as usize];
+        self.cfg.triggers_at(f.context, f.triggers_idx)
     }
 
     fn update(
@@ -1035,7 +1054,7 @@ impl FlowTable {
         let mut rec = Record {
             id: f.id,
             worker: self.worker,
-            context: 0,
+            context: f.context,
             proto: f.proto,
             ip_version: f.ip_version,
             client: c_ep,
@@ -1061,15 +1080,11 @@ impl FlowTable {
             .iter()
             .position(|p| p.severity >= Severity::Warn)
             .and_then(|i| u16::try_from(i).ok());
-        let triggers = match usize::from(f.triggers_idx).checked_sub(1) {
-            Some(o) => self
-                .cfg
-                .overrides
-                .get(o)
-                .map_or(&self.cfg.triggers, |o| &o.triggers),
-            None => &self.cfg.triggers,
-        };
-        rec.flags = rules::evaluate(&rec, f.events, triggers);
+        rec.flags = rules::evaluate(
+            &rec,
+            f.events,
+            self.cfg.triggers_at(f.context, f.triggers_idx),
+        );
         if self.mode == RecordMode::All {
             rec.flags.insert(Flags::ALL);
         }
@@ -1157,10 +1172,7 @@ fn triggers_index(cfg: &Config, f: &Flow) -> u8 {
     } else {
         (&f.key.hi_ip, &f.key.lo_ip, f.key.lo_port)
     };
-    cfg.overrides
-        .iter()
-        .position(|o| o.matches(s_port, c_ip, s_ip))
-        .map_or(0, |i| u8::try_from(i + 1).unwrap_or(0))
+    cfg.override_index(f.context, s_port, c_ip, s_ip)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 use std::path::Path;
 
 use crate::reader::LogReader;
+use crate::thread::Route;
 use crate::writer::{LogWriter, Retention, WriterStats};
 use crate::RecorderError;
 
@@ -30,8 +31,9 @@ pub struct Recovery {
     /// Rings whose contents turned out corrupt part-way, with what is wrong; the frames
     /// before the corruption are recovered.
     pub corrupt_rings: Vec<(usize, ring::Corruption)>,
-    /// The writer's counters (frames lost to a full disk included).
-    pub writer: WriterStats,
+    /// Each log's writer counters (frames lost to a full disk included), in the order
+    /// given; a log nothing was recovered for has zeros.
+    pub writers: Vec<WriterStats>,
 }
 
 impl Recovery {
@@ -44,6 +46,11 @@ impl Recovery {
     pub fn already_logged(&self) -> u64 {
         self.already_logged_per_ring.iter().sum()
     }
+
+    /// Frames lost to a full disk, all logs together.
+    pub fn frames_lost(&self) -> u64 {
+        self.writers.iter().map(|w| w.frames_lost).sum()
+    }
 }
 
 /// Writes the frames left in `rings` that `log` does not hold yet to the end of `log`
@@ -51,6 +58,17 @@ impl Recovery {
 pub fn recover(
     log: &Path,
     retention: Retention,
+    rings: Vec<ring::Consumer>,
+) -> Result<Recovery, RecorderError> {
+    recover_routed(&[(log, retention)], None, rings)
+}
+
+/// [`recover`] for an engine that wrote several logs: each frame goes to the log `route`
+/// picks, as the recorder's [`crate::thread::Logs::routed`] would have sent it (`None`:
+/// all to the first). A log none of the frames belongs to is left as it is.
+pub fn recover_routed(
+    logs: &[(&Path, Retention)],
+    route: Option<Route>,
     mut rings: Vec<ring::Consumer>,
 ) -> Result<Recovery, RecorderError> {
     let mut recovery = Recovery {
@@ -68,41 +86,55 @@ pub fn recover(
         }
         left.push(frames);
     }
-    if left.iter().all(Vec::is_empty) {
-        // Nothing in flight: the log is left as it is.
-        return Ok(recovery);
-    }
-    // How many of each ring's frames, from the oldest, the log already holds.
-    let mut logged = vec![0usize; left.len()];
-    if let Ok(reader) = LogReader::open(log) {
-        for frame in reader.flatten() {
-            for (frames, count) in left.iter().zip(logged.iter_mut()) {
-                if frames.get(*count) == Some(&frame.payload) {
-                    *count += 1;
-                    break;
+    let log_of = |frame: &[u8]| {
+        route
+            .map(|r| r(frame))
+            .filter(|i| *i < logs.len())
+            .unwrap_or(0)
+    };
+    for (log_index, (log, retention)) in logs.iter().enumerate() {
+        // Each ring's frames for this log, in ring order: the recorder wrote them so.
+        let mine: Vec<Vec<&Vec<u8>>> = left
+            .iter()
+            .map(|frames| frames.iter().filter(|f| log_of(f) == log_index).collect())
+            .collect();
+        if mine.iter().all(Vec::is_empty) {
+            // Nothing in flight for it: the log is left as it is.
+            recovery.writers.push(WriterStats::default());
+            continue;
+        }
+        // How many of each ring's frames, from the oldest, the log already holds.
+        let mut logged = vec![0usize; mine.len()];
+        if let Ok(reader) = LogReader::open(log) {
+            for frame in reader.flatten() {
+                for (frames, count) in mine.iter().zip(logged.iter_mut()) {
+                    if frames.get(*count).is_some_and(|f| **f == frame.payload) {
+                        *count += 1;
+                        break;
+                    }
                 }
             }
         }
-    }
-    let mut writer = LogWriter::resume(log, retention)?;
-    for (index, frames) in left.iter().enumerate() {
-        let count = logged[index];
-        recovery.already_logged_per_ring[index] = count as u64;
-        for frame in frames.iter().skip(count) {
-            match writer.append(frame) {
-                Ok(()) => recovery.written_per_ring[index] += 1,
-                Err(RecorderError::PayloadTooLarge { .. }) => {
-                    recovery.rejected_per_ring[index] += 1
+        let mut writer = LogWriter::resume(log, *retention)?;
+        for (index, frames) in mine.iter().enumerate() {
+            let count = logged[index];
+            recovery.already_logged_per_ring[index] += count as u64;
+            for frame in frames.iter().skip(count) {
+                match writer.append(frame) {
+                    Ok(()) => recovery.written_per_ring[index] += 1,
+                    Err(RecorderError::PayloadTooLarge { .. }) => {
+                        recovery.rejected_per_ring[index] += 1
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
+        writer.flush()?;
+        recovery.writers.push(writer.stats());
     }
-    writer.flush()?;
     for consumer in &mut rings {
         consumer.release();
     }
-    recovery.writer = writer.stats();
     Ok(recovery)
 }
 
@@ -219,5 +251,41 @@ mod tests {
         let mut want: Vec<_> = (0..10).map(frame).collect();
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn routed_recovery_writes_each_frame_once_to_its_own_log() {
+        let dir = TestDir::new("recover-routed");
+        let logs = [dir.path().join("LOG"), dir.path().join("LOG.dmz")];
+        let ring_path = dir.path().join("ring");
+        // Even frames belong to the first log, odd ones to the second.
+        let route: Route = |f| usize::from(f[1] % 2);
+        {
+            let (mut producer, mut consumer) = ring::create(&ring_path, 4096).unwrap();
+            for i in 0..12 {
+                producer.push(&frame(i)).unwrap();
+            }
+            // The recorder wrote frames 0..5 to their logs and died before releasing them.
+            let mut writers: Vec<_> = logs
+                .iter()
+                .map(|p| LogWriter::create(p, u64::MAX).unwrap())
+                .collect();
+            for _ in 0..5 {
+                assert!(consumer.pop_unreleased(|f| writers[route(f)].append(f).unwrap()));
+            }
+        }
+        let retention = Retention::rotate_at(u64::MAX);
+        let recovery = recover_routed(
+            &[(&logs[0], retention), (&logs[1], retention)],
+            Some(route),
+            vec![ring::open(&ring_path).unwrap()],
+        )
+        .unwrap();
+        assert_eq!(recovery.already_logged_per_ring, vec![5]);
+        assert_eq!(recovery.written_per_ring, vec![7]);
+        for (i, log) in logs.iter().enumerate() {
+            let want: Vec<_> = (0..12).map(frame).filter(|f| route(f) == i).collect();
+            assert_eq!(payloads(log), want, "{}", log.display());
+        }
     }
 }

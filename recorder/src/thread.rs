@@ -1,6 +1,7 @@
-//! The recorder thread: drains every worker's ring into the log.
+//! The recorder thread: drains every worker's ring into the log, or into one log per
+//! context when the frames are routed ([`Logs::routed`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,24 +17,141 @@ const YIELD_PASSES: u32 = 128;
 /// Sleep between passes once idle.
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
 
+/// Which log a frame goes to, from its payload: an index into the logs of [`Logs::routed`]
+/// (one out of range means the first).
+pub type Route = fn(&[u8]) -> usize;
+
+/// The logs the recorder writes: one, or several with the [`Route`] that picks each frame's.
+#[derive(Debug)]
+pub struct Logs {
+    writers: Vec<LogWriter>,
+    route: Option<Route>,
+}
+
+impl Logs {
+    /// Every frame to `writer`.
+    pub fn one(writer: LogWriter) -> Logs {
+        Logs {
+            writers: vec![writer],
+            route: None,
+        }
+    }
+
+    /// Each frame to the log `route` names: `first` (index 0, also where frames with an
+    /// index out of range go), then `rest` (1, 2, ...).
+    pub fn routed(first: LogWriter, rest: Vec<LogWriter>, route: Route) -> Logs {
+        let mut writers = vec![first];
+        writers.extend(rest);
+        Logs {
+            writers,
+            route: Some(route),
+        }
+    }
+
+    /// How many logs there are.
+    pub fn len(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Whether there are none (never: there is always a first).
+    pub fn is_empty(&self) -> bool {
+        self.writers.is_empty()
+    }
+
+    /// The log of a payload.
+    fn index_of(&self, payload: &[u8]) -> usize {
+        match self.route {
+            Some(route) => Some(route(payload))
+                .filter(|i| *i < self.writers.len())
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), RecorderError> {
+        self.writers.iter_mut().try_for_each(LogWriter::flush)
+    }
+}
+
+/// What the recorder has written so far, published after every pass that wrote something,
+/// for a metrics endpoint or a stats file to read while the engine runs.
+#[derive(Debug)]
+pub struct Progress {
+    per_ring: Vec<AtomicU64>,
+    per_log: Vec<AtomicU64>,
+}
+
+impl Progress {
+    /// Counters for `rings` rings and `logs` logs, all 0.
+    pub fn new(rings: usize, logs: usize) -> Arc<Progress> {
+        Arc::new(Progress {
+            per_ring: (0..rings).map(|_| AtomicU64::new(0)).collect(),
+            per_log: (0..logs).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Records written from ring `ring` so far.
+    pub fn written_from_ring(&self, ring: usize) -> u64 {
+        self.per_ring
+            .get(ring)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Records written to log `log` so far.
+    pub fn written_to_log(&self, log: usize) -> u64 {
+        self.per_log
+            .get(log)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn publish(&self, stats: &RecorderStats) {
+        for (counter, n) in self.per_ring.iter().zip(&stats.frames_per_ring) {
+            counter.store(*n, Ordering::Relaxed);
+        }
+        for (counter, n) in self.per_log.iter().zip(&stats.frames_per_log) {
+            counter.store(*n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the recorder thread did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecorderStats {
-    /// Frames written to the log, per ring (same order as the consumers given to [`spawn`]).
+    /// Frames written to the logs, per ring (same order as the consumers given to [`spawn`]).
     pub frames_per_ring: Vec<u64>,
+    /// Frames written, per log (in the order of [`Logs`]).
+    pub frames_per_log: Vec<u64>,
     /// Frames taken from a ring but not written because they exceed the log's maximum
     /// payload, per ring.
     pub rejected_per_ring: Vec<u64>,
     /// Rings that stopped delivering because their contents are corrupt, with what is wrong.
     pub corrupt_rings: Vec<(usize, ring::Corruption)>,
-    /// The writer's counters: frames, bytes, segments.
-    pub writer: WriterStats,
+    /// Each log writer's counters (frames, bytes, segments), in the order of [`Logs`].
+    pub writers: Vec<WriterStats>,
+}
+
+impl RecorderStats {
+    /// The counters of all the logs added up.
+    pub fn writers_total(&self) -> WriterStats {
+        let mut t = WriterStats::default();
+        for w in &self.writers {
+            t.frames += w.frames;
+            t.payload_bytes += w.payload_bytes;
+            t.file_bytes += w.file_bytes;
+            t.segments += w.segments;
+            t.frames_lost += w.frames_lost;
+            t.no_space_errors += w.no_space_errors;
+            t.segments_deleted += w.segments_deleted;
+            t.bytes_deleted += w.bytes_deleted;
+        }
+        t
+    }
 }
 
 /// Starts the recorder thread (named `conntrail-recorder`).
 ///
-/// It drains the rings round-robin into `writer`. After each pass that moved frames it
-/// flushes the writer and only then releases the frames' ring space, so a frame is always in
+/// It drains the rings round-robin into `logs`. After each pass that moved frames it
+/// flushes the logs, publishes its counts in `progress` and only then releases the frames' ring space, so a frame is always in
 /// the ring file or handed to the OS in the log: a crash loses nothing, and a frame may be
 /// written twice if the crash falls between the flush and the release (recovery with
 /// [`ring::open`] is at-least-once). When every ring is empty it spins briefly, then yields,
@@ -47,12 +165,13 @@ pub struct RecorderStats {
 /// in their rings.
 pub fn spawn(
     consumers: Vec<ring::Consumer>,
-    writer: LogWriter,
+    logs: Logs,
     stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 ) -> JoinHandle<Result<RecorderStats, RecorderError>> {
     std::thread::Builder::new()
         .name("conntrail-recorder".into())
-        .spawn(move || run(consumers, writer, &stop))
+        .spawn(move || run(consumers, logs, &stop, &progress))
         // Same behaviour as `std::thread::spawn`, which panics on this OS failure too.
         .expect("the OS refused to start the recorder thread")
 }
@@ -60,11 +179,13 @@ pub fn spawn(
 /// The body of the recorder thread, callable on the current thread.
 pub fn run(
     mut consumers: Vec<ring::Consumer>,
-    mut writer: LogWriter,
+    mut logs: Logs,
     stop: &AtomicBool,
+    progress: &Progress,
 ) -> Result<RecorderStats, RecorderError> {
     let mut stats = RecorderStats {
         frames_per_ring: vec![0; consumers.len()],
+        frames_per_log: vec![0; logs.len()],
         rejected_per_ring: vec![0; consumers.len()],
         ..RecorderStats::default()
     };
@@ -72,9 +193,10 @@ pub fn run(
     loop {
         // Read before the pass: a pass that starts after `stop` and finds nothing means done.
         let stopping = stop.load(Ordering::Acquire);
-        let moved = drain_pass(&mut consumers, &mut writer, &mut stats)?;
+        let moved = drain_pass(&mut consumers, &mut logs, &mut stats)?;
         if moved > 0 {
-            writer.flush()?;
+            logs.flush()?;
+            progress.publish(&stats);
             for consumer in &mut consumers {
                 consumer.release();
             }
@@ -93,28 +215,35 @@ pub fn run(
             std::thread::sleep(IDLE_SLEEP);
         }
     }
-    writer.flush()?;
-    stats.writer = writer.stats();
+    logs.flush()?;
+    progress.publish(&stats);
+    stats.writers = logs.writers.iter().map(LogWriter::stats).collect();
     Ok(stats)
 }
 
 /// Takes up to [`BATCH_FRAMES`] from each ring in turn; returns how many frames it took.
 fn drain_pass(
     consumers: &mut [ring::Consumer],
-    writer: &mut LogWriter,
+    logs: &mut Logs,
     stats: &mut RecorderStats,
 ) -> Result<usize, RecorderError> {
     let mut moved = 0;
     for (ring_index, consumer) in consumers.iter_mut().enumerate() {
         for _ in 0..BATCH_FRAMES {
             let mut failure = None;
-            let popped = consumer.pop_unreleased(|frame| match writer.append(frame) {
-                Ok(()) => stats.frames_per_ring[ring_index] += 1,
-                Err(RecorderError::PayloadTooLarge { len, .. }) => {
-                    stats.rejected_per_ring[ring_index] += 1;
-                    log::warn!("ring {ring_index}: {len}-byte frame is too large for the log");
+            let popped = consumer.pop_unreleased(|frame| {
+                let log = logs.index_of(frame);
+                match logs.writers[log].append(frame) {
+                    Ok(()) => {
+                        stats.frames_per_ring[ring_index] += 1;
+                        stats.frames_per_log[log] += 1;
+                    }
+                    Err(RecorderError::PayloadTooLarge { len, .. }) => {
+                        stats.rejected_per_ring[ring_index] += 1;
+                        log::warn!("ring {ring_index}: {len}-byte frame is too large for the log");
+                    }
+                    Err(e) => failure = Some(e),
                 }
-                Err(e) => failure = Some(e),
             });
             if let Some(e) = failure {
                 return Err(e);
@@ -154,7 +283,13 @@ mod tests {
         }
         let writer = LogWriter::create(&log, 256 * 1024).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let recorder = spawn(consumers, writer, Arc::clone(&stop));
+        let progress = Progress::new(2, 1);
+        let recorder = spawn(
+            consumers,
+            Logs::one(writer),
+            Arc::clone(&stop),
+            Arc::clone(&progress),
+        );
         let feeders: Vec<_> = producers
             .into_iter()
             .enumerate()
@@ -177,8 +312,10 @@ mod tests {
         stop.store(true, Ordering::Release);
         let stats = recorder.join().unwrap().unwrap();
         assert_eq!(stats.frames_per_ring, vec![FRAMES, FRAMES]);
-        assert_eq!(stats.writer.frames, 2 * FRAMES);
-        assert!(stats.writer.segments > 1);
+        assert_eq!(stats.writers[0].frames, 2 * FRAMES);
+        assert!(stats.writers[0].segments > 1);
+        assert_eq!(progress.written_from_ring(1), FRAMES);
+        assert_eq!(progress.written_to_log(0), 2 * FRAMES);
         assert!(stats.corrupt_rings.is_empty());
 
         let mut next = [0u64; 2];
@@ -211,10 +348,15 @@ mod tests {
         let recovered = ring::open(&ring_path).unwrap();
         let stop = Arc::new(AtomicBool::new(true));
         let writer = LogWriter::create(&log, u64::MAX).unwrap();
-        let stats = spawn(vec![recovered], writer, stop)
-            .join()
-            .unwrap()
-            .unwrap();
+        let stats = spawn(
+            vec![recovered],
+            Logs::one(writer),
+            stop,
+            Progress::new(1, 1),
+        )
+        .join()
+        .unwrap()
+        .unwrap();
         assert_eq!(stats.frames_per_ring, vec![10]);
         let payloads: Vec<_> = LogReader::open(&log)
             .unwrap()
@@ -223,5 +365,46 @@ mod tests {
         assert_eq!(payloads, (0..10u8).map(|i| vec![i; 30]).collect::<Vec<_>>());
         // Released after the flush: nothing is left to recover.
         assert!(ring::open(&ring_path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn routed_frames_go_each_to_its_log_in_ring_order() {
+        let dir = TestDir::new("routed");
+        let logs: Vec<_> = (0..3).map(|i| dir.path().join(format!("log{i}"))).collect();
+        let (mut producer, consumer) = ring::create(&dir.path().join("ring"), 64 * 1024).unwrap();
+        // The first byte names the log; 7 is out of range and goes to the first.
+        let frames: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| vec![[0u8, 1, 2, 7][(i % 4) as usize], (i >> 8) as u8, i as u8])
+            .collect();
+        for f in &frames {
+            producer.push(f).unwrap();
+        }
+        let writers: Vec<_> = logs
+            .iter()
+            .map(|p| LogWriter::create(p, u64::MAX).unwrap())
+            .collect();
+        let mut writers = writers.into_iter();
+        let first = writers.next().unwrap();
+        let routed = Logs::routed(first, writers.collect(), |p| usize::from(p[0]));
+        let progress = Progress::new(1, 3);
+        let stop = Arc::new(AtomicBool::new(true));
+        let stats = spawn(vec![consumer], routed, stop, Arc::clone(&progress))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.frames_per_log, vec![150, 75, 75]);
+        assert_eq!(progress.written_to_log(2), 75);
+        for (i, log) in logs.iter().enumerate() {
+            let got: Vec<Vec<u8>> = LogReader::open(log)
+                .unwrap()
+                .map(|item| item.unwrap().payload)
+                .collect();
+            let want: Vec<Vec<u8>> = frames
+                .iter()
+                .filter(|f| usize::from(f[0]) == i || (i == 0 && f[0] == 7))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "log {i}");
+        }
     }
 }

@@ -20,6 +20,17 @@ pub fn encode(rec: &Record<'_>, buf: &mut Vec<u8>) -> Result<(), CodecError> {
     Ok(())
 }
 
+/// The context of an encoded record, read from its first fields (id, worker, context)
+/// without decoding the rest: what the recorder routes each record to its context's log by.
+/// `None` when the bytes do not start like a record.
+pub fn peek_context(bytes: &[u8]) -> Option<u16> {
+    let mut rest = bytes;
+    rmp::decode::read_array_len(&mut rest).ok()?;
+    let _id: u64 = rmp::decode::read_int(&mut rest).ok()?;
+    let _worker: u16 = rmp::decode::read_int(&mut rest).ok()?;
+    rmp::decode::read_int(&mut rest).ok()
+}
+
 /// Decodes one record from a frame's payload.
 pub fn decode(bytes: &[u8]) -> Result<Record<'static>, CodecError> {
     let rec: Record<'_> = rmp_serde::from_slice(bytes)?;
@@ -103,6 +114,23 @@ mod tests {
             points_dropped: 3,
             icmp_type_code: 0,
         }
+    }
+
+    #[test]
+    fn the_context_is_read_without_decoding_the_record() {
+        let mut buf = Vec::new();
+        for (id, context) in [(0u64, 0u16), (42, 3), (u64::MAX, 300), (1 << 40, u16::MAX)] {
+            let rec = Record {
+                id,
+                context,
+                ..sample()
+            };
+            encode(&rec, &mut buf).expect("encodes");
+            assert_eq!(peek_context(&buf), Some(context));
+        }
+        assert_eq!(peek_context(&buf[..2]), None);
+        assert_eq!(peek_context(b"\xc0garbage"), None);
+        assert_eq!(peek_context(&[]), None);
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct FrameRef {
     pub offset: usize,
     /// Captured bytes.
     pub caplen: u32,
+    /// The interface it was captured on, as the caller of [`Capture::frames`] numbered it.
+    pub interface: u16,
 }
 
 impl FrameRef {
@@ -114,6 +116,8 @@ impl FrameRef {
 
 struct Interface {
     link: Option<LinkType>,
+    /// Its number from the caller's `interface_id`.
+    id: u16,
     /// Timestamp units per second.
     resolution: u64,
     offset_s: i64,
@@ -190,10 +194,13 @@ impl Capture {
     }
 
     /// Walks every frame in file order and calls `frame` with it; `progress(bytes_walked)`
-    /// is called now and then. A damaged or cut-short file ends the walk at the damage,
+    /// is called now and then. Frames say which interface they were captured on by the
+    /// number `interface_id` gives its name (pcapng `if_name`; `None` for a pcap file or an
+    /// unnamed interface). A damaged or cut-short file ends the walk at the damage,
     /// which the stats describe.
     pub fn frames(
         &self,
+        interface_id: impl Fn(Option<&str>) -> u16,
         mut frame: impl FnMut(FrameRef),
         mut progress: impl FnMut(u64),
     ) -> CaptureStats {
@@ -211,6 +218,7 @@ impl Capture {
         };
         let mut rest = base;
         let mut interfaces: Vec<Interface> = Vec::new();
+        let unnamed = interface_id(None);
         let mut ng_big_endian = false;
         if let Format::Legacy { header_len, .. } = format {
             rest = base.get(header_len..).unwrap_or(&[]);
@@ -235,7 +243,10 @@ impl Capture {
                     parsed.map(|(next, b)| {
                         stats.frames += 1;
                         match link {
-                            Some(link) => frame(legacy_frame(link, nanos, &b, offset_of)),
+                            Some(link) => frame(FrameRef {
+                                interface: unnamed,
+                                ..legacy_frame(link, nanos, &b, offset_of)
+                            }),
                             None => stats.unsupported_link += 1,
                         }
                         next
@@ -255,6 +266,7 @@ impl Capture {
                             }
                             Block::InterfaceDescription(idb) => interfaces.push(Interface {
                                 link: LinkType::from_linktype(idb.linktype.0),
+                                id: interface_id(idb.if_name().and_then(Result::ok)),
                                 resolution: idb.ts_resolution().unwrap_or(1_000_000),
                                 offset_s: idb.ts_offset(),
                             }),
@@ -263,6 +275,7 @@ impl Capture {
                                 match interfaces.get(epb.if_id as usize) {
                                     Some(Interface {
                                         link: Some(link),
+                                        id,
                                         resolution,
                                         offset_s,
                                     }) => {
@@ -278,6 +291,7 @@ impl Capture {
                                             wire_len: epb.origlen,
                                             offset: offset_of(data),
                                             caplen: data.len() as u32,
+                                            interface: *id,
                                         });
                                     }
                                     _ => stats.unsupported_link += 1,
@@ -287,7 +301,9 @@ impl Capture {
                                 stats.frames += 1;
                                 match interfaces.first() {
                                     Some(Interface {
-                                        link: Some(link), ..
+                                        link: Some(link),
+                                        id,
+                                        ..
                                     }) => {
                                         let data = spb.packet_data();
                                         frame(FrameRef {
@@ -296,6 +312,7 @@ impl Capture {
                                             wire_len: spb.origlen,
                                             offset: offset_of(data),
                                             caplen: data.len() as u32,
+                                            interface: *id,
                                         });
                                     }
                                     _ => stats.unsupported_link += 1,
@@ -365,6 +382,7 @@ fn legacy_frame(
         wire_len: b.origlen,
         offset: offset_of(data),
         caplen: data.len() as u32,
+        interface: 0,
     }
 }
 
@@ -378,6 +396,7 @@ pub fn read_capture(
     let capture = Capture::open(path)?;
     let bytes: &[u8] = capture.bytes();
     Ok(capture.frames(
+        |_| 0,
         |f| frame(f.link, f.ts_ns, f.wire_len, f.bytes(bytes)),
         progress,
     ))

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Why this machine cannot run a live test, if it cannot.
@@ -107,6 +107,59 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts `conntrail run --config CONFIG --log LOG ARGS...` with `envs`, its output in
+    /// `dir` (`run.out`, `run.err`), and waits until it says it is running; panics with its
+    /// output if it exits first. Returns it and its `running:` line.
+    pub fn start(
+        dir: &Path,
+        config: &Path,
+        log: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (Running, String) {
+        let (out, err) = (dir.join("run.out"), dir.join("run.err"));
+        let child = Command::new(super::bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--log")
+            .arg(log)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("conntrail run starts");
+        let mut running = Running { child, out, err };
+        let line = wait_for("conntrail run to start", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                panic!(
+                    "conntrail run exited early ({status}):\n{}",
+                    running.output()
+                );
+            }
+            let stdout = running.stdout();
+            let line = stdout.lines().find(|l| l.starts_with("running:"))?;
+            Some(line.to_string())
+        });
+        (running, line)
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for it to exit; panics with its output unless
+    /// it exits with success.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = wait_for("conntrail run to stop", Duration::from_secs(30), || {
+            self.child.try_wait().expect("wait")
+        });
+        assert!(
+            status.success(),
+            "conntrail run: {status}\n{}",
+            self.output()
+        );
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::{syn_then_client_rst, FlowTable, Orient};
-use crate::config::{Override, Triggers};
+use crate::config::Config;
 use crate::key::KeyKind;
 use crate::packet::MAX_VLANS;
 use crate::point::Point;
@@ -39,6 +39,8 @@ pub struct OpenFlow {
     pub latency: Latency,
     /// A runtime watch matched at its start: it will be recorded whatever its outcome.
     pub user: bool,
+    /// Its context (0: default).
+    pub context: u16,
 }
 
 impl OpenFlow {
@@ -48,7 +50,7 @@ impl OpenFlow {
         Record {
             id: self.id,
             worker: (self.id >> 48) as u16,
-            context: 0,
+            context: self.context,
             proto: self.proto,
             ip_version: self.ip_version,
             client: self.client,
@@ -111,11 +113,17 @@ impl FlowTable {
         Some((self.open_flow(idx)?, dropped))
     }
 
-    /// Replaces the thresholds (base triggers and overrides). Open connections keep their
-    /// override's position; they are judged by the new values when they close.
-    pub fn set_thresholds(&mut self, triggers: Triggers, overrides: Vec<Override>) {
-        self.cfg.triggers = triggers;
-        self.cfg.overrides = overrides;
+    /// Takes the thresholds of `cfg`: the base triggers and overrides, and those of each
+    /// context (whose membership must be the table's: a reload that changes it needs a
+    /// restart). Open connections keep their override's position; they are judged by the
+    /// new values when they close.
+    pub fn set_thresholds(&mut self, cfg: &Config) {
+        self.cfg.triggers = cfg.triggers.clone();
+        self.cfg.overrides = cfg.overrides.clone();
+        for (mine, new) in self.cfg.contexts.iter_mut().zip(&cfg.contexts) {
+            mine.triggers = new.triggers.clone();
+            mine.overrides = new.overrides.clone();
+        }
     }
 
     fn open_flow(&self, idx: u32) -> Option<OpenFlow> {
@@ -163,6 +171,7 @@ impl FlowTable {
             history: f.history,
             latency: f.latency,
             user: f.user,
+            context: f.context,
         })
     }
 }
@@ -265,10 +274,10 @@ mod tests {
         let mut kept = Vec::new();
         feed(&mut t, &frame(true, 0x02, 100, 0), 1_000, &mut kept);
         feed(&mut t, &frame(false, 0x14, 0, 101), 2_000, &mut kept);
-        let mut triggers = Triggers::default();
-        triggers.error.rejected = false;
-        triggers.error.rst_server = false;
-        t.set_thresholds(triggers, Vec::new());
+        let mut cfg = Config::default();
+        cfg.triggers.error.rejected = false;
+        cfg.triggers.error.rst_server = false;
+        t.set_thresholds(&cfg);
         t.shutdown(&mut |r| kept.push(r.flags));
         assert!(kept.is_empty(), "{kept:?}");
     }
