@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use flowtable::config::Config;
+use flowtable::config::{Config, DEFAULT_CONTEXT};
 use flowtable::point::Point;
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, OpenFlow};
@@ -346,6 +346,9 @@ pub struct SessionRow {
     pub s2c_bytes: u64,
     /// A watch matched at its start.
     pub user: bool,
+    /// Its context's name.
+    #[serde(default)]
+    pub context: String,
 }
 
 /// The reply to a [`Request`].
@@ -655,7 +658,9 @@ impl State {
             if let AnswerKind::Sessions(buf) = a.kind {
                 for f in &buf {
                     if filter.as_ref().is_none_or(|e| e.matches(&f.as_record())) {
-                        sessions.push(session_row(f, now));
+                        let mut row = session_row(f, now);
+                        row.context = self.opts.config.context_name(f.context);
+                        sessions.push(row);
                     }
                 }
                 self.buffers.push(buf);
@@ -814,6 +819,7 @@ fn session_row(f: &OpenFlow, now_ns: u64) -> SessionRow {
         s2c_pkts: f.s2c.pkts,
         s2c_bytes: f.s2c.bytes,
         user: f.user,
+        context: String::new(),
     }
 }
 
@@ -1052,7 +1058,7 @@ pub fn run_sessions(args: SessionsArgs) -> Result<ExitCode> {
         for s in &sessions {
             writeln!(
                 out,
-                "{:>18}  {:<5} {:<24} {:<24} {:<6} {:>10} {:>8} {:>10} {:>8} {:>10}{}",
+                "{:>18}  {:<5} {:<24} {:<24} {:<6} {:>10} {:>8} {:>10} {:>8} {:>10}{}{}",
                 s.id,
                 s.proto,
                 s.client,
@@ -1063,7 +1069,12 @@ pub fn run_sessions(args: SessionsArgs) -> Result<ExitCode> {
                 s.c2s_bytes,
                 s.s2c_pkts,
                 s.s2c_bytes,
-                if s.user { "  user" } else { "" }
+                if s.user { "  user" } else { "" },
+                if s.context.is_empty() || s.context == DEFAULT_CONTEXT {
+                    String::new()
+                } else {
+                    format!("  context {}", s.context)
+                }
             )?;
         }
         if matching > sessions.len() {

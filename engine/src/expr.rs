@@ -56,7 +56,7 @@
 //! | `start`, `end` | an RFC 3339 time: `2024-01-01T10:00:00Z`, `...T10:00:00.5+02:00`; without an offset UTC; a bare date is its midnight UTC | all |
 //! | `time` | as `start`: the connection *overlaps*: `time=T` active at T, `time>=T` ended at or after T, `time<T` began before T | all |
 //! | `pkts`, `bytes`, `payload`, `retrans`, `out_of_order`, `dup_ack`, `zero_window`; with `c2s.` or `s2c.` one direction, without both added | a number | all |
-//! | `client.port`, `server.port`, `id`, `worker` | a number | all |
+//! | `client.port`, `server.port`, `id`, `worker`, `context` | a number | all |
 //!
 //! For the one-of-a-set fields, `!=` is exactly `not ... =`. A latency the connection never
 //! measured (no SYN-ACK, no response) makes every comparison on it false, `!=` included:
@@ -167,6 +167,8 @@ pub enum Field {
     End,
     Id,
     Worker,
+    /// The record's context number (0: default).
+    Context,
     ClientPort,
     ServerPort,
     Latency(Latency),
@@ -483,12 +485,13 @@ fn single_flags() -> impl Iterator<Item = (Flags, &'static str)> {
 }
 
 /// The numeric fields under their canonical names.
-const FIELDS: [(&str, Field); 32] = [
+const FIELDS: [(&str, Field); 33] = [
     ("duration", Field::Duration),
     ("start", Field::Start),
     ("end", Field::End),
     ("id", Field::Id),
     ("worker", Field::Worker),
+    ("context", Field::Context),
     ("client.port", Field::ClientPort),
     ("server.port", Field::ServerPort),
     ("latency.syn_synack", Field::Latency(Latency::SynSynack)),
@@ -577,6 +580,7 @@ impl Field {
             Field::End => rec.end_ns,
             Field::Id => rec.id,
             Field::Worker => u64::from(rec.worker),
+            Field::Context => u64::from(rec.context),
             Field::ClientPort => u64::from(rec.client.port),
             Field::ServerPort => u64::from(rec.server.port),
             Field::Latency(l) => {

@@ -77,7 +77,7 @@ use crate::privilege;
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
-use crate::stats::{self, RunState, SocketStats, StatsFile, STATS_VERSION};
+use crate::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
 use crate::worker::{Worker, WorkerStats};
 
 /// Which connections to record.
@@ -603,6 +603,15 @@ pub fn live(
         updated_ns: 0,
         sockets: Vec::new(),
         control: opts.control.as_ref().map(|p| p.display().to_string()),
+        contexts: log_paths
+            .iter()
+            .enumerate()
+            .map(|(i, log)| ContextStats {
+                name: cfg.context_name(u16::try_from(i).unwrap_or(u16::MAX)),
+                log: log.display().to_string(),
+                records_written: 0,
+            })
+            .collect(),
     };
     for (p, r) in plans.iter().zip(&ready) {
         let Some(r) = r else { continue };
@@ -701,13 +710,14 @@ pub fn live(
         let stop = Arc::clone(stop);
         let slots = slots.clone();
         let template = template.clone();
+        let progress = Arc::clone(&progress);
         let path = opts.stats.clone();
         thread::Builder::new()
             .name("conntrail-stats".into())
             .spawn(move || {
                 let mut failed = false;
                 loop {
-                    let file = assemble(&template, &slots, stats::now_ns());
+                    let file = assemble(&template, &slots, &progress, stats::now_ns());
                     if let Err(e) = file.write_atomic(&path) {
                         if !failed {
                             log::warn!("writing stats file {}: {e}", path.display());
@@ -759,6 +769,9 @@ pub fn live(
     let mut file = template;
     file.state = RunState::Stopped;
     file.updated_ns = stats::now_ns();
+    for (c, n) in file.contexts.iter_mut().zip(&rec.frames_per_log) {
+        c.records_written = *n;
+    }
     for (row, s) in file.sockets.iter_mut().zip(&sockets) {
         fill_row(
             row,
@@ -888,9 +901,12 @@ fn fill_row(row: &mut SocketStats, p: &Published) {
     }
 }
 
-fn assemble(template: &StatsFile, slots: &[Slot], now_ns: u64) -> StatsFile {
+fn assemble(template: &StatsFile, slots: &[Slot], progress: &Progress, now_ns: u64) -> StatsFile {
     let mut file = template.clone();
     file.updated_ns = now_ns;
+    for (i, c) in file.contexts.iter_mut().enumerate() {
+        c.records_written = progress.written_to_log(i);
+    }
     for (row, slot) in file.sockets.iter_mut().zip(slots) {
         let p = match slot.lock() {
             Ok(p) => p.clone(),

@@ -301,6 +301,9 @@ pub fn write_text_painted(
         let v: Vec<String> = rec.vlans.iter().map(u16::to_string).collect();
         extra.push_str(&format!(", vlan {}", v.join("/")));
     }
+    if rec.context != 0 {
+        extra.push_str(&format!(", context {}", rec.context));
+    }
     if rec.midstream {
         extra.push_str(", picked up mid-stream");
     }

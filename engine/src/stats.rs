@@ -52,6 +52,17 @@ pub struct StatsFile {
     /// The run's control socket, if it has one (`conntrail stats` asks it for the watches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
+    /// Each context's log and the records written to it, `default` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contexts: Vec<ContextStats>,
+}
+
+/// The log of one context and the records the recorder has written to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContextStats {
+    pub name: String,
+    pub log: String,
+    pub records_written: u64,
 }
 
 /// One socket and the worker behind it.
@@ -252,6 +263,15 @@ pub fn render(stats: &StatsFile, now_ns: u64, alive: bool) -> String {
             x.kernel.fill_ring_empty
         );
     }
+    if stats.contexts.len() > 1 {
+        for c in &stats.contexts {
+            let _ = writeln!(
+                s,
+                "context {}: {} records written to {}",
+                c.name, c.records_written, c.log
+            );
+        }
+    }
     s
 }
 
@@ -268,6 +288,7 @@ mod tests {
             started_ns: 1_000_000_000,
             updated_ns: 11_000_000_000,
             control: None,
+            contexts: Vec::new(),
             sockets: vec![
                 SocketStats {
                     worker: 0,
@@ -328,6 +349,28 @@ mod tests {
         );
         let gone = render(&sample(), 11_500_000_000, false);
         assert!(gone.contains("the process is gone"), "{gone}");
+    }
+
+    #[test]
+    fn contexts_get_a_line_each_when_there_are_several() {
+        let mut s = sample();
+        s.contexts = vec![ContextStats {
+            name: "default".into(),
+            log: "/var/log/t.log".into(),
+            records_written: 9,
+        }];
+        assert!(!render(&s, 0, true).contains("context"), "default alone");
+        s.contexts.push(ContextStats {
+            name: "dmz".into(),
+            log: "/var/log/t.log.dmz".into(),
+            records_written: 4,
+        });
+        let text = render(&s, 0, true);
+        assert!(
+            text.contains("context default: 9 records written to /var/log/t.log\n")
+                && text.contains("context dmz: 4 records written to /var/log/t.log.dmz\n"),
+            "{text}"
+        );
     }
 
     #[test]

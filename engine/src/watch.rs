@@ -60,7 +60,11 @@ fn check(e: &Expr) -> Result<(), WatchError> {
             | Test::IpVersion(_)
             | Test::Vlan(_)
             | Test::Midstream
-            | Test::Compare(Field::ClientPort | Field::ServerPort | Field::Worker, _, _) => Ok(()),
+            | Test::Compare(
+                Field::ClientPort | Field::ServerPort | Field::Worker | Field::Context,
+                _,
+                _,
+            ) => Ok(()),
             _ => Err(WatchError::NotAtStart(e.to_string())),
         },
     }

@@ -9,7 +9,8 @@
 //!   flow is in the default log with exactly the truth's flags.
 //! - Interfaces, in replay: pcapng interface names and `replay --interface` for a pcap.
 //! - Interfaces, live (root; skipped otherwise): `conntrail run` with a context on the
-//!   capture interface writes every record to the context's log.
+//!   capture interface writes every record to the context's log, and `conntrail sessions`
+//!   lists its open connections in that context.
 
 mod common;
 
@@ -112,6 +113,22 @@ fn a_vlan_context_gets_its_connections_and_judges_them_by_its_thresholds() {
     assert_eq!(got(&default), untagged);
     assert!(lab.iter().all(|r| r.context == 1 && r.vlans[..] == [4093]));
     assert!(default.iter().all(|r| r.context == 0 && r.vlans.is_empty()));
+    let o = conntrail(&[
+        "query",
+        s(&log),
+        s(&lab_log),
+        "context=1",
+        "--count-by",
+        "proto",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().eq(["1", "100.0%", "total"])),
+        "{}",
+        text(&o.stdout)
+    );
 
     // Anomalous only: the context's 1 µs SYN -> SYN-ACK threshold keeps the tagged
     // connection; under the default thresholds it is normal and not kept.
@@ -120,6 +137,8 @@ fn a_vlan_context_gets_its_connections_and_judges_them_by_its_thresholds() {
     let kept = records(&dir.join("anomalous.log.lab"));
     assert_eq!(got(&kept), tagged);
     assert_eq!(kept[0].flags.names().collect::<Vec<_>>(), ["latency"]);
+    let shown = text(&conntrail(&["show", s(&dir.join("anomalous.log.lab"))]).stdout);
+    assert!(shown.contains(", vlan 4093, context 1"), "{shown}");
     let plain = dir.join("plain.log");
     replay(&["--log", s(&plain), s(&pcap)]);
     assert!(
@@ -339,6 +358,15 @@ fn a_live_run_writes_a_context_interface_to_its_own_log() {
     let pcap = corpus("zeek_http_methods.pcap");
     lab.send(&pcap);
     std::thread::sleep(Duration::from_millis(500));
+    // The open connections (FIN seen, within tcp_closed_s) say their context.
+    let o = conntrail(&["sessions", "--log", s(&log), "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let rows: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a session"))
+        .collect();
+    assert!(!rows.is_empty(), "no open connection listed");
+    assert!(rows.iter().all(|r| r["context"] == "lab"), "{rows:?}");
     running.stop();
     let lab_log: PathBuf = dir.join("lab.log");
     let kept = records(&lab_log);
@@ -358,6 +386,16 @@ fn a_live_run_writes_a_context_interface_to_its_own_log() {
     let got: BTreeSet<String> = kept.iter().map(endpoints).collect();
     assert_eq!(got, want);
     assert!(kept.iter().all(|r| r.context == 1));
+    let stats = conntrail(&["stats", s(&log)]);
+    assert!(
+        text(&stats.stdout).contains(&format!(
+            "context lab: {} records written to {}",
+            kept.len(),
+            lab_log.display()
+        )),
+        "{}",
+        text(&stats.stdout)
+    );
     assert!(records(&log).is_empty(), "nothing for the default context");
     drop(lab);
     std::fs::remove_dir_all(&dir).ok();
