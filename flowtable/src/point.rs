@@ -1,7 +1,7 @@
 //! Tracking points and the preallocated arena that holds each flow's trail.
 //!
-//! A point is 16 bytes: time offset from the flow start, kind, direction, severity and one
-//! argument. Each flow owns one fixed slot of the arena. When a trail outgrows its slot the
+//! A point is 16 bytes in a record: time offset from the flow start, kind, direction,
+//! severity and one argument; the arena packs it into 12. Each flow owns one fixed slot of the arena. When a trail outgrows its slot the
 //! first half of the slot keeps the start of the story and the second half becomes a ring of
 //! the most recent points; the number of points dropped in between is counted.
 
@@ -164,11 +164,64 @@ pub struct Trail {
     pub written: u32,
 }
 
+/// A point as the arena keeps it: 12 bytes, the time offset in 48 bits (78 hours; a point
+/// later than that in a longer connection says 78 hours), direction and severity in one byte.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Stored {
+    t_lo: u32,
+    t_hi: u16,
+    kind: PointKind,
+    /// Bit 0: direction; bits 1-2: severity.
+    dir_severity: u8,
+    arg: u32,
+}
+
+impl Stored {
+    const EMPTY: Stored = Stored::pack(Point::EMPTY);
+    const T_MAX: u64 = (1 << 48) - 1;
+
+    #[inline]
+    const fn pack(p: Point) -> Stored {
+        let t = if p.t_ns > Self::T_MAX {
+            Self::T_MAX
+        } else {
+            p.t_ns
+        };
+        Stored {
+            t_lo: t as u32,
+            t_hi: (t >> 32) as u16,
+            kind: p.kind,
+            dir_severity: p.dir as u8 | (p.severity as u8) << 1,
+            arg: p.arg,
+        }
+    }
+
+    #[inline]
+    fn unpack(self) -> Point {
+        Point {
+            t_ns: u64::from(self.t_hi) << 32 | u64::from(self.t_lo),
+            kind: self.kind,
+            dir: if self.dir_severity & 1 == 0 {
+                Dir::C2s
+            } else {
+                Dir::S2c
+            },
+            severity: match self.dir_severity >> 1 {
+                0 => Severity::Info,
+                1 => Severity::Warn,
+                _ => Severity::Error,
+            },
+            arg: self.arg,
+        }
+    }
+}
+
 /// The tracking-point arena: `slots` slots of `per_slot` points, allocated once.
 pub struct Arena {
     /// Reserved for every slot at start; initialised up to the highest slot written so far
     /// (slots are handed out in order), so unused capacity is never touched.
-    points: Vec<Point>,
+    points: Vec<Stored>,
     slots: usize,
     per_slot: usize,
 }
@@ -190,7 +243,7 @@ impl Arena {
 
     /// Bytes of memory this arena holds.
     pub fn bytes(&self) -> usize {
-        self.slots * self.per_slot * std::mem::size_of::<Point>()
+        self.slots * self.per_slot * std::mem::size_of::<Stored>()
     }
 
     fn head_len(&self) -> usize {
@@ -211,39 +264,34 @@ impl Arena {
         if base + self.per_slot > self.points.len() && (slot as usize) < self.slots {
             // First point of a slot past the initialised ones: within the reservation, so
             // this never allocates.
-            self.points.resize(base + self.per_slot, Point::EMPTY);
+            self.points.resize(base + self.per_slot, Stored::EMPTY);
         }
         if let Some(p) = self.points.get_mut(base + idx) {
-            *p = point;
+            *p = Stored::pack(point);
         }
         trail.written = trail.written.saturating_add(1);
     }
 
-    /// The points of `slot`'s trail in time order, as (head, tail-older, tail-newer) slices,
-    /// and the number dropped between head and tail.
-    pub fn trail(&self, slot: u32, trail: Trail) -> ([&[Point]; 3], u32) {
+    /// Copies `slot`'s trail into `out` in time order (the kept head, then the ring of the
+    /// most recent points from its oldest); returns the number of points dropped between.
+    pub fn copy_trail(&self, slot: u32, trail: Trail, out: &mut Vec<Point>) -> u32 {
+        out.clear();
         let base = slot as usize * self.per_slot;
         let all = self.points.get(base..base + self.per_slot).unwrap_or(&[]);
         let n = trail.written as usize;
+        let unpack = |s: &[Stored], out: &mut Vec<Point>| out.extend(s.iter().map(|p| p.unpack()));
         if n <= self.per_slot {
-            return ([all.get(..n).unwrap_or(&[]), &[], &[]], 0);
+            unpack(all.get(..n).unwrap_or(&[]), out);
+            return 0;
         }
         let head = self.head_len();
         let ring_len = self.per_slot - head;
         let start = (n - head) % ring_len;
-        let ring = &all[head..];
-        let dropped = (n - self.per_slot) as u32;
-        ([&all[..head], &ring[start..], &ring[..start]], dropped)
-    }
-
-    /// Copies `slot`'s trail into `out` in time order; returns the number of points dropped.
-    pub fn copy_trail(&self, slot: u32, trail: Trail, out: &mut Vec<Point>) -> u32 {
-        let (parts, dropped) = self.trail(slot, trail);
-        out.clear();
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-        dropped
+        let (kept, ring) = all.split_at(head.min(all.len()));
+        unpack(kept, out);
+        unpack(ring.get(start..).unwrap_or(&[]), out);
+        unpack(ring.get(..start).unwrap_or(&[]), out);
+        (n - self.per_slot) as u32
     }
 }
 
@@ -259,8 +307,32 @@ mod tests {
     }
 
     #[test]
-    fn point_is_16_bytes() {
+    fn points_are_16_bytes_and_12_in_the_arena() {
         assert_eq!(std::mem::size_of::<Point>(), 16);
+        assert_eq!(std::mem::size_of::<Stored>(), 12);
+    }
+
+    #[test]
+    fn stored_points_keep_every_field() {
+        for (t, dir, severity) in [
+            (0, Dir::C2s, Severity::Info),
+            (u64::from(u32::MAX) + 7, Dir::S2c, Severity::Warn),
+            (Stored::T_MAX, Dir::S2c, Severity::Error),
+        ] {
+            let p = Point {
+                t_ns: t,
+                kind: PointKind::TlsAlert,
+                dir,
+                severity,
+                arg: 0xdead_beef,
+            };
+            assert_eq!(Stored::pack(p).unpack(), p);
+        }
+        let late = Point {
+            t_ns: Stored::T_MAX + 1,
+            ..Point::EMPTY
+        };
+        assert_eq!(Stored::pack(late).unpack().t_ns, Stored::T_MAX);
     }
 
     #[test]

@@ -9,22 +9,26 @@
 
 use std::borrow::Cow;
 
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::config::{Config, Triggers};
 use crate::frag::FragTable;
 use crate::key::{FlowKey, KeyKind};
 use crate::packet::{tcp_flags, Packet, L4, MAX_VLANS};
 use crate::point::{Arena, Dir, Point, PointKind, Severity, Trail};
-use crate::record::{
-    Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto, Record,
-};
+use crate::record::Latency;
+use crate::record::{Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, Proto, Record};
 use crate::rules::{self, Events};
 use crate::tcp::{self, Segment, TcpDir};
 use crate::tls::{self, TlsEvent};
 use crate::wheel::{Due, Wheel};
 
+mod compact;
 mod view;
+
+use compact::{At, Letters, Marks, Span};
 pub use view::OpenFlow;
 
 /// Which records a table hands out.
@@ -53,10 +57,12 @@ enum Terminal {
     Open,
     Fin,
     /// First RST, by direction index.
-    Rst(u8),
+    Rst(bool),
 }
 
 const NS_PER_US: u64 = 1_000;
+/// No flow slot (the end of the free list).
+const NO_SLOT: u32 = u32::MAX;
 const DEFAULT_OOO_NS: u64 = 3_000_000;
 
 /// One tracked connection. Directions are indexed by the canonical key: 0 is `lo -> hi`.
@@ -69,12 +75,17 @@ struct Flow {
     deadline_ns: u64,
     stats: [DirStats; 2],
     tcp: [TcpDir; 2],
-    syn_ns: Option<u64>,
-    synack_ns: Option<u64>,
-    latency: Latency,
-    first_payload_ns: [Option<u64>; 2],
-    icmp_error_ns: Option<u64>,
-    history: History,
+    syn_ns: At,
+    synack_ns: At,
+    /// SYN-ACK to the client's first ACK. SYN to SYN-ACK follows from `syn_ns` and
+    /// `synack_ns` with a bit of `events`.
+    synack_ack: Span,
+    max_stall: Span,
+    /// The time of the first payload of the direction that sent one first; once the other
+    /// answered, the time to the first response byte if it did (`events` bit `TTFB`).
+    first_payload: At,
+    icmp_error_ns: At,
+    history: Letters,
     trail: Trail,
     events: Events,
     vlans: [u16; MAX_VLANS],
@@ -84,9 +95,6 @@ struct Flow {
     client_dir: u8,
     orient: Orient,
     terminal: Terminal,
-    /// A SYN or SYN-ACK came after the terminal event: the connection lives on (a client
-    /// that retransmits its SYN after resetting a stray ACK, say), so it ages as an open one.
-    reopened: bool,
     proto: Proto,
     ip_version: u8,
     icmp_type_code: u16,
@@ -94,9 +102,11 @@ struct Flow {
     triggers_idx: u8,
     /// Its context (0: default), chosen from its first packet.
     context: u16,
-    /// A runtime watch matched at its start: keep its record whatever its outcome.
-    user: bool,
-    in_use: bool,
+    /// In use; `user` (a runtime watch matched at its start: keep its record whatever its
+    /// outcome); reopened (a SYN or SYN-ACK came after the terminal event: the connection
+    /// lives on, as a client that retransmits its SYN after resetting a stray ACK, so it
+    /// ages as an open one); which directions sent payload.
+    marks: Marks,
 }
 
 impl Flow {
@@ -116,12 +126,13 @@ impl Flow {
             deadline_ns: 0,
             stats: [DirStats::default(); 2],
             tcp: [TcpDir::default(); 2],
-            syn_ns: None,
-            synack_ns: None,
-            latency: Latency::default(),
-            first_payload_ns: [None; 2],
-            icmp_error_ns: None,
-            history: History::default(),
+            syn_ns: At::NEVER,
+            synack_ns: At::NEVER,
+            synack_ack: Span::NONE,
+            max_stall: Span::NONE,
+            first_payload: At::NEVER,
+            icmp_error_ns: At::NEVER,
+            history: Letters::default(),
             trail: Trail::default(),
             events: Events::default(),
             vlans: [0; MAX_VLANS],
@@ -130,15 +141,59 @@ impl Flow {
             client_dir: 0,
             orient: Orient::FirstPacket,
             terminal: Terminal::Open,
-            reopened: false,
             proto: Proto::Udp,
             ip_version: 4,
             icmp_type_code: 0,
             triggers_idx: 0,
             context: 0,
-            user: false,
-            in_use: false,
+            marks: Marks::default(),
         }
+    }
+
+    fn latency(&self) -> Latency {
+        let since = |later: At, earlier: At| match (later.get(), earlier.get()) {
+            (Some(l), Some(e)) => Some(l.saturating_sub(e)),
+            _ => None,
+        };
+        Latency {
+            syn_synack_ns: if self.events.has(SYN_SYNACK) {
+                since(self.synack_ns, self.syn_ns)
+            } else {
+                None
+            },
+            synack_ack_ns: self.synack_ack.get(),
+            ttfb_ns: self
+                .events
+                .has(TTFB)
+                .then(|| self.first_payload.get())
+                .flatten(),
+            max_stall_ns: self.max_stall.get(),
+        }
+    }
+
+    /// Notes the first payload of direction `d`, at `ts_ns`: `None` when it is not the
+    /// first, else the time to the first response byte when this one is it.
+    fn first_payload_at(&mut self, d: usize, ts_ns: u64) -> Option<Option<u64>> {
+        let (mine, other) = (Marks::FIRST_DATA << d, Marks::FIRST_DATA << (1 - d));
+        if self.marks.has(mine) {
+            return None;
+        }
+        self.marks.set(mine, true);
+        if !self.marks.has(other) {
+            self.first_payload = At::of(ts_ns);
+            return Some(None);
+        }
+        if self.is_client(d) {
+            return Some(None);
+        }
+        let ttfb = self.first_payload.get().map(|c| ts_ns.saturating_sub(c));
+        self.first_payload = At::from(ttfb);
+        self.events.set(TTFB);
+        Some(ttfb)
+    }
+
+    fn in_use(&self) -> bool {
+        self.marks.has(Marks::IN_USE)
     }
 
     fn dir_of(&self, d: usize) -> Dir {
@@ -180,18 +235,21 @@ pub struct TableCounters {
 
 /// The flow table of one worker.
 pub struct FlowTable {
-    map: HashMap<FlowKey, u32>,
+    /// Slot indexes of the open flows, found by the hash of their key (the keys themselves
+    /// live in the flow slots: 4 bytes per bucket instead of key and index).
+    map: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     /// Flow slots, reserved for the full capacity at start and initialised the first time
     /// each is used (so untouched capacity costs no page faults and no start-up time).
     flows: Vec<Flow>,
     /// The configured capacity: `flows` never grows past it.
     capacity: usize,
-    /// Slots freed by closed flows, reused before never-used ones.
-    free: Vec<u32>,
+    /// The last slot freed by a closed flow (or `NO_SLOT`): freed slots are reused, last
+    /// first, before never-used ones; each free slot's `deadline_ns` holds the next.
+    free: u32,
     arena: Arena,
     wheel: Wheel,
     frags: FragTable,
-    expired: Vec<u32>,
     scratch_points: Vec<Point>,
     cfg: Config,
     /// The interface the packets come in on now (an id of [`Config::interface_id`]).
@@ -231,14 +289,14 @@ impl FlowTable {
         let per_slot = cfg.table.points_per_flow as usize;
         let t = &cfg.timeouts;
         FlowTable {
-            map: HashMap::with_capacity(cap),
+            map: HashTable::with_capacity(cap),
+            hasher: DefaultHashBuilder::default(),
             flows: Vec::with_capacity(cap),
             capacity: cap,
-            free: Vec::with_capacity(cap),
+            free: NO_SLOT,
             arena: Arena::new(cap, per_slot),
             wheel: Wheel::new(cap, WHEEL_SLOTS, WHEEL_TICK_NS),
             frags: FragTable::new(cfg.table.fragments as usize, secs_to_ns(t.fragment_s)),
-            expired: Vec::with_capacity(cap),
             scratch_points: Vec::with_capacity(per_slot.max(2) + 1),
             timeouts_ns: TimeoutsNs {
                 tcp_syn: secs_to_ns(t.tcp_syn_s),
@@ -291,8 +349,7 @@ impl FlowTable {
         let bytes = std::mem::size_of::<Flow>() * self.flows.capacity()
             + self.arena.bytes()
             + self.map.allocation_size()
-            + self.wheel.bytes()
-            + std::mem::size_of::<u32>() * (self.free.capacity() + self.expired.capacity());
+            + self.wheel.bytes();
         bytes / self.capacity.max(1)
     }
 
@@ -327,7 +384,7 @@ impl FlowTable {
     /// Closes every open flow with reason `shutdown` (or the reason it already had).
     pub fn shutdown<F: FnMut(&Record<'_>)>(&mut self, emit: &mut F) {
         for idx in 0..self.flows.len() as u32 {
-            if self.flows[idx as usize].in_use {
+            if self.flows[idx as usize].in_use() {
                 self.close(idx, CloseReason::Shutdown, emit);
             }
         }
@@ -335,17 +392,15 @@ impl FlowTable {
 
     fn expire<F: FnMut(&Record<'_>)>(&mut self, now_ns: u64, emit: &mut F) {
         let flows = &self.flows;
-        let expired = &mut self.expired;
         self.wheel.advance(now_ns, |idx, horizon| {
             let deadline = flows[idx as usize].deadline_ns;
             if deadline < horizon {
-                expired.push(idx);
                 Due::Expire
             } else {
                 Due::Later(deadline)
             }
         });
-        while let Some(idx) = self.expired.pop() {
+        while let Some(idx) = self.wheel.pop_expired() {
             self.close(idx, CloseReason::AgedOut, emit);
         }
     }
@@ -368,7 +423,7 @@ impl FlowTable {
         {
             let (key, _) =
                 FlowKey::from_endpoints(q.proto, q.src, q.sport, q.dst, q.dport, KeyKind::Ports);
-            if let Some(&idx) = self.map.get(&key) {
+            if let Some(idx) = self.find(self.hasher.hash_one(key), &key) {
                 self.icmp_error(idx, pkt, ts_ns, v6, icmp_type, code);
                 return;
             }
@@ -378,20 +433,21 @@ impl FlowTable {
             return;
         };
         let d = usize::from(!src_is_lo);
-        let idx = match self.map.get(&key) {
-            Some(&idx) => {
+        let hash = self.hasher.hash_one(key);
+        let idx = match self.find(hash, &key) {
+            Some(idx) => {
                 if self.is_new_connection(idx, d, pkt) {
                     let reason = match self.flows[idx as usize].terminal {
                         Terminal::Open => CloseReason::TcpReuse,
                         _ => CloseReason::TcpFin,
                     };
                     self.close(idx, reason, emit);
-                    self.create(key, d, pkt, ts_ns, emit)
+                    self.create(key, hash, d, pkt, ts_ns, emit)
                 } else {
                     idx
                 }
             }
-            None => self.create(key, d, pkt, ts_ns, emit),
+            None => self.create(key, hash, d, pkt, ts_ns, emit),
         };
         self.update(idx, d, pkt, ts_ns, frame_len, fragmented);
     }
@@ -410,15 +466,33 @@ impl FlowTable {
             .is_some_and(|base| base != seq)
     }
 
+    /// A slot freed by a closed flow, if there is one.
+    fn take_free(&mut self) -> Option<u32> {
+        let idx = self.free;
+        let next = self.flows.get(idx as usize)?.deadline_ns;
+        self.free = u32::try_from(next).unwrap_or(NO_SLOT);
+        Some(idx)
+    }
+
+    /// The slot of the open flow with `key`, whose hash is `hash`.
+    #[inline]
+    fn find(&self, hash: u64, key: &FlowKey) -> Option<u32> {
+        let flows = &self.flows;
+        self.map
+            .find(hash, |&idx| flows[idx as usize].key == *key)
+            .copied()
+    }
+
     fn create<F: FnMut(&Record<'_>)>(
         &mut self,
         key: FlowKey,
+        hash: u64,
         d: usize,
         pkt: &Packet<'_>,
         ts_ns: u64,
         emit: &mut F,
     ) -> u32 {
-        let idx = match self.free.pop() {
+        let idx = match self.take_free() {
             Some(idx) => idx,
             None if self.flows.len() < self.capacity => {
                 self.flows.push(Flow::empty());
@@ -443,7 +517,7 @@ impl FlowTable {
                     },
                 );
                 self.close(victim, CloseReason::ResourceLimit, emit);
-                self.free.pop().unwrap_or(victim)
+                self.take_free().unwrap_or(victim)
             }
         };
         self.counters.flows_created += 1;
@@ -486,7 +560,7 @@ impl FlowTable {
             proto,
             ip_version: pkt.ip_version,
             icmp_type_code,
-            in_use: true,
+            marks: Marks::IN_USE_ONLY,
             ..Flow::empty()
         };
         if !self.cfg.contexts.is_empty() {
@@ -495,7 +569,9 @@ impl FlowTable {
                 .context_of(self.interface, (vlan_count > 0).then_some(vlans[0]));
         }
         f.triggers_idx = triggers_index(&self.cfg, f);
-        self.map.insert(key, idx);
+        let (flows, hasher) = (&self.flows, &self.hasher);
+        self.map
+            .insert_unique(hash, idx, |&i| hasher.hash_one(flows[i as usize].key));
         self.newest = idx;
         self.wheel
             .schedule(idx, ts_ns.saturating_add(self.timeouts_ns.tcp_closed));
@@ -544,8 +620,8 @@ impl FlowTable {
             let f = &mut self.flows[idx as usize];
             if !first_packet && f.proto == Proto::Tcp && f.terminal == Terminal::Open {
                 let gap = ts_ns.saturating_sub(f.last_ns);
-                if f.latency.max_stall_ns.is_none_or(|m| gap > m) {
-                    f.latency.max_stall_ns = Some(gap);
+                if f.max_stall.get().is_none_or(|m| gap > m) {
+                    f.max_stall = Span::of(gap);
                 }
             }
             f.last_ns = f.last_ns.max(ts_ns);
@@ -633,20 +709,9 @@ impl FlowTable {
     /// First packet of a direction of a UDP/ICMP flow: one point, and the time to the first
     /// answer.
     fn first_payload(&mut self, idx: u32, d: usize, ts_ns: u64, kind: PointKind) {
-        let f = &mut self.flows[idx as usize];
-        if f.first_payload_ns[d].is_some() {
-            return;
+        if let Some(ttfb) = self.flows[idx as usize].first_payload_at(d, ts_ns) {
+            self.point(idx, d, ts_ns, kind, Severity::Info, ttfb.map_or(0, us));
         }
-        f.first_payload_ns[d] = Some(ts_ns);
-        let mut arg = 0;
-        if !f.is_client(d) {
-            if let Some(c) = f.first_payload_ns[1 - d] {
-                let ttfb = ts_ns.saturating_sub(c);
-                f.latency.ttfb_ns = Some(ttfb);
-                arg = us(ttfb);
-            }
-        }
-        self.point(idx, d, ts_ns, kind, Severity::Info, arg);
     }
 
     fn tcp_segment(&mut self, idx: u32, d: usize, seg: &Segment, payload: &[u8], ts_ns: u64) {
@@ -676,7 +741,7 @@ impl FlowTable {
         let prior_syns = self.flows[idx as usize].tcp[d].syns;
         let ooo_ns = {
             let f = &self.flows[idx as usize];
-            match (f.syn_ns, f.latency.synack_ack_ns, f.synack_ns) {
+            match (f.syn_ns.get(), f.synack_ack.get(), f.synack_ns.get()) {
                 (Some(s), Some(a), Some(sa)) => (sa + a).saturating_sub(s).max(1),
                 _ => DEFAULT_OOO_NS,
             }
@@ -690,8 +755,8 @@ impl FlowTable {
             let f = &mut self.flows[idx as usize];
             f.events.set(Events::CLIENT_SYN);
             if f.syn_ns.is_none() {
-                f.syn_ns = Some(ts_ns);
-                f.history.push(b'S');
+                f.syn_ns = At::of(ts_ns);
+                f.history.push_once(b'S');
                 self.point(idx, d, ts_ns, PointKind::Syn, Severity::Info, 0);
             } else if prior_syns > 0 {
                 f.events.set(Events::SYN_RETRANSMIT);
@@ -707,10 +772,12 @@ impl FlowTable {
         } else if syn && ack && !is_client {
             let f = &mut self.flows[idx as usize];
             if f.synack_ns.is_none() {
-                f.synack_ns = Some(ts_ns);
-                f.history.push(b'h');
-                let lat = f.syn_ns.map(|s| ts_ns.saturating_sub(s));
-                f.latency.syn_synack_ns = lat;
+                f.synack_ns = At::of(ts_ns);
+                f.history.push_once(b'h');
+                let lat = f.syn_ns.get().map(|s| ts_ns.saturating_sub(s));
+                if lat.is_some() {
+                    f.events.set(SYN_SYNACK);
+                }
                 self.point(
                     idx,
                     d,
@@ -723,9 +790,9 @@ impl FlowTable {
             }
         } else if ack && !syn && !rst && is_client {
             let f = &mut self.flows[idx as usize];
-            if let (Some(sa), None) = (f.synack_ns, f.latency.synack_ack_ns) {
+            if let (Some(sa), true) = (f.synack_ns.get(), f.synack_ack.is_none()) {
                 let lat = ts_ns.saturating_sub(sa);
-                f.latency.synack_ack_ns = Some(lat);
+                f.synack_ack = Span::of(lat);
                 self.point(
                     idx,
                     d,
@@ -847,12 +914,12 @@ impl FlowTable {
         }
         let f = &mut self.flows[idx as usize];
         if syn && f.terminal != Terminal::Open {
-            f.reopened = true;
+            f.marks.set(Marks::REOPENED, true);
         }
         if rst {
-            f.reopened = false;
+            f.marks.set(Marks::REOPENED, false);
             if f.terminal == Terminal::Open {
-                f.terminal = Terminal::Rst(d as u8);
+                f.terminal = Terminal::Rst(d == 1);
             }
             self.point(idx, d, ts_ns, PointKind::Rst, Severity::Error, 0);
         } else if f.terminal == Terminal::Open && f.tcp[0].fin_seen() && f.tcp[1].fin_seen() {
@@ -868,17 +935,8 @@ impl FlowTable {
         ts_ns: u64,
         lat_t: &crate::config::LatencyTriggers,
     ) {
-        let first = self.flows[idx as usize].first_payload_ns[d].is_none();
-        if first {
-            let f = &mut self.flows[idx as usize];
-            f.first_payload_ns[d] = Some(ts_ns);
-            let mut ttfb = None;
-            if !f.is_client(d) {
-                if let Some(c) = f.first_payload_ns[1 - d] {
-                    ttfb = Some(ts_ns.saturating_sub(c));
-                    f.latency.ttfb_ns = ttfb;
-                }
-            }
+        let first = self.flows[idx as usize].first_payload_at(d, ts_ns);
+        if let Some(ttfb) = first {
             self.point(
                 idx,
                 d,
@@ -890,7 +948,7 @@ impl FlowTable {
             self.threshold(idx, d, ts_ns, ttfb, lat_t.ttfb_ms);
         }
         match tls::inspect(payload) {
-            Some(TlsEvent::ClientHello { sni_hash }) if first => {
+            Some(TlsEvent::ClientHello { sni_hash }) if first.is_some() => {
                 self.point(
                     idx,
                     d,
@@ -900,7 +958,7 @@ impl FlowTable {
                     sni_hash,
                 );
             }
-            Some(TlsEvent::ServerHello { version }) if first => {
+            Some(TlsEvent::ServerHello { version }) if first.is_some() => {
                 self.point(
                     idx,
                     d,
@@ -972,7 +1030,7 @@ impl FlowTable {
         if frag_needed {
             f.events.set(Events::FRAG_NEEDED);
         }
-        f.icmp_error_ns = Some(ts_ns);
+        f.icmp_error_ns = At::of(ts_ns);
         let arg = u32::from(icmp_type) << 8 | u32::from(code);
         // The error travels towards the sender of the quoted packet.
         let d = usize::from(pkt.dst != f.key.hi_ip);
@@ -983,26 +1041,27 @@ impl FlowTable {
         let Some(f) = self.flows.get_mut(idx as usize) else {
             return;
         };
-        if !f.in_use {
+        if !f.in_use() {
             return;
         }
-        f.in_use = false;
+        f.marks.set(Marks::IN_USE, false);
         let f = &self.flows[idx as usize];
         let client = usize::from(f.client_dir);
         let server = 1 - client;
         let close_reason = match f.terminal {
             Terminal::Fin => CloseReason::TcpFin,
-            Terminal::Rst(d) if usize::from(d) == client => CloseReason::TcpRstClient,
+            Terminal::Rst(d1) if usize::from(d1) == client => CloseReason::TcpRstClient,
             Terminal::Rst(_) => CloseReason::TcpRstServer,
-            Terminal::Open => match (cause, f.icmp_error_ns) {
+            Terminal::Open => match (cause, f.icmp_error_ns.get()) {
                 (CloseReason::AgedOut | CloseReason::Shutdown, Some(t)) if t >= f.last_ns => {
                     CloseReason::IcmpError
                 }
                 _ => cause,
             },
         };
+        let history = f.history.history();
         let conn_state = if f.proto == Proto::Tcp {
-            let syn_then_rst = syn_then_client_rst(f.history.as_str());
+            let syn_then_rst = syn_then_client_rst(history.as_str());
             tcp::conn_state(
                 f.tcp[client].state,
                 f.tcp[server].state,
@@ -1067,10 +1126,10 @@ impl FlowTable {
             s2c: f.stats[server],
             close_reason,
             conn_state,
-            history: f.history,
+            history,
             flags: Flags::default(),
             irregular_point: None,
-            latency: f.latency,
+            latency: f.latency(),
             points: Cow::Borrowed(&self.scratch_points),
             points_dropped: dropped,
             icmp_type_code: f.icmp_type_code,
@@ -1088,7 +1147,7 @@ impl FlowTable {
         if self.mode == RecordMode::All {
             rec.flags.insert(Flags::ALL);
         }
-        if f.user {
+        if f.marks.has(Marks::USER) {
             rec.flags.insert(Flags::USER);
         }
         if let Some(i) = CloseReason::ALL.iter().position(|r| *r == close_reason) {
@@ -1098,13 +1157,20 @@ impl FlowTable {
             self.counters.records_emitted += 1;
             emit(&rec);
         }
-        let key = f.key;
-        self.map.remove(&key);
+        let hash = self.hasher.hash_one(f.key);
+        if let Ok(entry) = self.map.find_entry(hash, |&i| i == idx) {
+            entry.remove();
+        }
         self.wheel.cancel(idx);
-        self.free.push(idx);
+        self.flows[idx as usize].deadline_ns = u64::from(self.free);
+        self.free = idx;
     }
 }
 
+/// `syn_ns` came before the SYN-ACK: SYN to SYN-ACK is `synack_ns - syn_ns`.
+const SYN_SYNACK: u16 = 1 << 11;
+/// The server answered the client's first byte: `first_payload` holds the time to it.
+const TTFB: u16 = 1 << 12;
 const FIN_C: u16 = 1 << 14;
 const FIN_S: u16 = 1 << 15;
 
@@ -1134,9 +1200,9 @@ fn syn_then_client_rst(history: &str) -> bool {
     false
 }
 
-fn push_history_once(h: &mut History, letter: u8, cond: bool) {
-    if cond && !h.contains(letter) {
-        h.push(letter);
+fn push_history_once(h: &mut Letters, letter: u8, cond: bool) {
+    if cond {
+        h.push_once(letter);
     }
 }
 
@@ -1150,11 +1216,11 @@ fn timeout_of(f: &Flow, t: &TimeoutsNs) -> u64 {
         Proto::Icmp => t.icmp,
         Proto::Tcp => {
             let both_fins = f.tcp[0].fin_seen() && f.tcp[1].fin_seen();
-            if f.terminal != Terminal::Open && (!f.reopened || both_fins) {
+            if f.terminal != Terminal::Open && (!f.marks.has(Marks::REOPENED) || both_fins) {
                 t.tcp_closed
             } else if f.tcp[0].fin_seen() || f.tcp[1].fin_seen() {
                 t.tcp_closing
-            } else if f.synack_ns.is_some() && f.latency.synack_ack_ns.is_some()
+            } else if f.synack_ns.is_some() && f.synack_ack.is_some()
                 || f.orient == Orient::FirstPacket
             {
                 t.tcp_established
@@ -1197,10 +1263,19 @@ mod tests {
         let small = FlowTable::new(&cfg, 0).bytes_per_flow();
         cfg.table.points_per_flow = 24;
         let big = FlowTable::new(&cfg, 0).bytes_per_flow();
-        // 16 more points of 16 bytes per slot.
-        assert_eq!(big - small, 16 * 16);
-        // The hash table holds a key per bucket, and more buckets than slots.
-        assert!(small > std::mem::size_of::<Flow>() + 8 * 16 + std::mem::size_of::<FlowKey>());
+        // 16 more points of 12 bytes per slot.
+        assert_eq!(big - small, 16 * 12);
+        // The wheel holds two links per slot and per wheel slot; the hash table a slot
+        // index and a control byte per bucket, with two buckets per slot at this capacity.
+        let wheel = (1024 + WHEEL_SLOTS + 1) * 8 / 1024;
+        let parts = std::mem::size_of::<Flow>() + 8 * 12 + wheel;
+        assert_eq!(small - parts, 2 * (4 + 1), "{small} vs {parts}");
+    }
+
+    #[test]
+    fn default_table_keeps_a_connection_in_512_bytes() {
+        let bytes = FlowTable::new(&Config::default(), 0).bytes_per_flow();
+        assert!(bytes <= 512, "{bytes} bytes per connection");
     }
 
     #[test]

@@ -10,25 +10,34 @@
 
 const NIL: u32 = u32::MAX;
 
+/// Links of an entry on its slot's circular list (both NIL when it is on none). Each slot
+/// and the expired stack have a sentinel node after the entries, so an entry needs no
+/// field saying which list it is on.
 #[derive(Clone, Copy)]
 struct Link {
     prev: u32,
     next: u32,
-    /// Slot the entry is linked into, or NIL.
-    slot: u32,
 }
+
+const UNLINKED: Link = Link {
+    prev: NIL,
+    next: NIL,
+};
 
 /// What the owner says about an entry whose slot came due.
 pub enum Due {
-    /// Expire it: it is unlinked, the owner closes the flow.
+    /// Expire it: it moves to the expired stack ([`Wheel::pop_expired`]), where the owner
+    /// takes it to close the flow.
     Expire,
     /// Its deadline moved to this time: it is linked into that slot.
     Later(u64),
 }
 
 pub struct Wheel {
-    heads: Box<[u32]>,
+    /// Entries `0..capacity`, then one sentinel per slot, then the expired stack's.
     links: Box<[Link]>,
+    capacity: u32,
+    slots: u32,
     tick_ns: u64,
     /// Ticks strictly below this have been processed.
     current_tick: u64,
@@ -40,26 +49,42 @@ impl Wheel {
     /// of two) of `tick_ns` each.
     pub fn new(capacity: usize, slots: usize, tick_ns: u64) -> Wheel {
         let slots = slots.next_power_of_two().max(2);
+        let capacity = capacity.min(NIL as usize - slots - 1);
+        let mut links = vec![UNLINKED; capacity + slots + 1].into_boxed_slice();
+        for (s, l) in links.iter_mut().enumerate().skip(capacity) {
+            *l = Link {
+                prev: s as u32,
+                next: s as u32,
+            };
+        }
         Wheel {
-            heads: vec![NIL; slots].into_boxed_slice(),
-            links: vec![
-                Link {
-                    prev: NIL,
-                    next: NIL,
-                    slot: NIL,
-                };
-                capacity
-            ]
-            .into_boxed_slice(),
+            links,
+            capacity: capacity as u32,
+            slots: slots as u32,
             tick_ns: tick_ns.max(1),
             current_tick: 0,
             started: false,
         }
     }
 
-    fn slot_of(&self, deadline_ns: u64) -> u32 {
+    fn sentinel_of(&self, deadline_ns: u64) -> u32 {
         let tick = (deadline_ns / self.tick_ns).max(self.current_tick);
-        (tick & (self.heads.len() as u64 - 1)) as u32
+        self.capacity + (tick & u64::from(self.slots - 1)) as u32
+    }
+
+    fn expired_sentinel(&self) -> u32 {
+        self.capacity + self.slots
+    }
+
+    /// Links `idx` right after sentinel `s`.
+    fn push_front(&mut self, s: u32, idx: u32) {
+        let first = self.links[s as usize].next;
+        self.links[idx as usize] = Link {
+            prev: s,
+            next: first,
+        };
+        self.links[first as usize].prev = idx;
+        self.links[s as usize].next = idx;
     }
 
     /// Links entry `idx` into the slot of `deadline_ns` (it must not be linked already).
@@ -68,44 +93,24 @@ impl Wheel {
             self.current_tick = deadline_ns / self.tick_ns;
             self.started = true;
         }
-        let slot = self.slot_of(deadline_ns);
-        let head = self.heads[slot as usize];
-        if let Some(l) = self.links.get_mut(idx as usize) {
-            *l = Link {
-                prev: NIL,
-                next: head,
-                slot,
-            };
-        } else {
-            return;
+        if idx < self.capacity {
+            let s = self.sentinel_of(deadline_ns);
+            self.push_front(s, idx);
         }
-        if head != NIL {
-            self.links[head as usize].prev = idx;
-        }
-        self.heads[slot as usize] = idx;
     }
 
-    /// Unlinks entry `idx` if it is linked.
+    /// Unlinks entry `idx` if it is linked (on a slot or on the expired stack).
     pub fn cancel(&mut self, idx: u32) {
-        let Some(&Link { prev, next, slot }) = self.links.get(idx as usize) else {
-            return;
-        };
-        if slot == NIL {
+        if idx >= self.capacity {
             return;
         }
+        let Link { prev, next } = self.links[idx as usize];
         if prev == NIL {
-            self.heads[slot as usize] = next;
-        } else {
-            self.links[prev as usize].next = next;
+            return;
         }
-        if next != NIL {
-            self.links[next as usize].prev = prev;
-        }
-        self.links[idx as usize] = Link {
-            prev: NIL,
-            next: NIL,
-            slot: NIL,
-        };
+        self.links[prev as usize].next = next;
+        self.links[next as usize].prev = prev;
+        self.links[idx as usize] = UNLINKED;
     }
 
     /// Moves time forward to `now_ns` and offers every entry of each tick that has fully
@@ -122,24 +127,23 @@ impl Wheel {
             return;
         }
         let expire_before = now_tick * self.tick_ns;
-        let slots = self.heads.len() as u64;
+        let slots = u64::from(self.slots);
         let steps = (now_tick - self.current_tick).min(slots);
         let first = self.current_tick;
+        let expired = self.expired_sentinel();
         // Rescheduled entries land at or after `now_tick`, never in a slot still to visit
         // in this call (at most one revolution is visited).
         self.current_tick = now_tick;
         for t in first..first + steps {
-            let slot = (t & (slots - 1)) as usize;
-            let mut idx = std::mem::replace(&mut self.heads[slot], NIL);
-            while idx != NIL {
+            let s = self.capacity + (t & (slots - 1)) as u32;
+            // Detach the slot's list, then walk it to its end (the sentinel).
+            let mut idx = self.links[s as usize].next;
+            self.links[s as usize] = Link { prev: s, next: s };
+            while idx != s {
                 let next = self.links[idx as usize].next;
-                self.links[idx as usize] = Link {
-                    prev: NIL,
-                    next: NIL,
-                    slot: NIL,
-                };
+                self.links[idx as usize] = UNLINKED;
                 match due(idx, expire_before) {
-                    Due::Expire => {}
+                    Due::Expire => self.push_front(expired, idx),
                     Due::Later(deadline) if deadline < expire_before => {
                         // Overdue but the owner keeps it: look again next tick.
                         self.schedule(idx, expire_before);
@@ -151,23 +155,35 @@ impl Wheel {
         }
     }
 
-    /// The entry that is due soonest (the head of the first non-empty slot from now on),
+    /// Takes the entry expired last by [`Wheel::advance`], if any is left.
+    pub fn pop_expired(&mut self) -> Option<u32> {
+        let s = self.expired_sentinel();
+        let idx = self.links[s as usize].next;
+        (idx != s).then(|| {
+            self.cancel(idx);
+            idx
+        })
+    }
+
+    /// The entry that is due soonest (the newest of the first non-empty slot from now on),
     /// for eviction under pressure. Visits at most one revolution of slots.
     pub fn soonest(&self) -> Option<u32> {
-        let slots = self.heads.len() as u64;
+        let slots = u64::from(self.slots);
         (0..slots)
-            .map(|i| self.heads[((self.current_tick + i) & (slots - 1)) as usize])
-            .find(|&h| h != NIL)
+            .map(|i| self.capacity + ((self.current_tick + i) & (slots - 1)) as u32)
+            .map(|s| (s, self.links[s as usize].next))
+            .find(|&(s, first)| first != s)
+            .map(|(_, first)| first)
     }
 
-    /// Is entry `idx` linked?
-    /// Bytes this wheel holds (slot heads and per-entry links).
+    /// Bytes this wheel holds (per-entry links and the sentinels).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.heads) + std::mem::size_of_val(&*self.links)
+        std::mem::size_of_val(&*self.links)
     }
 
+    /// Is entry `idx` linked (on a slot or on the expired stack)?
     pub fn is_scheduled(&self, idx: u32) -> bool {
-        self.links.get(idx as usize).is_some_and(|l| l.slot != NIL)
+        idx < self.capacity && self.links[idx as usize].prev != NIL
     }
 }
 
@@ -191,6 +207,9 @@ mod tests {
             });
         }
         assert_eq!(fired, vec![(6, 1)]);
+        assert!(w.is_scheduled(1), "on the expired stack");
+        assert_eq!(w.pop_expired(), Some(1));
+        assert_eq!(w.pop_expired(), None);
         assert!(!w.is_scheduled(1));
     }
 

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use super::{syn_then_client_rst, FlowTable, Orient};
+use super::{syn_then_client_rst, FlowTable, Marks, Orient};
 use crate::config::Config;
 use crate::key::KeyKind;
 use crate::packet::MAX_VLANS;
@@ -91,8 +91,8 @@ impl FlowTable {
     /// Marks the connection created last `user`: its record is kept whatever its outcome.
     pub fn mark_newest_user(&mut self) {
         if let Some(f) = self.flows.get_mut(self.newest as usize) {
-            if f.in_use {
-                f.user = true;
+            if f.in_use() {
+                f.marks.set(Marks::USER, true);
             }
         }
     }
@@ -106,7 +106,7 @@ impl FlowTable {
     /// The open connection `id` and its tracking points so far (into `points`, in time
     /// order), with the number of points dropped from the middle of its trail.
     pub fn open_flow_by_id(&self, id: u64, points: &mut Vec<Point>) -> Option<(OpenFlow, u32)> {
-        let idx = self.flows.iter().position(|f| f.in_use && f.id == id)?;
+        let idx = self.flows.iter().position(|f| f.in_use() && f.id == id)?;
         let idx = u32::try_from(idx).ok()?;
         let f = &self.flows[idx as usize];
         let dropped = self.arena.copy_trail(idx, f.trail, points);
@@ -127,7 +127,7 @@ impl FlowTable {
     }
 
     fn open_flow(&self, idx: u32) -> Option<OpenFlow> {
-        let f = self.flows.get(idx as usize).filter(|f| f.in_use)?;
+        let f = self.flows.get(idx as usize).filter(|f| f.in_use())?;
         let client = usize::from(f.client_dir);
         let server = 1 - client;
         let lo = Endpoint {
@@ -149,7 +149,7 @@ impl FlowTable {
                 f.tcp[server].state,
                 f.stats[client].payload,
                 f.stats[server].payload,
-                syn_then_client_rst(f.history.as_str()),
+                syn_then_client_rst(f.history.history().as_str()),
             )
         } else {
             ConnState::None
@@ -168,9 +168,9 @@ impl FlowTable {
             c2s: f.stats[client],
             s2c: f.stats[server],
             conn_state,
-            history: f.history,
-            latency: f.latency,
-            user: f.user,
+            history: f.history.history(),
+            latency: f.latency(),
+            user: f.marks.has(Marks::USER),
             context: f.context,
         })
     }
