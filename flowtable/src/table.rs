@@ -392,7 +392,7 @@ impl FlowTable {
 
     fn expire<F: FnMut(&Record<'_>)>(&mut self, now_ns: u64, emit: &mut F) {
         let flows = &self.flows;
-        self.wheel.advance(now_ns, |idx, horizon| {
+        let any = self.wheel.advance(now_ns, |idx, horizon| {
             let deadline = flows[idx as usize].deadline_ns;
             if deadline < horizon {
                 Due::Expire
@@ -400,6 +400,9 @@ impl FlowTable {
                 Due::Later(deadline)
             }
         });
+        if !any {
+            return;
+        }
         while let Some(idx) = self.wheel.pop_expired() {
             self.close(idx, CloseReason::AgedOut, emit);
         }

@@ -115,17 +115,18 @@ impl Wheel {
 
     /// Moves time forward to `now_ns` and offers every entry of each tick that has fully
     /// passed to `due(idx, horizon_ns)`: an entry whose deadline is before `horizon_ns` is
-    /// due. Cheap when no tick boundary was crossed.
-    pub fn advance(&mut self, now_ns: u64, mut due: impl FnMut(u32, u64) -> Due) {
+    /// due. Cheap when no tick boundary was crossed. Says whether any entry expired.
+    pub fn advance(&mut self, now_ns: u64, mut due: impl FnMut(u32, u64) -> Due) -> bool {
         let now_tick = now_ns / self.tick_ns;
         if !self.started {
             self.current_tick = now_tick;
             self.started = true;
-            return;
+            return false;
         }
         if now_tick <= self.current_tick {
-            return;
+            return false;
         }
+        let mut any = false;
         let expire_before = now_tick * self.tick_ns;
         let slots = u64::from(self.slots);
         let steps = (now_tick - self.current_tick).min(slots);
@@ -143,7 +144,10 @@ impl Wheel {
                 let next = self.links[idx as usize].next;
                 self.links[idx as usize] = UNLINKED;
                 match due(idx, expire_before) {
-                    Due::Expire => self.push_front(expired, idx),
+                    Due::Expire => {
+                        self.push_front(expired, idx);
+                        any = true;
+                    }
                     Due::Later(deadline) if deadline < expire_before => {
                         // Overdue but the owner keeps it: look again next tick.
                         self.schedule(idx, expire_before);
@@ -153,6 +157,7 @@ impl Wheel {
                 idx = next;
             }
         }
+        any
     }
 
     /// Takes the entry expired last by [`Wheel::advance`], if any is left.
