@@ -2,8 +2,8 @@
 //! `conntrail synth` capture (20 k packets, 2 000 concurrent flows, a fifth anomalous):
 //!
 //! - `parse`: link, IP and transport headers of every frame;
-//! - `key_hash_lookup`: canonical flow key, hash, and find-or-insert in a hash map sized
-//!   like a worker's table;
+//! - `key_hash_lookup`: canonical flow key, hash, and find-or-insert in a table of slot
+//!   indexes sized like a worker's (keys kept in the slots, as the flow table does);
 //! - `tcp_state`: the TCP sequence analysis of a bulk transfer, segment by segment;
 //! - `point_append`: appending tracking points to trails in the arena (wrapping full ones);
 //! - `table_process`: the whole per-packet path of a flow table (timer wheel, key, table,
@@ -15,6 +15,7 @@
 //! Measurement times are short so `cargo bench -p conntrail-benches` takes a few minutes.
 //! Whole-process throughput against peer tools is `scripts/bench-replay.sh`.
 
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use flowtable::point::{Arena, Dir, Point, PointKind, Severity, Trail};
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, RecordMode};
 use flowtable::tcp::{self, Segment, TcpDir};
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use recorder::writer::LogWriter;
 use ring::codec;
 
@@ -111,13 +112,26 @@ fn key_hash_lookup_stage(c: &mut Criterion, cap: &Capture) {
     });
     g.throughput(Throughput::Elements(keys.len() as u64));
     g.bench_function("find_or_insert", |b| {
-        let mut map: HashMap<FlowKey, u32> =
-            HashMap::with_capacity(Config::default().table.capacity as usize);
+        // As the flow table does it: a table of slot indexes, the keys in the slots, one
+        // hash per packet for the lookup and the insert.
+        let capacity = Config::default().table.capacity as usize;
+        let hasher = DefaultHashBuilder::default();
+        let mut table: HashTable<u32> = HashTable::with_capacity(capacity);
+        let mut slots: Vec<FlowKey> = Vec::with_capacity(capacity);
         b.iter(|| {
             let mut sum = 0u64;
             for k in &keys {
-                let next = map.len() as u32;
-                sum += u64::from(*map.entry(*k).or_insert(next));
+                let hash = hasher.hash_one(k);
+                let idx = match table.find(hash, |&i| slots[i as usize] == *k) {
+                    Some(&i) => i,
+                    None => {
+                        let i = slots.len() as u32;
+                        slots.push(*k);
+                        table.insert_unique(hash, i, |&j| hasher.hash_one(slots[j as usize]));
+                        i
+                    }
+                };
+                sum += u64::from(idx);
             }
             sum
         })
