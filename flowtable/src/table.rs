@@ -581,31 +581,6 @@ impl FlowTable {
         idx
     }
 
-    fn point(
-        &mut self,
-        idx: u32,
-        d: usize,
-        ts_ns: u64,
-        kind: PointKind,
-        severity: Severity,
-        arg: u32,
-    ) {
-        let f = &mut self.flows[idx as usize];
-        let p = Point {
-            t_ns: ts_ns.saturating_sub(f.start_ns),
-            kind,
-            dir: f.dir_of(d),
-            severity,
-            arg,
-        };
-        self.arena.push(idx, &mut f.trail, p);
-    }
-
-    fn triggers(&self, idx: u32) -> &Triggers {
-        let f = &self.flows[idx as usize];
-        self.cfg.triggers_at(f.context, f.triggers_idx)
-    }
-
     fn update(
         &mut self,
         idx: u32,
@@ -615,402 +590,17 @@ impl FlowTable {
         frame_len: u32,
         fragmented: bool,
     ) {
-        let first_packet = {
-            let f = &self.flows[idx as usize];
-            f.stats[0].pkts + f.stats[1].pkts == 0
+        let Some(f) = self.flows.get_mut(idx as usize) else {
+            return;
         };
-        {
-            let f = &mut self.flows[idx as usize];
-            if !first_packet && f.proto == Proto::Tcp && f.terminal == Terminal::Open {
-                let gap = ts_ns.saturating_sub(f.last_ns);
-                if f.max_stall.get().is_none_or(|m| gap > m) {
-                    f.max_stall = Span::of(gap);
-                }
-            }
-            f.last_ns = f.last_ns.max(ts_ns);
-            let s = &mut f.stats[d];
-            s.pkts += 1;
-            s.bytes += u64::from(frame_len);
-        }
-        let (ttl_changed, vlan_changed) = {
-            let f = &mut self.flows[idx as usize];
-            let ttl_changed =
-                f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
-            if f.ttl[d] == 0 {
-                f.ttl[d] = pkt.ttl;
-            }
-            let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
-            let flow_outer = (f.vlan_count > 0).then_some(f.vlans[0]);
-            let vlan_changed = outer != flow_outer && !f.events.has(Events::VLAN_CHANGE);
-            if ttl_changed {
-                f.events.set(Events::TTL_CHANGE);
-            }
-            if vlan_changed {
-                f.events.set(Events::VLAN_CHANGE);
-            }
-            (ttl_changed, vlan_changed)
+        let mut slot = Slot {
+            f,
+            arena: &mut self.arena,
+            idx,
+            d,
+            ts_ns,
         };
-        if ttl_changed {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::TtlChange,
-                Severity::Warn,
-                u32::from(pkt.ttl),
-            );
-        }
-        if vlan_changed {
-            let v = if pkt.vlan_count > 0 { pkt.vlans[0] } else { 0 };
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::VlanChange,
-                Severity::Warn,
-                u32::from(v),
-            );
-        }
-        if fragmented {
-            self.flows[idx as usize].events.set(Events::FRAGMENT);
-            let off = pkt.fragment.map_or(0, |f| f.offset);
-            self.point(idx, d, ts_ns, PointKind::Fragment, Severity::Warn, off);
-        }
-        match pkt.l4 {
-            L4::Tcp {
-                seq,
-                ack,
-                flags,
-                window,
-                payload_len,
-                payload,
-                ..
-            } => {
-                let seg = Segment {
-                    seq,
-                    ack,
-                    flags,
-                    window,
-                    payload_len,
-                };
-                self.tcp_segment(idx, d, &seg, payload, ts_ns);
-            }
-            L4::Udp { payload_len, .. } => {
-                self.flows[idx as usize].stats[d].payload += u64::from(payload_len);
-                self.first_payload(idx, d, ts_ns, PointKind::FirstData);
-            }
-            L4::Icmp { payload_len, .. } => {
-                self.flows[idx as usize].stats[d].payload += u64::from(payload_len);
-                self.first_payload(idx, d, ts_ns, PointKind::Start);
-            }
-            L4::Fragment | L4::Other { .. } => {}
-        }
-        let f = &mut self.flows[idx as usize];
-        f.deadline_ns = ts_ns.saturating_add(timeout_of(f, &self.timeouts_ns));
-    }
-
-    /// First packet of a direction of a UDP/ICMP flow: one point, and the time to the first
-    /// answer.
-    fn first_payload(&mut self, idx: u32, d: usize, ts_ns: u64, kind: PointKind) {
-        if let Some(ttfb) = self.flows[idx as usize].first_payload_at(d, ts_ns) {
-            self.point(idx, d, ts_ns, kind, Severity::Info, ttfb.map_or(0, us));
-        }
-    }
-
-    fn tcp_segment(&mut self, idx: u32, d: usize, seg: &Segment, payload: &[u8], ts_ns: u64) {
-        use tcp_flags::{ACK, FIN, RST, SYN};
-        let fl = seg.flags;
-        let syn = fl & SYN != 0;
-        let ack = fl & ACK != 0;
-        let fin = fl & FIN != 0;
-        let rst = fl & RST != 0;
-        let lat_t = self.triggers(idx).latency.clone();
-
-        // Orientation: the first SYN or SYN-ACK decides who the client is.
-        {
-            let f = &mut self.flows[idx as usize];
-            if f.orient == Orient::FirstPacket && syn {
-                let (o, client) = if ack {
-                    (Orient::SynAck, 1 - d)
-                } else {
-                    (Orient::Syn, d)
-                };
-                f.orient = o;
-                f.client_dir = client as u8;
-                f.triggers_idx = triggers_index(&self.cfg, f);
-            }
-        }
-        let is_client = self.flows[idx as usize].is_client(d);
-        let prior_syns = self.flows[idx as usize].tcp[d].syns;
-        let ooo_ns = {
-            let f = &self.flows[idx as usize];
-            match (f.syn_ns.get(), f.synack_ack.get(), f.synack_ns.get()) {
-                (Some(s), Some(a), Some(sa)) => (sa + a).saturating_sub(s).max(1),
-                _ => DEFAULT_OOO_NS,
-            }
-        };
-        let found = {
-            let f = &mut self.flows[idx as usize];
-            tcp::analyse(&mut f.tcp, d, seg, ts_ns, ooo_ns)
-        };
-
-        if syn && !ack && is_client {
-            let f = &mut self.flows[idx as usize];
-            f.events.set(Events::CLIENT_SYN);
-            if f.syn_ns.is_none() {
-                f.syn_ns = At::of(ts_ns);
-                f.history.push_once(b'S');
-                self.point(idx, d, ts_ns, PointKind::Syn, Severity::Info, 0);
-            } else if prior_syns > 0 {
-                f.events.set(Events::SYN_RETRANSMIT);
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::SynRetransmission,
-                    Severity::Warn,
-                    u32::from(prior_syns) + 1,
-                );
-            }
-        } else if syn && ack && !is_client {
-            let f = &mut self.flows[idx as usize];
-            if f.synack_ns.is_none() {
-                f.synack_ns = At::of(ts_ns);
-                f.history.push_once(b'h');
-                let lat = f.syn_ns.get().map(|s| ts_ns.saturating_sub(s));
-                if lat.is_some() {
-                    f.events.set(SYN_SYNACK);
-                }
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::SynAck,
-                    Severity::Info,
-                    lat.map_or(0, us),
-                );
-                self.threshold(idx, d, ts_ns, lat, lat_t.syn_synack_ms);
-            }
-        } else if ack && !syn && !rst && is_client {
-            let f = &mut self.flows[idx as usize];
-            if let (Some(sa), true) = (f.synack_ns.get(), f.synack_ack.is_none()) {
-                let lat = ts_ns.saturating_sub(sa);
-                f.synack_ack = Span::of(lat);
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::HandshakeDone,
-                    Severity::Info,
-                    us(lat),
-                );
-                self.threshold(idx, d, ts_ns, Some(lat), lat_t.synack_ack_ms);
-            }
-        }
-
-        {
-            let f = &mut self.flows[idx as usize];
-            let s = &mut f.stats[d];
-            s.payload += u64::from(seg.payload_len);
-            if found.retransmission {
-                s.retrans += 1;
-            }
-            if found.out_of_order {
-                s.out_of_order += 1;
-            }
-            if found.dup_ack {
-                s.dup_ack += 1;
-            }
-            if found.zero_window {
-                s.zero_window += 1;
-            }
-            if found.bad_flags {
-                f.events.set(Events::BAD_FLAGS);
-            }
-            if found.data_after_fin {
-                f.events.set(Events::DATA_AFTER_FIN);
-            }
-            let letter = |l: u8| if is_client { l.to_ascii_uppercase() } else { l };
-            push_history_once(&mut f.history, letter(b'q'), found.bad_flags);
-            push_history_once(&mut f.history, letter(b'd'), seg.payload_len > 0);
-            push_history_once(
-                &mut f.history,
-                letter(b'a'),
-                ack && seg.payload_len == 0 && !syn && !fin && !rst,
-            );
-            push_history_once(&mut f.history, letter(b't'), found.retransmission);
-            push_history_once(&mut f.history, letter(b'w'), found.zero_window);
-            push_history_once(&mut f.history, letter(b'f'), fin);
-            push_history_once(&mut f.history, letter(b'r'), rst);
-        }
-        if found.retransmission && !syn {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::Retransmission,
-                Severity::Warn,
-                seg.seq,
-            );
-        }
-        if found.out_of_order {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::OutOfOrder,
-                Severity::Warn,
-                seg.seq,
-            );
-        }
-        if found.dup_ack {
-            let (run, need) = (
-                self.flows[idx as usize].tcp[d].dup_run,
-                self.triggers(idx).protocol.dup_acks,
-            );
-            if need > 0 && u32::from(run) == need {
-                self.flows[idx as usize].events.set(Events::DUP_ACK_RUN);
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::DupAck,
-                    Severity::Warn,
-                    u32::from(run),
-                );
-            }
-        }
-        if found.zero_window && self.flows[idx as usize].stats[d].zero_window == 1 {
-            self.point(idx, d, ts_ns, PointKind::ZeroWindow, Severity::Warn, 0);
-        }
-        if found.keep_alive {
-            self.point(idx, d, ts_ns, PointKind::KeepAlive, Severity::Info, 0);
-        }
-        if found.bad_flags {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::BadFlags,
-                Severity::Warn,
-                u32::from(fl),
-            );
-        }
-        if found.data_after_fin {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::DataAfterFin,
-                Severity::Warn,
-                seg.payload_len,
-            );
-        }
-
-        if seg.payload_len > 0 {
-            self.tcp_payload(idx, d, payload, ts_ns, &lat_t);
-        }
-        let f = &mut self.flows[idx as usize];
-        if fin && !f.events.has(fin_bit(d)) {
-            f.events.set(fin_bit(d));
-            self.point(idx, d, ts_ns, PointKind::Fin, Severity::Info, 0);
-        }
-        let f = &mut self.flows[idx as usize];
-        if syn && f.terminal != Terminal::Open {
-            f.marks.set(Marks::REOPENED, true);
-        }
-        if rst {
-            f.marks.set(Marks::REOPENED, false);
-            if f.terminal == Terminal::Open {
-                f.terminal = Terminal::Rst(d == 1);
-            }
-            self.point(idx, d, ts_ns, PointKind::Rst, Severity::Error, 0);
-        } else if f.terminal == Terminal::Open && f.tcp[0].fin_seen() && f.tcp[1].fin_seen() {
-            f.terminal = Terminal::Fin;
-        }
-    }
-
-    fn tcp_payload(
-        &mut self,
-        idx: u32,
-        d: usize,
-        payload: &[u8],
-        ts_ns: u64,
-        lat_t: &crate::config::LatencyTriggers,
-    ) {
-        let first = self.flows[idx as usize].first_payload_at(d, ts_ns);
-        if let Some(ttfb) = first {
-            self.point(
-                idx,
-                d,
-                ts_ns,
-                PointKind::FirstData,
-                Severity::Info,
-                ttfb.map_or(0, us),
-            );
-            self.threshold(idx, d, ts_ns, ttfb, lat_t.ttfb_ms);
-        }
-        match tls::inspect(payload) {
-            Some(TlsEvent::ClientHello { sni_hash }) if first.is_some() => {
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::TlsClientHello,
-                    Severity::Info,
-                    sni_hash,
-                );
-            }
-            Some(TlsEvent::ServerHello { version }) if first.is_some() => {
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::TlsServerHello,
-                    Severity::Info,
-                    u32::from(version),
-                );
-            }
-            Some(TlsEvent::Alert { level, description }) => {
-                let severity = if level == 2 {
-                    self.flows[idx as usize].events.set(Events::TLS_FATAL);
-                    Severity::Error
-                } else {
-                    Severity::Warn
-                };
-                let arg = u32::from(level) << 8 | u32::from(description);
-                self.point(idx, d, ts_ns, PointKind::TlsAlert, severity, arg);
-            }
-            Some(TlsEvent::EncryptedAlert) => {
-                self.point(idx, d, ts_ns, PointKind::TlsAlert, Severity::Info, 0xffff);
-            }
-            _ => {}
-        }
-    }
-
-    /// Adds a threshold point (arg: the threshold in microseconds) right after the point that
-    /// measured `value_ns`, when that is over `threshold_ms` (0 = off).
-    fn threshold(
-        &mut self,
-        idx: u32,
-        d: usize,
-        ts_ns: u64,
-        value_ns: Option<u64>,
-        threshold_ms: f64,
-    ) {
-        if let Some(v) = value_ns {
-            if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
-                let threshold_us = (threshold_ms * 1e3).min(f64::from(u32::MAX)) as u32;
-                self.point(
-                    idx,
-                    d,
-                    ts_ns,
-                    PointKind::Threshold,
-                    Severity::Warn,
-                    threshold_us,
-                );
-            }
-        }
+        slot.update(&self.cfg, &self.timeouts_ns, pkt, frame_len, fragmented);
     }
 
     fn icmp_error(
@@ -1037,7 +627,14 @@ impl FlowTable {
         let arg = u32::from(icmp_type) << 8 | u32::from(code);
         // The error travels towards the sender of the quoted packet.
         let d = usize::from(pkt.dst != f.key.hi_ip);
-        self.point(idx, d, ts_ns, PointKind::IcmpError, Severity::Error, arg);
+        let mut slot = Slot {
+            f,
+            arena: &mut self.arena,
+            idx,
+            d,
+            ts_ns,
+        };
+        slot.point(PointKind::IcmpError, Severity::Error, arg);
     }
 
     fn close<F: FnMut(&Record<'_>)>(&mut self, idx: u32, cause: CloseReason, emit: &mut F) {
@@ -1167,6 +764,336 @@ impl FlowTable {
         self.wheel.cancel(idx);
         self.flows[idx as usize].deadline_ns = u64::from(self.free);
         self.free = idx;
+    }
+}
+
+/// A flow and the arena its points go to, borrowed once for the whole of a packet (rather
+/// than indexing the table at every step), with the packet's direction and time.
+struct Slot<'a> {
+    f: &'a mut Flow,
+    arena: &'a mut Arena,
+    idx: u32,
+    d: usize,
+    ts_ns: u64,
+}
+
+impl Slot<'_> {
+    fn point(&mut self, kind: PointKind, severity: Severity, arg: u32) {
+        let p = Point {
+            t_ns: self.ts_ns.saturating_sub(self.f.start_ns),
+            kind,
+            dir: self.f.dir_of(self.d),
+            severity,
+            arg,
+        };
+        self.arena.push(self.idx, &mut self.f.trail, p);
+    }
+
+    fn triggers<'c>(&self, cfg: &'c Config) -> &'c Triggers {
+        cfg.triggers_at(self.f.context, self.f.triggers_idx)
+    }
+
+    fn update(
+        &mut self,
+        cfg: &Config,
+        timeouts: &TimeoutsNs,
+        pkt: &Packet<'_>,
+        frame_len: u32,
+        fragmented: bool,
+    ) {
+        let (d, ts_ns) = (self.d, self.ts_ns);
+        let first_packet = {
+            let f = &*self.f;
+            f.stats[0].pkts + f.stats[1].pkts == 0
+        };
+        {
+            let f = &mut *self.f;
+            if !first_packet && f.proto == Proto::Tcp && f.terminal == Terminal::Open {
+                let gap = ts_ns.saturating_sub(f.last_ns);
+                if f.max_stall.get().is_none_or(|m| gap > m) {
+                    f.max_stall = Span::of(gap);
+                }
+            }
+            f.last_ns = f.last_ns.max(ts_ns);
+            let s = &mut f.stats[d];
+            s.pkts += 1;
+            s.bytes += u64::from(frame_len);
+        }
+        let (ttl_changed, vlan_changed) = {
+            let f = &mut *self.f;
+            let ttl_changed =
+                f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
+            if f.ttl[d] == 0 {
+                f.ttl[d] = pkt.ttl;
+            }
+            let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
+            let flow_outer = (f.vlan_count > 0).then_some(f.vlans[0]);
+            let vlan_changed = outer != flow_outer && !f.events.has(Events::VLAN_CHANGE);
+            if ttl_changed {
+                f.events.set(Events::TTL_CHANGE);
+            }
+            if vlan_changed {
+                f.events.set(Events::VLAN_CHANGE);
+            }
+            (ttl_changed, vlan_changed)
+        };
+        if ttl_changed {
+            self.point(PointKind::TtlChange, Severity::Warn, u32::from(pkt.ttl));
+        }
+        if vlan_changed {
+            let v = if pkt.vlan_count > 0 { pkt.vlans[0] } else { 0 };
+            self.point(PointKind::VlanChange, Severity::Warn, u32::from(v));
+        }
+        if fragmented {
+            self.f.events.set(Events::FRAGMENT);
+            let off = pkt.fragment.map_or(0, |f| f.offset);
+            self.point(PointKind::Fragment, Severity::Warn, off);
+        }
+        match pkt.l4 {
+            L4::Tcp {
+                seq,
+                ack,
+                flags,
+                window,
+                payload_len,
+                payload,
+                ..
+            } => {
+                let seg = Segment {
+                    seq,
+                    ack,
+                    flags,
+                    window,
+                    payload_len,
+                };
+                self.tcp_segment(cfg, &seg, payload);
+            }
+            L4::Udp { payload_len, .. } => {
+                self.f.stats[d].payload += u64::from(payload_len);
+                self.first_payload(PointKind::FirstData);
+            }
+            L4::Icmp { payload_len, .. } => {
+                self.f.stats[d].payload += u64::from(payload_len);
+                self.first_payload(PointKind::Start);
+            }
+            L4::Fragment | L4::Other { .. } => {}
+        }
+        let f = &mut *self.f;
+        f.deadline_ns = ts_ns.saturating_add(timeout_of(f, timeouts));
+    }
+
+    /// First packet of a direction of a UDP/ICMP flow: one point, and the time to the first
+    /// answer.
+    fn first_payload(&mut self, kind: PointKind) {
+        let (d, ts_ns) = (self.d, self.ts_ns);
+        if let Some(ttfb) = self.f.first_payload_at(d, ts_ns) {
+            self.point(kind, Severity::Info, ttfb.map_or(0, us));
+        }
+    }
+
+    fn tcp_segment(&mut self, cfg: &Config, seg: &Segment, payload: &[u8]) {
+        let (d, ts_ns) = (self.d, self.ts_ns);
+        use tcp_flags::{ACK, FIN, RST, SYN};
+        let fl = seg.flags;
+        let syn = fl & SYN != 0;
+        let ack = fl & ACK != 0;
+        let fin = fl & FIN != 0;
+        let rst = fl & RST != 0;
+        let lat_t = self.triggers(cfg).latency.clone();
+
+        // Orientation: the first SYN or SYN-ACK decides who the client is.
+        {
+            let f = &mut *self.f;
+            if f.orient == Orient::FirstPacket && syn {
+                let (o, client) = if ack {
+                    (Orient::SynAck, 1 - d)
+                } else {
+                    (Orient::Syn, d)
+                };
+                f.orient = o;
+                f.client_dir = client as u8;
+                f.triggers_idx = triggers_index(cfg, f);
+            }
+        }
+        let is_client = self.f.is_client(d);
+        let prior_syns = self.f.tcp[d].syns;
+        let ooo_ns = {
+            let f = &*self.f;
+            match (f.syn_ns.get(), f.synack_ack.get(), f.synack_ns.get()) {
+                (Some(s), Some(a), Some(sa)) => (sa + a).saturating_sub(s).max(1),
+                _ => DEFAULT_OOO_NS,
+            }
+        };
+        let found = {
+            let f = &mut *self.f;
+            tcp::analyse(&mut f.tcp, d, seg, ts_ns, ooo_ns)
+        };
+
+        if syn && !ack && is_client {
+            let f = &mut *self.f;
+            f.events.set(Events::CLIENT_SYN);
+            if f.syn_ns.is_none() {
+                f.syn_ns = At::of(ts_ns);
+                f.history.push_once(b'S');
+                self.point(PointKind::Syn, Severity::Info, 0);
+            } else if prior_syns > 0 {
+                f.events.set(Events::SYN_RETRANSMIT);
+                self.point(
+                    PointKind::SynRetransmission,
+                    Severity::Warn,
+                    u32::from(prior_syns) + 1,
+                );
+            }
+        } else if syn && ack && !is_client {
+            let f = &mut *self.f;
+            if f.synack_ns.is_none() {
+                f.synack_ns = At::of(ts_ns);
+                f.history.push_once(b'h');
+                let lat = f.syn_ns.get().map(|s| ts_ns.saturating_sub(s));
+                if lat.is_some() {
+                    f.events.set(SYN_SYNACK);
+                }
+                self.point(PointKind::SynAck, Severity::Info, lat.map_or(0, us));
+                self.threshold(lat, lat_t.syn_synack_ms);
+            }
+        } else if ack && !syn && !rst && is_client {
+            let f = &mut *self.f;
+            if let (Some(sa), true) = (f.synack_ns.get(), f.synack_ack.is_none()) {
+                let lat = ts_ns.saturating_sub(sa);
+                f.synack_ack = Span::of(lat);
+                self.point(PointKind::HandshakeDone, Severity::Info, us(lat));
+                self.threshold(Some(lat), lat_t.synack_ack_ms);
+            }
+        }
+
+        {
+            let f = &mut *self.f;
+            let s = &mut f.stats[d];
+            s.payload += u64::from(seg.payload_len);
+            if found.retransmission {
+                s.retrans += 1;
+            }
+            if found.out_of_order {
+                s.out_of_order += 1;
+            }
+            if found.dup_ack {
+                s.dup_ack += 1;
+            }
+            if found.zero_window {
+                s.zero_window += 1;
+            }
+            if found.bad_flags {
+                f.events.set(Events::BAD_FLAGS);
+            }
+            if found.data_after_fin {
+                f.events.set(Events::DATA_AFTER_FIN);
+            }
+            let letter = |l: u8| if is_client { l.to_ascii_uppercase() } else { l };
+            push_history_once(&mut f.history, letter(b'q'), found.bad_flags);
+            push_history_once(&mut f.history, letter(b'd'), seg.payload_len > 0);
+            push_history_once(
+                &mut f.history,
+                letter(b'a'),
+                ack && seg.payload_len == 0 && !syn && !fin && !rst,
+            );
+            push_history_once(&mut f.history, letter(b't'), found.retransmission);
+            push_history_once(&mut f.history, letter(b'w'), found.zero_window);
+            push_history_once(&mut f.history, letter(b'f'), fin);
+            push_history_once(&mut f.history, letter(b'r'), rst);
+        }
+        if found.retransmission && !syn {
+            self.point(PointKind::Retransmission, Severity::Warn, seg.seq);
+        }
+        if found.out_of_order {
+            self.point(PointKind::OutOfOrder, Severity::Warn, seg.seq);
+        }
+        if found.dup_ack {
+            let (run, need) = (self.f.tcp[d].dup_run, self.triggers(cfg).protocol.dup_acks);
+            if need > 0 && u32::from(run) == need {
+                self.f.events.set(Events::DUP_ACK_RUN);
+                self.point(PointKind::DupAck, Severity::Warn, u32::from(run));
+            }
+        }
+        if found.zero_window && self.f.stats[d].zero_window == 1 {
+            self.point(PointKind::ZeroWindow, Severity::Warn, 0);
+        }
+        if found.keep_alive {
+            self.point(PointKind::KeepAlive, Severity::Info, 0);
+        }
+        if found.bad_flags {
+            self.point(PointKind::BadFlags, Severity::Warn, u32::from(fl));
+        }
+        if found.data_after_fin {
+            self.point(PointKind::DataAfterFin, Severity::Warn, seg.payload_len);
+        }
+
+        if seg.payload_len > 0 {
+            self.tcp_payload(payload, &lat_t);
+        }
+        let f = &mut *self.f;
+        if fin && !f.events.has(fin_bit(d)) {
+            f.events.set(fin_bit(d));
+            self.point(PointKind::Fin, Severity::Info, 0);
+        }
+        let f = &mut *self.f;
+        if syn && f.terminal != Terminal::Open {
+            f.marks.set(Marks::REOPENED, true);
+        }
+        if rst {
+            f.marks.set(Marks::REOPENED, false);
+            if f.terminal == Terminal::Open {
+                f.terminal = Terminal::Rst(d == 1);
+            }
+            self.point(PointKind::Rst, Severity::Error, 0);
+        } else if f.terminal == Terminal::Open && f.tcp[0].fin_seen() && f.tcp[1].fin_seen() {
+            f.terminal = Terminal::Fin;
+        }
+    }
+
+    fn tcp_payload(&mut self, payload: &[u8], lat_t: &crate::config::LatencyTriggers) {
+        let (d, ts_ns) = (self.d, self.ts_ns);
+        let first = self.f.first_payload_at(d, ts_ns);
+        if let Some(ttfb) = first {
+            self.point(PointKind::FirstData, Severity::Info, ttfb.map_or(0, us));
+            self.threshold(ttfb, lat_t.ttfb_ms);
+        }
+        match tls::inspect(payload) {
+            Some(TlsEvent::ClientHello { sni_hash }) if first.is_some() => {
+                self.point(PointKind::TlsClientHello, Severity::Info, sni_hash);
+            }
+            Some(TlsEvent::ServerHello { version }) if first.is_some() => {
+                self.point(
+                    PointKind::TlsServerHello,
+                    Severity::Info,
+                    u32::from(version),
+                );
+            }
+            Some(TlsEvent::Alert { level, description }) => {
+                let severity = if level == 2 {
+                    self.f.events.set(Events::TLS_FATAL);
+                    Severity::Error
+                } else {
+                    Severity::Warn
+                };
+                let arg = u32::from(level) << 8 | u32::from(description);
+                self.point(PointKind::TlsAlert, severity, arg);
+            }
+            Some(TlsEvent::EncryptedAlert) => {
+                self.point(PointKind::TlsAlert, Severity::Info, 0xffff);
+            }
+            _ => {}
+        }
+    }
+
+    /// Adds a threshold point (arg: the threshold in microseconds) right after the point that
+    /// measured `value_ns`, when that is over `threshold_ms` (0 = off).
+    fn threshold(&mut self, value_ns: Option<u64>, threshold_ms: f64) {
+        if let Some(v) = value_ns {
+            if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
+                let threshold_us = (threshold_ms * 1e3).min(f64::from(u32::MAX)) as u32;
+                self.point(PointKind::Threshold, Severity::Warn, threshold_us);
+            }
+        }
     }
 }
 
