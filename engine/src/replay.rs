@@ -201,6 +201,11 @@ impl Spreader {
         if self.workers == 1 {
             return 0;
         }
+        // Most frames: the key from the raw bytes, without the full parse (a plain TCP
+        // segment is never a fragment, an ICMP error or a tunnel).
+        if let Some((key, _)) = FlowKey::of_plain_tcp_frame(link, frame) {
+            return (key.spread_hash() % self.workers) as usize;
+        }
         let Ok(pkt) = parse(link, frame) else {
             // Malformed frames are counted by worker 0.
             return 0;

@@ -1036,7 +1036,7 @@ fn len_u32(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-fn v4_mapped([a, b, c, d]: [u8; 4]) -> Ip {
+pub(crate) fn v4_mapped([a, b, c, d]: [u8; 4]) -> Ip {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
