@@ -899,7 +899,6 @@ impl Slot<'_> {
         let ack = fl & ACK != 0;
         let fin = fl & FIN != 0;
         let rst = fl & RST != 0;
-        let lat_t = self.triggers(cfg).latency.clone();
 
         // Orientation: the first SYN or SYN-ACK decides who the client is.
         {
@@ -954,7 +953,7 @@ impl Slot<'_> {
                     f.events.set(SYN_SYNACK);
                 }
                 self.point(PointKind::SynAck, Severity::Info, lat.map_or(0, us));
-                self.threshold(lat, lat_t.syn_synack_ms);
+                self.threshold(lat, self.triggers(cfg).latency.syn_synack_ms);
             }
         } else if ack && !syn && !rst && is_client {
             let f = &mut *self.f;
@@ -962,7 +961,7 @@ impl Slot<'_> {
                 let lat = ts_ns.saturating_sub(sa);
                 f.synack_ack = Span::of(lat);
                 self.point(PointKind::HandshakeDone, Severity::Info, us(lat));
-                self.threshold(Some(lat), lat_t.synack_ack_ms);
+                self.threshold(Some(lat), self.triggers(cfg).latency.synack_ack_ms);
             }
         }
 
@@ -1028,7 +1027,7 @@ impl Slot<'_> {
         }
 
         if seg.payload_len > 0 {
-            self.tcp_payload(payload, &lat_t);
+            self.tcp_payload(cfg, payload);
         }
         let f = &mut *self.f;
         if fin && !f.events.has(fin_bit(d)) {
@@ -1050,12 +1049,12 @@ impl Slot<'_> {
         }
     }
 
-    fn tcp_payload(&mut self, payload: &[u8], lat_t: &crate::config::LatencyTriggers) {
+    fn tcp_payload(&mut self, cfg: &Config, payload: &[u8]) {
         let (d, ts_ns) = (self.d, self.ts_ns);
         let first = self.f.first_payload_at(d, ts_ns);
         if let Some(ttfb) = first {
             self.point(PointKind::FirstData, Severity::Info, ttfb.map_or(0, us));
-            self.threshold(ttfb, lat_t.ttfb_ms);
+            self.threshold(ttfb, self.triggers(cfg).latency.ttfb_ms);
         }
         match tls::inspect(payload) {
             Some(TlsEvent::ClientHello { sni_hash }) if first.is_some() => {
