@@ -192,6 +192,28 @@ impl Flow {
         Some(ttfb)
     }
 
+    /// Client and server, with ports only where the key has ports.
+    fn endpoints(&self) -> (Endpoint, Endpoint) {
+        let lo = Endpoint {
+            ip: Addr(self.key.lo_ip),
+            port: self.key.lo_port,
+        };
+        let hi = Endpoint {
+            ip: Addr(self.key.hi_ip),
+            port: self.key.hi_port,
+        };
+        let (mut client, mut server) = if self.client_dir == 0 {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
+        if self.key.kind != KeyKind::Ports {
+            client.port = 0;
+            server.port = 0;
+        }
+        (client, server)
+    }
+
     fn in_use(&self) -> bool {
         self.marks.has(Marks::IN_USE)
     }
@@ -672,21 +694,7 @@ impl FlowTable {
         } else {
             ConnState::None
         };
-        let (lo, hi) = (
-            Endpoint {
-                ip: Addr(f.key.lo_ip),
-                port: f.key.lo_port,
-            },
-            Endpoint {
-                ip: Addr(f.key.hi_ip),
-                port: f.key.hi_port,
-            },
-        );
-        let (mut c_ep, mut s_ep) = if client == 0 { (lo, hi) } else { (hi, lo) };
-        if f.key.kind != KeyKind::Ports {
-            c_ep.port = 0;
-            s_ep.port = 0;
-        }
+        let (c_ep, s_ep) = f.endpoints();
         let dropped = self
             .arena
             .copy_trail(idx, f.trail, &mut self.scratch_points);

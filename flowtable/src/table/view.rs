@@ -9,11 +9,10 @@ use std::borrow::Cow;
 
 use super::{syn_then_client_rst, FlowTable, Marks, Orient};
 use crate::config::Config;
-use crate::key::KeyKind;
 use crate::packet::MAX_VLANS;
 use crate::point::Point;
 use crate::record::{
-    Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto, Record,
+    CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto, Record,
 };
 use crate::tcp;
 
@@ -130,19 +129,7 @@ impl FlowTable {
         let f = self.flows.get(idx as usize).filter(|f| f.in_use())?;
         let client = usize::from(f.client_dir);
         let server = 1 - client;
-        let lo = Endpoint {
-            ip: Addr(f.key.lo_ip),
-            port: f.key.lo_port,
-        };
-        let hi = Endpoint {
-            ip: Addr(f.key.hi_ip),
-            port: f.key.hi_port,
-        };
-        let (mut c_ep, mut s_ep) = if client == 0 { (lo, hi) } else { (hi, lo) };
-        if f.key.kind != KeyKind::Ports {
-            c_ep.port = 0;
-            s_ep.port = 0;
-        }
+        let (c_ep, s_ep) = f.endpoints();
         let conn_state = if f.proto == Proto::Tcp {
             tcp::conn_state(
                 f.tcp[client].state,
