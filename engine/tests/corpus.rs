@@ -13,6 +13,8 @@
 //! client resets a stray ACK and retransmits the same SYN 13 s later: tshark counts one
 //! stream, we count two connections (the first, reset by the client, and a second one).
 
+mod common;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -21,11 +23,6 @@ use flowtable::config::Config;
 use flowtable::record::{Proto, Record};
 use flowtable::table::RecordMode;
 use serde_json::Value;
-
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/real");
-    dir.is_dir().then_some(dir)
-}
 
 fn read_log(path: &Path) -> Vec<Record<'static>> {
     let reader = recorder::reader::LogReader::open(path).expect("log opens");
@@ -232,20 +229,7 @@ fn pct(a: u32, b: u32) -> f64 {
 
 #[test]
 fn corpus_agrees_with_tshark_oracles() {
-    let Some(dir) = corpus_dir() else {
-        panic!("../shared/corpus/real is missing: the corpus must sit beside the repository");
-    };
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus readable")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
-        .collect();
-    captures.sort();
-    assert!(
-        captures.len() >= 10,
-        "corpus has {} captures",
-        captures.len()
-    );
+    let captures = common::corpus_captures();
     let tmp = std::env::temp_dir().join(format!("conntrail-corpus-{}", std::process::id()));
     let mut total = Score::default();
     for cap in &captures {

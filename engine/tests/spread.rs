@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use engine::source::pcap::read_capture;
 use engine::synth::{self, SynthOptions};
@@ -37,14 +37,7 @@ fn check(path: &Path) -> (usize, usize) {
 
 #[test]
 fn raw_bytes_key_is_the_parsers_on_every_corpus_frame() {
-    let dir = common::corpus("");
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus directory")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
-        .collect();
-    captures.sort();
-    assert!(captures.len() > 10, "corpus captures in {}", dir.display());
+    let mut captures = common::corpus_captures();
     let tmp = common::temp_dir("spread");
     let synth_pcap = tmp.join("synth.pcap");
     let opts = SynthOptions {

@@ -38,6 +38,29 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// Every capture (`.pcap`, `.pcapng`) of the shared corpus, sorted by name.
+pub fn corpus_captures() -> Vec<PathBuf> {
+    let dir = corpus("");
+    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: the corpus must sit beside the repository",
+                dir.display()
+            )
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
+        .collect();
+    captures.sort();
+    assert!(
+        captures.len() >= 10,
+        "{} holds {} captures",
+        dir.display(),
+        captures.len()
+    );
+    captures
+}
+
 /// A capture of the shared corpus.
 pub fn corpus(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
