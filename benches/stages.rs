@@ -2,8 +2,9 @@
 //! `conntrail synth` capture (20 k packets, 2 000 concurrent flows, a fifth anomalous):
 //!
 //! - `parse`: link, IP and transport headers of every frame;
-//! - `key_hash_lookup`: canonical flow key, hash, and find-or-insert in a table of slot
-//!   indexes sized like a worker's (keys kept in the slots, as the flow table does);
+//! - `key_hash_lookup`: canonical flow key, hash, and find-or-insert in the flow index sized
+//!   like a worker's (keys kept in the slots, as the flow table does), and the same in
+//!   hashbrown's table for comparison;
 //! - `tcp_state`: the TCP sequence analysis of a bulk transfer, segment by segment;
 //! - `point_append`: appending tracking points to trails in the arena (wrapping full ones);
 //! - `table_process`: the whole per-packet path of a flow table (timer wheel, key, table,
@@ -22,6 +23,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::synth::{self, SynthOptions};
 use flowtable::config::Config;
+use flowtable::index::FlowIndex;
 use flowtable::key::FlowKey;
 use flowtable::packet::{parse, tcp_flags, LinkType};
 use flowtable::point::{Arena, Dir, Point, PointKind, Severity, Trail};
@@ -111,10 +113,32 @@ fn key_hash_lookup_stage(c: &mut Criterion, cap: &Capture) {
         })
     });
     g.throughput(Throughput::Elements(keys.len() as u64));
+    let capacity = Config::default().table.capacity as usize;
     g.bench_function("find_or_insert", |b| {
-        // As the flow table does it: a table of slot indexes, the keys in the slots, one
+        // As the flow table does it: its index of slot numbers, the keys in the slots, one
         // hash per packet for the lookup and the insert.
-        let capacity = Config::default().table.capacity as usize;
+        let hasher = DefaultHashBuilder::default();
+        let mut index = FlowIndex::with_capacity(capacity);
+        let mut slots: Vec<FlowKey> = Vec::with_capacity(capacity);
+        b.iter(|| {
+            let mut sum = 0u64;
+            for k in &keys {
+                let hash = hasher.hash_one(k);
+                let found = index.find(hash, |i| slots.get(i as usize) == Some(k));
+                let idx = found.unwrap_or_else(|| {
+                    let i = slots.len() as u32;
+                    slots.push(*k);
+                    index.insert(hash, i);
+                    i
+                });
+                sum += u64::from(idx);
+            }
+            sum
+        })
+    });
+    g.bench_function("find_or_insert_hashbrown", |b| {
+        // The same with hashbrown's table of slot numbers, which the flow table used before
+        // its own index (no bucket address to prefetch).
         let hasher = DefaultHashBuilder::default();
         let mut table: HashTable<u32> = HashTable::with_capacity(capacity);
         let mut slots: Vec<FlowKey> = Vec::with_capacity(capacity);

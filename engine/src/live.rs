@@ -78,7 +78,7 @@ use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
 use crate::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
-use crate::worker::{Worker, WorkerStats};
+use crate::worker::{Frame, Worker, WorkerStats};
 
 /// Which connections to record.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -426,7 +426,7 @@ pub fn live(
                 };
                 let mut worker = Worker::new(&cfg, worker_id, mode, producer);
                 worker.set_core(pinned);
-                worker.set_interface(cfg.interface_id(&capture.interface));
+                let interface = cfg.interface_id(&capture.interface);
                 if let Some(c) = worker_control {
                     worker.attach_control(c);
                 }
@@ -439,7 +439,14 @@ pub fn live(
                     }),
                 ));
                 drop(ready);
-                capture_loop(&mut socket, &mut worker, &worker_stop, &slot, &clock);
+                capture_loop(
+                    &mut socket,
+                    &mut worker,
+                    interface,
+                    &worker_stop,
+                    &slot,
+                    &clock,
+                );
                 let kernel = socket.kernel_stats().unwrap_or_default();
                 let counters = socket.counters;
                 let summary = SocketSummary {
@@ -797,10 +804,12 @@ pub fn live(
     })
 }
 
-/// The receive loop of one worker, until `stop`; then what is left in the RX ring.
+/// The receive loop of one worker, until `stop`; then what is left in the RX ring. Frames
+/// come in on `interface` (an id of `Config::interface_id`).
 fn capture_loop(
     socket: &mut XdpSocket,
     worker: &mut Worker,
+    interface: u16,
     stop: &AtomicBool,
     slot: &Mutex<Published>,
     clock: &Clock,
@@ -812,7 +821,7 @@ fn capture_loop(
         if n > 0 {
             empty = 0;
             let now = Instant::now();
-            feed(socket, worker, n, clock.realtime_ns(now));
+            feed(socket, worker, interface, n, clock.realtime_ns(now));
             socket.counters.busy_ns +=
                 Instant::now().saturating_duration_since(now).as_nanos() as u64;
             worker.poll_control();
@@ -848,7 +857,13 @@ fn capture_loop(
         if n == 0 {
             break;
         }
-        feed(socket, worker, n, clock.realtime_ns(Instant::now()));
+        feed(
+            socket,
+            worker,
+            interface,
+            n,
+            clock.realtime_ns(Instant::now()),
+        );
     }
     publish(slot, socket, worker);
 }
@@ -856,14 +871,21 @@ fn capture_loop(
 /// Feeds the `n` frames of the last receive to the worker, all stamped `ts_ns`, and gives
 /// them back to the kernel.
 #[inline]
-fn feed(socket: &mut XdpSocket, worker: &mut Worker, n: usize, ts_ns: u64) {
+fn feed(socket: &mut XdpSocket, worker: &mut Worker, interface: u16, n: usize, ts_ns: u64) {
     let mut bytes = 0u64;
-    for i in 0..n {
+    let frames = (0..n).map(|i| {
         let frame = socket.frame(i);
-        let len = frame.len() as u32;
-        bytes += u64::from(len);
-        worker.frame(LinkType::Ethernet, ts_ns, len, frame);
-    }
+        let wire_len = frame.len() as u32;
+        bytes += u64::from(wire_len);
+        Frame {
+            link: LinkType::Ethernet,
+            ts_ns,
+            wire_len,
+            interface,
+            bytes: frame,
+        }
+    });
+    worker.frames(frames);
     socket.counters.bytes += bytes;
     socket.recycle(n);
 }

@@ -23,7 +23,7 @@ use crate::source::pcap::{Capture, CaptureStats};
 use recorder::thread::Progress;
 
 use crate::source::Batch;
-use crate::worker::{Worker, WorkerStats};
+use crate::worker::{Frame, Worker, WorkerStats};
 
 /// What to replay and how.
 #[derive(Clone, Debug)]
@@ -168,10 +168,13 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
 
 fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
     while let Ok(mut batch) = rx.recv() {
-        for (f, bytes) in batch.iter() {
-            worker.set_interface(f.interface);
-            worker.frame(f.link, f.ts_ns, f.wire_len, bytes);
-        }
+        worker.frames(batch.iter().map(|(f, bytes)| Frame {
+            link: f.link,
+            ts_ns: f.ts_ns,
+            wire_len: f.wire_len,
+            interface: f.interface,
+            bytes,
+        }));
         batch.clear();
         // The reader may be gone already at the end; a lost batch is fine then.
         let _ = recycle.send(batch);

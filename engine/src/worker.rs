@@ -3,9 +3,9 @@
 //! counted) and allocates nothing per packet once warmed up.
 
 use flowtable::config::Config;
-use flowtable::packet::{parse, LinkType, Malformed};
+use flowtable::packet::{parse, LinkType, Malformed, Packet};
 use flowtable::record::Record;
-use flowtable::table::{FlowTable, RecordMode, TableCounters};
+use flowtable::table::{FlowTable, Looked, RecordMode, TableCounters};
 use ring::codec;
 use ring::spsc::Producer;
 
@@ -56,6 +56,31 @@ impl RingSink {
     }
 }
 
+/// Frames between a worker's first look at a frame (parsed, its flow key hashed, its hash
+/// bucket prefetched) and its processing; its flow slot is prefetched halfway.
+pub const LOOK_AHEAD: usize = 8;
+const HALFWAY: usize = LOOK_AHEAD / 2;
+
+/// A frame as a source hands it to a worker.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    pub link: LinkType,
+    pub ts_ns: u64,
+    pub wire_len: u32,
+    /// The interface it came in on (an id of `Config::interface_id`).
+    pub interface: u16,
+    pub bytes: &'a [u8],
+}
+
+/// A frame looked at, waiting its turn.
+struct Pending<'a> {
+    ts_ns: u64,
+    wire_len: u32,
+    interface: u16,
+    parsed: Result<Packet<'a>, Malformed>,
+    looked: Option<Looked>,
+}
+
 pub struct Worker {
     table: FlowTable,
     sink: RingSink,
@@ -91,13 +116,6 @@ impl Worker {
         self.stats.core = core;
     }
 
-    /// Says which interface the next frames come in on (an id of
-    /// `Config::interface_id`): it chooses the context of the connections they open.
-    #[inline]
-    pub fn set_interface(&mut self, interface: u16) {
-        self.table.set_interface(interface);
-    }
-
     /// Connects the worker to the control thread (runtime watches, sessions, reload).
     pub fn attach_control(&mut self, control: WorkerControl) {
         self.control = Some(control);
@@ -112,24 +130,69 @@ impl Worker {
         }
     }
 
-    /// Processes one frame.
+    /// Processes frames in their order. Each is parsed, and its flow key hashed and hash
+    /// bucket prefetched, `LOOK_AHEAD` frames before its turn; its flow slot is prefetched
+    /// halfway. So the memory a packet needs is on its way while the ones before it are
+    /// processed, instead of stalling the worker when its turn comes.
     #[inline]
-    pub fn frame(&mut self, link: LinkType, ts_ns: u64, wire_len: u32, bytes: &[u8]) {
-        self.stats.bytes += u64::from(wire_len);
+    pub fn frames<'a>(&mut self, frames: impl IntoIterator<Item = Frame<'a>>) {
+        let mut ring: [Option<Pending<'a>>; LOOK_AHEAD] = std::array::from_fn(|_| None);
+        // The slot of the oldest frame looked at, where the next one goes.
+        let mut at = 0;
+        for frame in frames {
+            if let Some(p) = &ring[at] {
+                self.process(p);
+            }
+            let halfway = ring[(at + HALFWAY) % LOOK_AHEAD].as_ref();
+            if let Some(looked) = halfway.and_then(|p| p.looked.as_ref()) {
+                self.table.prefetch_flow(looked);
+            }
+            ring[at] = Some(self.look(frame));
+            at = (at + 1) % LOOK_AHEAD;
+        }
+        for k in 0..LOOK_AHEAD {
+            if let Some(p) = &ring[(at + k) % LOOK_AHEAD] {
+                self.process(p);
+            }
+        }
+    }
+
+    #[inline]
+    fn look<'a>(&mut self, frame: Frame<'a>) -> Pending<'a> {
+        self.stats.bytes += u64::from(frame.wire_len);
+        let parsed = parse(frame.link, frame.bytes);
+        let looked = parsed.as_ref().ok().and_then(|pkt| self.table.look(pkt));
+        Pending {
+            ts_ns: frame.ts_ns,
+            wire_len: frame.wire_len,
+            interface: frame.interface,
+            parsed,
+            looked,
+        }
+    }
+
+    #[inline(always)]
+    fn process(&mut self, p: &Pending<'_>) {
         let sink = &mut self.sink;
-        match parse(link, bytes) {
+        self.table.set_interface(p.interface);
+        match &p.parsed {
             Ok(pkt) => {
                 let created = self.table.counters().flows_created;
-                self.table
-                    .process(&pkt, ts_ns, wire_len, &mut |rec| sink.emit(rec));
+                self.table.process_looked(
+                    pkt,
+                    p.looked.as_ref(),
+                    p.ts_ns,
+                    p.wire_len,
+                    &mut |rec| sink.emit(rec),
+                );
                 if self.table.counters().flows_created != created {
                     if let Some(c) = self.control.as_mut().filter(|c| c.watching()) {
-                        c.on_new_flow(&mut self.table, ts_ns);
+                        c.on_new_flow(&mut self.table, p.ts_ns);
                     }
                 }
             }
             Err(reason) => {
-                self.table.tick(ts_ns, &mut |rec| sink.emit(rec));
+                self.table.tick(p.ts_ns, &mut |rec| sink.emit(rec));
                 self.stats.malformed[reason.index()] += 1;
             }
         }

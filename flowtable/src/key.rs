@@ -6,7 +6,10 @@
 
 use std::hash::{Hash, Hasher};
 
-use crate::packet::{v4_mapped, Ip, LinkType, Packet, L4};
+use crate::packet::{Ip, LinkType, Packet, L4};
+
+/// `::ffff:0.0.0.0`: an IPv4 address mapped into IPv6 is this plus the address.
+const V4_MAPPED: u128 = 0xffff << 32;
 
 /// How a key was formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,6 +110,7 @@ impl FlowKey {
             return None;
         }
         let ip = frame.get(14..)?;
+        // Addresses as big-endian words (IPv4 mapped into IPv6): read as words, not bytes.
         let (src, dst, l4) = match frame.get(12..14)? {
             [0x08, 0x00] => {
                 let h: &[u8; 20] = ip.get(..20)?.try_into().ok()?;
@@ -118,9 +122,10 @@ impl FlowKey {
                 if h[0] >> 4 != 4 || header_len < 20 || h[9] != TCP || fragment || short {
                     return None;
                 }
-                let src = v4_mapped([h[12], h[13], h[14], h[15]]);
-                let dst = v4_mapped([h[16], h[17], h[18], h[19]]);
-                (src, dst, ip.get(header_len..)?)
+                let (_, addrs) = h.split_at(12);
+                let addrs = u64::from_be_bytes(addrs.try_into().ok()?);
+                let mapped = |a: u64| V4_MAPPED | u128::from(a as u32);
+                (mapped(addrs >> 32), mapped(addrs), ip.get(header_len..)?)
             }
             [0x86, 0xdd] => {
                 let h: &[u8; 40] = ip.get(..40)?.try_into().ok()?;
@@ -130,7 +135,11 @@ impl FlowKey {
                 }
                 let (_, addrs) = h.split_at(8);
                 let (src, dst) = addrs.split_at(16);
-                (src.try_into().ok()?, dst.try_into().ok()?, ip.get(40..)?)
+                (
+                    u128::from_be_bytes(src.try_into().ok()?),
+                    u128::from_be_bytes(dst.try_into().ok()?),
+                    ip.get(40..)?,
+                )
             }
             _ => return None,
         };
@@ -140,7 +149,7 @@ impl FlowKey {
         }
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
         let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-        Some(FlowKey::from_endpoints(
+        Some(FlowKey::from_words(
             TCP,
             src,
             sport,
@@ -161,7 +170,26 @@ impl FlowKey {
         kind: KeyKind,
     ) -> (FlowKey, bool) {
         // Big-endian words order addresses as their bytes do; the addresses move as words.
-        let (s, d) = (u128::from_be_bytes(src), u128::from_be_bytes(dst));
+        FlowKey::from_words(
+            proto,
+            u128::from_be_bytes(src),
+            sport,
+            u128::from_be_bytes(dst),
+            dport,
+            kind,
+        )
+    }
+
+    /// [`FlowKey::from_endpoints`] with the addresses as big-endian words.
+    #[inline]
+    fn from_words(
+        proto: u8,
+        s: u128,
+        sport: u16,
+        d: u128,
+        dport: u16,
+        kind: KeyKind,
+    ) -> (FlowKey, bool) {
         let src_is_lo = s < d || (s == d && sport <= dport);
         let (lo, lo_port, hi, hi_port) = if src_is_lo {
             (s, sport, d, dport)

@@ -2,9 +2,10 @@
 //! records, and nothing else.
 //!
 //! This crate owns packet parsing ([`packet`]), IP fragment accounting ([`frag`]), flow keys
-//! ([`key`]), tracking points and their arena ([`point`]), the TCP state machine ([`tcp`]),
-//! the timer wheel ([`wheel`]), the flow table itself ([`table`]), the thresholds and anomaly
-//! rules ([`config`], [`rules`]) and the record that leaves a worker ([`record`]).
+//! ([`key`]) and the index that finds a flow by them ([`index`]), tracking points and their
+//! arena ([`point`]), the TCP state machine ([`tcp`]), the timer wheel ([`wheel`]), the flow
+//! table itself ([`table`]), the thresholds and anomaly rules ([`config`], [`rules`]) and the
+//! record that leaves a worker ([`record`]). Cache prefetch hints are in [`prefetch`].
 //!
 //! It must never touch sockets, files, threads or clocks: time is whatever the caller says a
 //! packet's timestamp is, so replayed captures and live traffic run the very same code. After
@@ -32,9 +33,11 @@
 
 pub mod config;
 pub mod frag;
+pub mod index;
 pub mod key;
 pub mod packet;
 pub mod point;
+pub mod prefetch;
 pub mod record;
 pub mod rules;
 pub mod table;

@@ -11,13 +11,15 @@ use std::borrow::Cow;
 
 use std::hash::BuildHasher;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
 
 use crate::config::{Config, Triggers};
 use crate::frag::FragTable;
+use crate::index::FlowIndex;
 use crate::key::{FlowKey, KeyKind};
 use crate::packet::{tcp_flags, Packet, L4, MAX_VLANS};
 use crate::point::{Arena, Dir, Point, PointKind, Severity, Trail};
+use crate::prefetch;
 use crate::record::Latency;
 use crate::record::{Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, Proto, Record};
 use crate::rules::{self, Events};
@@ -255,11 +257,20 @@ pub struct TableCounters {
     pub trails_truncated: u64,
 }
 
+/// A packet's flow key and its hash, worked out by [`FlowTable::look`] a few packets before
+/// the table processes it; valid for that table only.
+#[derive(Clone, Copy, Debug)]
+pub struct Looked {
+    key: FlowKey,
+    src_is_lo: bool,
+    hash: u64,
+}
+
 /// The flow table of one worker.
 pub struct FlowTable {
     /// Slot indexes of the open flows, found by the hash of their key (the keys themselves
-    /// live in the flow slots: 4 bytes per bucket instead of key and index).
-    map: HashTable<u32>,
+    /// live in the flow slots).
+    index: FlowIndex,
     hasher: DefaultHashBuilder,
     /// Flow slots, reserved for the full capacity at start and initialised the first time
     /// each is used (so untouched capacity costs no page faults and no start-up time).
@@ -311,7 +322,7 @@ impl FlowTable {
         let per_slot = cfg.table.points_per_flow as usize;
         let t = &cfg.timeouts;
         FlowTable {
-            map: HashTable::with_capacity(cap),
+            index: FlowIndex::with_capacity(cap),
             hasher: DefaultHashBuilder::default(),
             flows: Vec::with_capacity(cap),
             capacity: cap,
@@ -356,11 +367,11 @@ impl FlowTable {
 
     /// Flows currently open.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
 
     /// Bytes of memory reserved per tracked connection at the configured capacity: flow
@@ -370,9 +381,49 @@ impl FlowTable {
     pub fn bytes_per_flow(&self) -> usize {
         let bytes = std::mem::size_of::<Flow>() * self.flows.capacity()
             + self.arena.bytes()
-            + self.map.allocation_size()
+            + self.index.bytes()
             + self.wheel.bytes();
         bytes / self.capacity.max(1)
+    }
+
+    /// First look at a packet that [`FlowTable::process_looked`] gets a few packets later:
+    /// works out its flow key and hash and asks for its hash bucket to be brought into the
+    /// cache meanwhile. `None` (nothing to do ahead) for fragments, ICMP errors and packets
+    /// of no flow. Changes nothing.
+    #[inline]
+    pub fn look(&self, pkt: &Packet<'_>) -> Option<Looked> {
+        if pkt.fragment.is_some()
+            || matches!(
+                pkt.l4,
+                L4::Icmp {
+                    quoted: Some(_),
+                    ..
+                }
+            )
+        {
+            return None;
+        }
+        let (key, src_is_lo) = FlowKey::of(pkt)?;
+        let hash = self.hasher.hash_one(key);
+        self.index.prefetch(hash);
+        Some(Looked {
+            key,
+            src_is_lo,
+            hash,
+        })
+    }
+
+    /// Second look, a few packets on: asks for the flow slot the hash most likely leads to
+    /// (read from its bucket, by now in the cache; no key compared).
+    #[inline]
+    pub fn prefetch_flow(&self, looked: &Looked) {
+        if let Some(f) = self
+            .index
+            .likely_slot(looked.hash)
+            .and_then(|slot| self.flows.get(slot as usize))
+        {
+            prefetch::value(f);
+        }
     }
 
     /// Advances time to `now_ns` without a packet (idle periods of a live source).
@@ -388,6 +439,19 @@ impl FlowTable {
         frame_len: u32,
         emit: &mut F,
     ) {
+        self.process_looked(pkt, None, ts_ns, frame_len, emit);
+    }
+
+    /// [`FlowTable::process`] for a packet this table looked at before
+    /// ([`FlowTable::look`]), with what that look worked out.
+    pub fn process_looked<F: FnMut(&Record<'_>)>(
+        &mut self,
+        pkt: &Packet<'_>,
+        looked: Option<&Looked>,
+        ts_ns: u64,
+        frame_len: u32,
+        emit: &mut F,
+    ) {
         self.counters.packets += 1;
         self.expire(ts_ns, emit);
         if pkt.fragment.is_some() {
@@ -395,12 +459,12 @@ impl FlowTable {
             self.counters.fragments_evicted = self.frags.evicted_full();
             self.counters.fragments_expired = self.frags.expired();
             match whole {
-                Some(whole) => self.track(&whole, ts_ns, frame_len, true, emit),
+                Some(whole) => self.track(&whole, None, ts_ns, frame_len, true, emit),
                 None => self.counters.fragments_pending += 1,
             }
             return;
         }
-        self.track(pkt, ts_ns, frame_len, false, emit);
+        self.track(pkt, looked, ts_ns, frame_len, false, emit);
     }
 
     /// Closes every open flow with reason `shutdown` (or the reason it already had).
@@ -433,6 +497,7 @@ impl FlowTable {
     fn track<F: FnMut(&Record<'_>)>(
         &mut self,
         pkt: &Packet<'_>,
+        looked: Option<&Looked>,
         ts_ns: u64,
         frame_len: u32,
         fragmented: bool,
@@ -453,12 +518,17 @@ impl FlowTable {
                 return;
             }
         }
-        let Some((key, src_is_lo)) = FlowKey::of(pkt) else {
-            self.counters.untracked += 1;
-            return;
+        let (key, src_is_lo, hash) = match looked {
+            Some(l) => (l.key, l.src_is_lo, l.hash),
+            None => {
+                let Some((key, src_is_lo)) = FlowKey::of(pkt) else {
+                    self.counters.untracked += 1;
+                    return;
+                };
+                (key, src_is_lo, self.hasher.hash_one(key))
+            }
         };
         let d = usize::from(!src_is_lo);
-        let hash = self.hasher.hash_one(key);
         let idx = match self.find(hash, &key) {
             Some(idx) => {
                 if self.is_new_connection(idx, d, pkt) {
@@ -503,9 +573,9 @@ impl FlowTable {
     #[inline]
     fn find(&self, hash: u64, key: &FlowKey) -> Option<u32> {
         let flows = &self.flows;
-        self.map
-            .find(hash, |&idx| flows[idx as usize].key == *key)
-            .copied()
+        self.index.find(hash, |idx| {
+            flows.get(idx as usize).is_some_and(|f| f.key == *key)
+        })
     }
 
     fn create<F: FnMut(&Record<'_>)>(
@@ -594,9 +664,9 @@ impl FlowTable {
                 .context_of(self.interface, (vlan_count > 0).then_some(vlans[0]));
         }
         f.triggers_idx = triggers_index(&self.cfg, f);
-        let (flows, hasher) = (&self.flows, &self.hasher);
-        self.map
-            .insert_unique(hash, idx, |&i| hasher.hash_one(flows[i as usize].key));
+        // The table never holds more flows than the index has room for.
+        let indexed = self.index.insert(hash, idx);
+        debug_assert!(indexed, "flow index full at {} flows", self.index.len());
         self.newest = idx;
         self.wheel
             .schedule(idx, ts_ns.saturating_add(self.timeouts_ns.tcp_closed));
@@ -766,9 +836,7 @@ impl FlowTable {
             emit(&rec);
         }
         let hash = self.hasher.hash_one(f.key);
-        if let Ok(entry) = self.map.find_entry(hash, |&i| i == idx) {
-            entry.remove();
-        }
+        self.index.remove(hash, idx);
         self.wheel.cancel(idx);
         self.flows[idx as usize].deadline_ns = u64::from(self.free);
         self.free = idx;
