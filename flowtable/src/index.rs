@@ -137,15 +137,23 @@ impl FlowIndex {
     /// The slot with hash `hash` for which `is_it` says yes.
     #[inline]
     pub fn find(&self, hash: u64, mut is_it: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.locate(hash, &mut is_it)
+            .map(|(b, way)| self.buckets[b].slots[way])
+    }
+
+    /// Where (bucket, way) the slot with hash `hash` for which `is_it` says yes is: its
+    /// home bucket first, then on while the bucket left has overflowed.
+    #[inline]
+    fn locate(&self, hash: u64, is_it: &mut impl FnMut(u32) -> bool) -> Option<(usize, usize)> {
         let tag = tag_of(hash);
         let mut b = self.home(hash);
         for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
             let mut ways = bucket.ways_tagged(tag);
             while ways != 0 {
-                let slot = bucket.slots[first_way(ways)];
-                if is_it(slot) {
-                    return Some(slot);
+                let way = first_way(ways);
+                if is_it(bucket.slots[way]) {
+                    return Some((b, way));
                 }
                 ways &= ways - 1;
             }
@@ -186,32 +194,17 @@ impl FlowIndex {
 
     /// Takes `slot` out from under `hash`: false if it was not there.
     pub fn remove(&mut self, hash: u64, slot: u32) -> bool {
-        let tag = tag_of(hash);
-        let home = self.home(hash);
-        let mut b = home;
-        for _ in 0..self.buckets.len() {
-            let bucket = &mut self.buckets[b];
-            let mut ways = bucket.ways_tagged(tag);
-            while ways != 0 {
-                let way = first_way(ways);
-                if bucket.slots[way] == slot {
-                    bucket.tags &= !(0xff_u64 << (8 * way));
-                    self.len -= 1;
-                    let mut p = home;
-                    while p != b {
-                        self.buckets[p].overflow -= 1;
-                        p = self.next(p);
-                    }
-                    return true;
-                }
-                ways &= ways - 1;
-            }
-            if bucket.overflow == 0 {
-                return false;
-            }
-            b = self.next(b);
+        let Some((b, way)) = self.locate(hash, &mut |s| s == slot) else {
+            return false;
+        };
+        self.buckets[b].tags &= !(0xff_u64 << (8 * way));
+        self.len -= 1;
+        let mut p = self.home(hash);
+        while p != b {
+            self.buckets[p].overflow -= 1;
+            p = self.next(p);
         }
-        false
+        true
     }
 }
 
