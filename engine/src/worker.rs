@@ -147,7 +147,7 @@ impl Worker {
             if let Some(looked) = halfway.and_then(|p| p.looked.as_ref()) {
                 self.table.prefetch_flow(looked);
             }
-            ring[at] = Some(self.look(frame));
+            self.look(frame, &mut ring[at]);
             at = (at + 1) % LOOK_AHEAD;
         }
         for k in 0..LOOK_AHEAD {
@@ -157,18 +157,19 @@ impl Worker {
         }
     }
 
+    /// Parses `frame` straight into its ring slot (a `Pending` is large: built elsewhere
+    /// and moved in, it costs a copy per frame), then hashes its key.
     #[inline]
-    fn look<'a>(&mut self, frame: Frame<'a>) -> Pending<'a> {
+    fn look<'a>(&mut self, frame: Frame<'a>, slot: &mut Option<Pending<'a>>) {
         self.stats.bytes += u64::from(frame.wire_len);
-        let parsed = parse(frame.link, frame.bytes);
-        let looked = parsed.as_ref().ok().and_then(|pkt| self.table.look(pkt));
-        Pending {
+        let p = slot.insert(Pending {
             ts_ns: frame.ts_ns,
             wire_len: frame.wire_len,
             interface: frame.interface,
-            parsed,
-            looked,
-        }
+            parsed: parse(frame.link, frame.bytes),
+            looked: None,
+        });
+        p.looked = p.parsed.as_ref().ok().and_then(|pkt| self.table.look(pkt));
     }
 
     #[inline(always)]
