@@ -140,7 +140,7 @@ pub enum L4<'a> {
         /// Low 8 flag bits, see [`tcp_flags`].
         flags: u8,
         window: u16,
-        /// Window-scale option, when present (only meaningful on SYN segments).
+        /// Window-scale option of a SYN or SYN-ACK, when present (`None` on other segments).
         wscale: Option<u8>,
         /// TCP payload length from the IP header lengths (not the captured bytes).
         payload_len: u32,
@@ -666,8 +666,13 @@ fn tcp(seg: &[u8], seg_len: u32) -> Result<L4<'_>, Malformed> {
     if header_len < 20 || len_u32(header_len) > seg_len {
         return Err(Malformed::BadTcpHeaderLength);
     }
-    // Options cut by the snap length are tolerated: what is there is read.
-    let options = seg.get(20..header_len.min(seg.len())).unwrap_or(&[]);
+    // Options cut by the snap length are tolerated: what is there is read. Only a SYN's
+    // window scale means anything, so other segments' options are not walked.
+    let wscale = if flags & tcp_flags::SYN != 0 {
+        window_scale(seg.get(20..header_len.min(seg.len())).unwrap_or(&[]))
+    } else {
+        None
+    };
     Ok(L4::Tcp {
         sport: u16::from_be_bytes([sp0, sp1]),
         dport: u16::from_be_bytes([dp0, dp1]),
@@ -675,7 +680,7 @@ fn tcp(seg: &[u8], seg_len: u32) -> Result<L4<'_>, Malformed> {
         ack: u32::from_be_bytes([a0, a1, a2, a3]),
         flags,
         window: u16::from_be_bytes([w0, w1]),
-        wscale: window_scale(options),
+        wscale,
         payload_len: seg_len - len_u32(header_len),
         payload: rest_from(seg, header_len),
     })
@@ -2081,6 +2086,12 @@ mod tests {
                 payload_len: 0,
                 ..
             }
+        ));
+        // The same option on a segment without SYN means nothing and is not read.
+        let frame = ipv4(6, A, B, &tcp(1, 2, tcp_flags::ACK, &options, &[]));
+        assert!(matches!(
+            parse(LinkType::RawIp, &frame).expect("ack").l4,
+            L4::Tcp { wscale: None, .. }
         ));
         assert_eq!(window_scale(&[1, 1, 3, 3, 14]), Some(14));
         assert_eq!(window_scale(&[1, 1, 3, 3]), None, "cut option");

@@ -231,6 +231,11 @@ impl Flow {
     fn is_client(&self, d: usize) -> bool {
         d == usize::from(self.client_dir)
     }
+
+    /// The outermost VLAN of its first packet.
+    fn outer_vlan(&self) -> Option<u16> {
+        (self.vlan_count > 0).then_some(self.vlans[0])
+    }
 }
 
 /// Counters of one table, plain integers owned by its worker.
@@ -293,6 +298,9 @@ pub struct FlowTable {
     /// Slot of the connection created last.
     newest: u32,
     mode: RecordMode,
+    /// Plain in-order segments take the short way ([`tcp::steady`]); off only to check that
+    /// the short way changes nothing.
+    steady_path: bool,
     counters: TableCounters,
 }
 
@@ -345,12 +353,21 @@ impl FlowTable {
             next_id: 0,
             newest: 0,
             mode: RecordMode::Anomalous,
+            steady_path: true,
             counters: TableCounters::default(),
         }
     }
 
     pub fn set_mode(&mut self, mode: RecordMode) {
         self.mode = mode;
+    }
+
+    /// Sends every TCP segment the full way through the analysis, plain in-order ones too
+    /// (they take a short way otherwise, to the same effect): for tests that check that
+    /// sameness.
+    #[doc(hidden)]
+    pub fn set_steady_path(&mut self, on: bool) {
+        self.steady_path = on;
     }
 
     /// Says which interface the next packets come in on (an id of
@@ -518,18 +535,21 @@ impl FlowTable {
                 return;
             }
         }
+        // The key is read where it lies (in `looked`) rather than copied out.
+        let worked_out;
         let (key, src_is_lo, hash) = match looked {
-            Some(l) => (l.key, l.src_is_lo, l.hash),
+            Some(l) => (&l.key, l.src_is_lo, l.hash),
             None => {
                 let Some((key, src_is_lo)) = FlowKey::of(pkt) else {
                     self.counters.untracked += 1;
                     return;
                 };
-                (key, src_is_lo, self.hasher.hash_one(key))
+                worked_out = key;
+                (&worked_out, src_is_lo, self.hasher.hash_one(key))
             }
         };
         let d = usize::from(!src_is_lo);
-        let idx = match self.find(hash, &key) {
+        let idx = match self.find(hash, key) {
             Some(idx) => {
                 if self.is_new_connection(idx, d, pkt) {
                     let reason = match self.flows[idx as usize].terminal {
@@ -537,12 +557,12 @@ impl FlowTable {
                         _ => CloseReason::TcpFin,
                     };
                     self.close(idx, reason, emit);
-                    self.create(key, hash, d, pkt, ts_ns, emit)
+                    self.create(*key, hash, d, pkt, ts_ns, emit)
                 } else {
                     idx
                 }
             }
-            None => self.create(key, hash, d, pkt, ts_ns, emit),
+            None => self.create(*key, hash, d, pkt, ts_ns, emit),
         };
         self.update(idx, d, pkt, ts_ns, frame_len, fragmented);
     }
@@ -692,7 +712,15 @@ impl FlowTable {
             d,
             ts_ns,
         };
-        slot.update(&self.cfg, &self.timeouts_ns, pkt, frame_len, fragmented);
+        let steady = self.steady_path && !fragmented;
+        slot.update(
+            &self.cfg,
+            &self.timeouts_ns,
+            pkt,
+            frame_len,
+            fragmented,
+            steady,
+        );
     }
 
     fn icmp_error(
@@ -876,6 +904,7 @@ impl Slot<'_> {
         pkt: &Packet<'_>,
         frame_len: u32,
         fragmented: bool,
+        steady: bool,
     ) {
         let (d, ts_ns) = (self.d, self.ts_ns);
         let first_packet = {
@@ -895,30 +924,10 @@ impl Slot<'_> {
             s.pkts += 1;
             s.bytes += u64::from(frame_len);
         }
-        let (ttl_changed, vlan_changed) = {
-            let f = &mut *self.f;
-            let ttl_changed =
-                f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
-            if f.ttl[d] == 0 {
-                f.ttl[d] = pkt.ttl;
-            }
-            let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
-            let flow_outer = (f.vlan_count > 0).then_some(f.vlans[0]);
-            let vlan_changed = outer != flow_outer && !f.events.has(Events::VLAN_CHANGE);
-            if ttl_changed {
-                f.events.set(Events::TTL_CHANGE);
-            }
-            if vlan_changed {
-                f.events.set(Events::VLAN_CHANGE);
-            }
-            (ttl_changed, vlan_changed)
-        };
-        if ttl_changed {
-            self.point(PointKind::TtlChange, Severity::Warn, u32::from(pkt.ttl));
-        }
-        if vlan_changed {
-            let v = if pkt.vlan_count > 0 { pkt.vlans[0] } else { 0 };
-            self.point(PointKind::VlanChange, Severity::Warn, u32::from(v));
+        let f = &*self.f;
+        let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
+        if f.ttl[d] != pkt.ttl || outer != f.outer_vlan() {
+            self.path_change(pkt);
         }
         if fragmented {
             self.f.events.set(Events::FRAGMENT);
@@ -942,7 +951,9 @@ impl Slot<'_> {
                     window,
                     payload_len,
                 };
-                self.tcp_segment(cfg, &seg, payload);
+                if !(steady && !first_packet && self.steady_segment(cfg, &seg, payload)) {
+                    self.tcp_segment(cfg, &seg, payload);
+                }
             }
             L4::Udp { payload_len, .. } => {
                 self.f.stats[d].payload += u64::from(payload_len);
@@ -958,6 +969,32 @@ impl Slot<'_> {
         f.deadline_ns = ts_ns.saturating_add(timeout_of(f, timeouts));
     }
 
+    /// A packet whose TTL (hop limit) or outer VLAN is not what its direction had so far:
+    /// the first one of the direction, or a change of path (a point, the first time).
+    #[cold]
+    fn path_change(&mut self, pkt: &Packet<'_>) {
+        let f = &mut *self.f;
+        let d = self.d;
+        let ttl_changed = f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
+        if f.ttl[d] == 0 {
+            f.ttl[d] = pkt.ttl;
+        }
+        let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
+        let vlan_changed = outer != f.outer_vlan() && !f.events.has(Events::VLAN_CHANGE);
+        if ttl_changed {
+            f.events.set(Events::TTL_CHANGE);
+            self.point(PointKind::TtlChange, Severity::Warn, u32::from(pkt.ttl));
+        }
+        if vlan_changed {
+            self.f.events.set(Events::VLAN_CHANGE);
+            self.point(
+                PointKind::VlanChange,
+                Severity::Warn,
+                u32::from(outer.unwrap_or(0)),
+            );
+        }
+    }
+
     /// First packet of a direction of a UDP/ICMP flow: one point, and the time to the first
     /// answer.
     fn first_payload(&mut self, kind: PointKind) {
@@ -965,6 +1002,34 @@ impl Slot<'_> {
         if let Some(ttfb) = self.f.first_payload_at(d, ts_ns) {
             self.point(kind, Severity::Info, ttfb.map_or(0, us));
         }
+    }
+
+    /// A segment [`tcp::steady`] takes, on a connection past its handshake with nothing
+    /// pending that such a segment would settle: to the same effect as
+    /// [`Slot::tcp_segment`], in fewer steps. False (and nothing changed) for any other.
+    #[inline]
+    fn steady_segment(&mut self, cfg: &Config, seg: &Segment, payload: &[u8]) -> bool {
+        let (d, ts_ns) = (self.d, self.ts_ns);
+        let f = &mut *self.f;
+        let is_client = f.is_client(d);
+        let handshake_pending = is_client && f.synack_ns.is_some() && f.synack_ack.is_none();
+        if f.terminal != Terminal::Open
+            || handshake_pending
+            || !tcp::steady(&mut f.tcp, d, seg, ts_ns)
+        {
+            return false;
+        }
+        f.stats[d].payload += u64::from(seg.payload_len);
+        let letter = if seg.payload_len > 0 { b'd' } else { b'a' };
+        f.history.push_once(if is_client {
+            letter.to_ascii_uppercase()
+        } else {
+            letter
+        });
+        if seg.payload_len > 0 {
+            self.tcp_payload(cfg, payload);
+        }
+        true
     }
 
     fn tcp_segment(&mut self, cfg: &Config, seg: &Segment, payload: &[u8]) {

@@ -29,7 +29,7 @@ const ACK_SET: u8 = 4;
 const FIN_SEEN: u8 = 8;
 
 /// What one endpoint has sent so far.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpDir {
     pub state: EndpointState,
     bits: u8,
@@ -91,6 +91,37 @@ pub fn illegal_flags(flags: u8) -> bool {
         || f & (SYN | FIN) == SYN | FIN
         || f & (SYN | RST) == SYN | RST
         || (f & ACK == 0 && f & (FIN | PSH | URG) != 0 && f & RST == 0)
+}
+
+/// The segment most packets of a connection are: ACK (maybe PSH), no SYN, FIN, RST or URG,
+/// exactly at the next expected sequence number of an established (or mid-stream) endpoint
+/// that has not sent its FIN, an open window, and either payload or news (a new ACK or
+/// window), so not a duplicate ACK. Applies it and returns true when it is one, with the same
+/// effect as [`analyse`] (which finds nothing in it); otherwise changes nothing and returns
+/// false, and the segment goes through [`analyse`].
+#[inline]
+pub fn steady(dirs: &mut [TcpDir; 2], d: usize, seg: &Segment, ts_ns: u64) -> bool {
+    const ALL_SET: u8 = NEXT_SET | BASE_SET | ACK_SET;
+    let me = &mut dirs[d & 1];
+    let plain = seg.flags & (SYN | FIN | RST | URG | ACK) == ACK;
+    let known = me.bits & (ALL_SET | FIN_SEEN) == ALL_SET
+        && matches!(
+            me.state,
+            EndpointState::Established | EndpointState::Partial
+        );
+    let news = seg.payload_len > 0 || seg.ack != me.last_ack || seg.window != me.last_win;
+    if !(plain && known && news && seg.window != 0 && seg.seq == me.next_seq) {
+        return false;
+    }
+    let end = seg.seq.wrapping_add(seg.payload_len);
+    if seq_lt(me.next_seq, end) {
+        me.next_seq = end;
+    }
+    me.last_ack = seg.ack;
+    me.last_win = seg.window;
+    me.dup_run = 0;
+    me.last_seg_ns = ts_ns;
+    true
 }
 
 /// Sequence analysis of one segment sent by `dirs[d]`, updating both endpoints' states.
@@ -418,6 +449,74 @@ mod tests {
         analyse(&mut d, C, &seg(101, 501, FIN | ACK, 0), 3 * MS, MS);
         let f = analyse(&mut d, C, &seg(102, 501, ACK, 10), 4 * MS, MS);
         assert!(f.data_after_fin);
+    }
+
+    /// A segment `steady` takes changes both endpoints exactly as `analyse` does, and
+    /// `analyse` finds nothing in it; one it refuses it leaves alone.
+    fn steady_agrees(dirs: &[TcpDir; 2], d: usize, s: &Segment, ts: u64) -> bool {
+        let mut fast = *dirs;
+        let taken = steady(&mut fast, d, s, ts);
+        if taken {
+            let mut slow = *dirs;
+            let found = analyse(&mut slow, d, s, ts, MS);
+            assert_eq!(found, SegmentFindings::default(), "{s:?} on {dirs:?}");
+            assert_eq!(fast, slow, "{s:?} on {dirs:?}");
+        } else {
+            assert_eq!(&fast, dirs, "refused {s:?} but changed {dirs:?}");
+        }
+        taken
+    }
+
+    #[test]
+    fn steady_takes_in_order_data_and_new_acks_only() {
+        let mut d = [TcpDir::default(); 2];
+        handshake(&mut d);
+        assert!(steady_agrees(&d, C, &seg(101, 501, ACK | PSH, 100), 3 * MS));
+        assert!(steady_agrees(&d, C, &seg(101, 502, ACK, 0), 3 * MS));
+        // A duplicate ACK, a keep-alive, a retransmission, a gap, a FIN, a zero window.
+        assert!(!steady_agrees(&d, C, &seg(101, 501, ACK, 0), 3 * MS));
+        assert!(!steady_agrees(&d, C, &seg(100, 501, ACK, 0), 3 * MS));
+        assert!(!steady_agrees(&d, C, &seg(51, 501, ACK, 50), 3 * MS));
+        assert!(!steady_agrees(&d, C, &seg(201, 501, ACK, 50), 3 * MS));
+        assert!(!steady_agrees(&d, C, &seg(101, 501, ACK | FIN, 0), 3 * MS));
+        let mut z = seg(101, 501, ACK, 10);
+        z.window = 0;
+        assert!(!steady_agrees(&d, C, &z, 3 * MS));
+        // Before the handshake is done.
+        let mut d = [TcpDir::default(); 2];
+        analyse(&mut d, C, &seg(100, 0, SYN, 0), 0, MS);
+        assert!(!steady_agrees(&d, C, &seg(101, 0, ACK, 10), MS));
+    }
+
+    proptest! {
+        #[test]
+        fn steady_is_analyse_on_the_segments_it_takes(
+            segs in proptest::collection::vec(
+                (0usize..2, 0u32..4, 0u32..4, any::<u8>(), 0u16..3, 0u32..3), 0..48),
+            near in proptest::collection::vec(
+                (0usize..2, 0u32..3, 0u32..3, 0u8..4, 0u16..3, 0u32..3), 1..16)) {
+            // Small numbers so that sequence numbers, ACKs and windows meet often.
+            let mut d = [TcpDir::default(); 2];
+            for (i, (dir, seq, ack, flags, window, len)) in segs.into_iter().enumerate() {
+                let s = Segment { seq, ack, flags, window, payload_len: len };
+                analyse(&mut d, dir, &s, i as u64 * MS, MS);
+            }
+            // Then segments around each endpoint's next expected one.
+            let flags = [ACK, ACK | PSH, ACK | FIN, ACK | URG];
+            for (i, (dir, off, ack, fl, window, len)) in near.into_iter().enumerate() {
+                let me = d[dir];
+                let s = Segment {
+                    seq: me.next_seq.wrapping_add(off).wrapping_sub(1),
+                    ack: me.last_ack.wrapping_add(ack).wrapping_sub(1),
+                    flags: flags[usize::from(fl)],
+                    window: me.last_win.wrapping_add(window).wrapping_sub(1),
+                    payload_len: len,
+                };
+                let ts = (100 + i as u64) * MS;
+                steady_agrees(&d, dir, &s, ts);
+                analyse(&mut d, dir, &s, ts, MS);
+            }
+        }
     }
 
     proptest! {
