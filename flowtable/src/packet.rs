@@ -640,6 +640,7 @@ fn ext_len(rest: &[u8], rest_len: u32) -> Result<usize, Malformed> {
 
 /// The transport (or tunnel) carried by `net`: `seg` are the captured bytes, `seg_len` the
 /// length the IP header gives.
+#[inline(always)]
 fn transport<'a>(
     ctx: &mut Ctx,
     net: &Net,
@@ -659,6 +660,7 @@ fn transport<'a>(
     }
 }
 
+#[inline(always)]
 fn tcp(seg: &[u8], seg_len: u32) -> Result<L4<'_>, Malformed> {
     let header = array::<20>(seg, 0).ok_or(Malformed::TruncatedTcp)?;
     let [sp0, sp1, dp0, dp1, q0, q1, q2, q3, a0, a1, a2, a3, offset, flags, w0, w1, ..] = header;

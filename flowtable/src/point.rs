@@ -272,6 +272,12 @@ impl Arena {
         trail.written = trail.written.saturating_add(1);
     }
 
+    /// Points of `trail` that no longer fit its slot (dropped from the middle), as
+    /// [`Arena::copy_trail`] reports them, without copying anything.
+    pub fn dropped(&self, trail: Trail) -> u32 {
+        (trail.written as usize).saturating_sub(self.per_slot) as u32
+    }
+
     /// Copies `slot`'s trail into `out` in time order (the kept head, then the ring of the
     /// most recent points from its oldest); returns the number of points dropped between.
     pub fn copy_trail(&self, slot: u32, trail: Trail, out: &mut Vec<Point>) -> u32 {
@@ -347,6 +353,7 @@ mod tests {
         let times: Vec<u64> = out.iter().map(|p| p.t_ns).collect();
         assert_eq!(times, vec![0, 1, 2, 3, 16, 17, 18, 19]);
         assert_eq!(dropped, 12);
+        assert_eq!(arena.dropped(trail), dropped);
         // Neighbouring slots are untouched.
         let mut other = Vec::new();
         assert_eq!(arena.copy_trail(0, Trail::default(), &mut other), 0);
@@ -362,6 +369,7 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(arena.copy_trail(0, trail, &mut out), 0);
+        assert_eq!(arena.dropped(trail), 0);
         assert_eq!(out.len(), 5);
     }
 }

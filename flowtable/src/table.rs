@@ -793,29 +793,11 @@ impl FlowTable {
             ConnState::None
         };
         let (c_ep, s_ep) = f.endpoints();
-        let dropped = self
-            .arena
-            .copy_trail(idx, f.trail, &mut self.scratch_points);
+        let dropped = self.arena.dropped(f.trail);
         if dropped > 0 {
             self.counters.trails_truncated += 1;
-            // Mark the truncation where it happened: after the kept head.
-            let at = self.arena.per_slot() / 2;
-            if at <= self.scratch_points.len()
-                && self.scratch_points.len() < self.scratch_points.capacity()
-            {
-                let t_ns = self.scratch_points.get(at).map_or(0, |p| p.t_ns);
-                self.scratch_points.insert(
-                    at,
-                    Point {
-                        t_ns,
-                        kind: PointKind::Truncated,
-                        dir: Dir::C2s,
-                        severity: Severity::Warn,
-                        arg: dropped,
-                    },
-                );
-            }
         }
+        // The rules need no points: the trail is only copied out for a record that is kept.
         let mut rec = Record {
             id: f.id,
             worker: self.worker,
@@ -836,15 +818,10 @@ impl FlowTable {
             flags: Flags::default(),
             irregular_point: None,
             latency: f.latency(),
-            points: Cow::Borrowed(&self.scratch_points),
+            points: Cow::Borrowed(&[]),
             points_dropped: dropped,
             icmp_type_code: f.icmp_type_code,
         };
-        rec.irregular_point = rec
-            .points
-            .iter()
-            .position(|p| p.severity >= Severity::Warn)
-            .and_then(|i| u16::try_from(i).ok());
         rec.flags = rules::evaluate(
             &rec,
             f.events,
@@ -861,6 +838,33 @@ impl FlowTable {
         }
         if !rec.flags.is_empty() {
             self.counters.records_emitted += 1;
+            self.arena
+                .copy_trail(idx, f.trail, &mut self.scratch_points);
+            if dropped > 0 {
+                // Mark the truncation where it happened: after the kept head.
+                let at = self.arena.per_slot() / 2;
+                if at <= self.scratch_points.len()
+                    && self.scratch_points.len() < self.scratch_points.capacity()
+                {
+                    let t_ns = self.scratch_points.get(at).map_or(0, |p| p.t_ns);
+                    self.scratch_points.insert(
+                        at,
+                        Point {
+                            t_ns,
+                            kind: PointKind::Truncated,
+                            dir: Dir::C2s,
+                            severity: Severity::Warn,
+                            arg: dropped,
+                        },
+                    );
+                }
+            }
+            rec.irregular_point = self
+                .scratch_points
+                .iter()
+                .position(|p| p.severity >= Severity::Warn)
+                .and_then(|i| u16::try_from(i).ok());
+            rec.points = Cow::Borrowed(&self.scratch_points);
             emit(&rec);
         }
         let hash = self.hasher.hash_one(f.key);
