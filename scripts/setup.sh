@@ -14,9 +14,10 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 # Live capture: xsk-rs builds libxdp/libbpf with clang and the cc crate (libelf, zlib, m4,
 # pkg-config; libpcap-dev as measured in shared/LAB-NOTES.md); the live test and lab scripts
-# use ip (network namespaces, veth), ethtool and tcpreplay.
+# use ip (network namespaces, veth), ethtool and tcpreplay; scripts/bench-live.sh drives the
+# veth lab at full rate with trafgen (netsniff-ng) where there is no kernel pktgen.
 # Fuzzing: libfuzzer-sys compiles libFuzzer with the C++ compiler.
-for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay iproute2 ethtool g++; do
+for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay netsniff-ng iproute2 ethtool g++; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
