@@ -71,10 +71,12 @@ const DEFAULT_OOO_NS: u64 = 3_000_000;
 #[derive(Clone)]
 struct Flow {
     key: FlowKey,
+    /// Its record id; in a free slot, the next free slot (see `FlowTable::free`).
     id: u64,
     start_ns: u64,
+    /// Its latest packet; it ages out `timeout_of` its state after this (worked out when its
+    /// timer comes due, not at every packet).
     last_ns: u64,
-    deadline_ns: u64,
     stats: [DirStats; 2],
     tcp: [TcpDir; 2],
     syn_ns: At,
@@ -125,7 +127,6 @@ impl Flow {
             id: 0,
             start_ns: 0,
             last_ns: 0,
-            deadline_ns: 0,
             stats: [DirStats::default(); 2],
             tcp: [TcpDir::default(); 2],
             syn_ns: At::NEVER,
@@ -283,7 +284,7 @@ pub struct FlowTable {
     /// The configured capacity: `flows` never grows past it.
     capacity: usize,
     /// The last slot freed by a closed flow (or `NO_SLOT`): freed slots are reused, last
-    /// first, before never-used ones; each free slot's `deadline_ns` holds the next.
+    /// first, before never-used ones; each free slot's `id` holds the next.
     free: u32,
     arena: Arena,
     wheel: Wheel,
@@ -494,9 +495,10 @@ impl FlowTable {
     }
 
     fn expire<F: FnMut(&Record<'_>)>(&mut self, now_ns: u64, emit: &mut F) {
-        let flows = &self.flows;
+        let (flows, timeouts) = (&self.flows, &self.timeouts_ns);
         let any = self.wheel.advance(now_ns, |idx, horizon| {
-            let deadline = flows[idx as usize].deadline_ns;
+            let f = &flows[idx as usize];
+            let deadline = f.last_ns.saturating_add(timeout_of(f, timeouts));
             if deadline < horizon {
                 Due::Expire
             } else {
@@ -584,7 +586,7 @@ impl FlowTable {
     /// A slot freed by a closed flow, if there is one.
     fn take_free(&mut self) -> Option<u32> {
         let idx = self.free;
-        let next = self.flows.get(idx as usize)?.deadline_ns;
+        let next = self.flows.get(idx as usize)?.id;
         self.free = u32::try_from(next).unwrap_or(NO_SLOT);
         Some(idx)
     }
@@ -667,7 +669,6 @@ impl FlowTable {
             id,
             start_ns: ts_ns,
             last_ns: ts_ns,
-            deadline_ns: ts_ns,
             vlans,
             vlan_count: vlan_count as u8,
             client_dir: client_dir as u8,
@@ -713,14 +714,7 @@ impl FlowTable {
             ts_ns,
         };
         let steady = self.steady_path && !fragmented;
-        slot.update(
-            &self.cfg,
-            &self.timeouts_ns,
-            pkt,
-            frame_len,
-            fragmented,
-            steady,
-        );
+        slot.update(&self.cfg, pkt, frame_len, fragmented, steady);
     }
 
     fn icmp_error(
@@ -870,7 +864,7 @@ impl FlowTable {
         let hash = self.hasher.hash_one(f.key);
         self.index.remove(hash, idx);
         self.wheel.cancel(idx);
-        self.flows[idx as usize].deadline_ns = u64::from(self.free);
+        self.flows[idx as usize].id = u64::from(self.free);
         self.free = idx;
     }
 }
@@ -904,7 +898,6 @@ impl Slot<'_> {
     fn update(
         &mut self,
         cfg: &Config,
-        timeouts: &TimeoutsNs,
         pkt: &Packet<'_>,
         frame_len: u32,
         fragmented: bool,
@@ -969,8 +962,6 @@ impl Slot<'_> {
             }
             L4::Fragment | L4::Other { .. } => {}
         }
-        let f = &mut *self.f;
-        f.deadline_ns = ts_ns.saturating_add(timeout_of(f, timeouts));
     }
 
     /// A packet whose TTL (hop limit) or outer VLAN is not what its direction had so far:
