@@ -278,6 +278,26 @@ impl Arena {
         (trail.written as usize).saturating_sub(self.per_slot) as u32
     }
 
+    /// `slot`'s trail as a record carries it: [`Arena::copy_trail`], with a `Truncated` point
+    /// (its argument: how many) where points were dropped, after the kept head.
+    pub fn copy_record_trail(&self, slot: u32, trail: Trail, out: &mut Vec<Point>) {
+        let dropped = self.copy_trail(slot, trail, out);
+        let at = self.per_slot / 2;
+        if dropped > 0 && at <= out.len() && out.len() < out.capacity() {
+            let t_ns = out.get(at).map_or(0, |p| p.t_ns);
+            out.insert(
+                at,
+                Point {
+                    t_ns,
+                    kind: PointKind::Truncated,
+                    dir: Dir::C2s,
+                    severity: Severity::Warn,
+                    arg: dropped,
+                },
+            );
+        }
+    }
+
     /// Copies `slot`'s trail into `out` in time order (the kept head, then the ring of the
     /// most recent points from its oldest); returns the number of points dropped between.
     pub fn copy_trail(&self, slot: u32, trail: Trail, out: &mut Vec<Point>) -> u32 {
@@ -354,6 +374,14 @@ mod tests {
         assert_eq!(times, vec![0, 1, 2, 3, 16, 17, 18, 19]);
         assert_eq!(dropped, 12);
         assert_eq!(arena.dropped(trail), dropped);
+        // As a record carries it: a truncation point after the kept head.
+        let mut rec = Vec::with_capacity(9);
+        arena.copy_record_trail(1, trail, &mut rec);
+        let kinds: Vec<(u64, PointKind)> = rec.iter().map(|p| (p.t_ns, p.kind)).collect();
+        assert_eq!(kinds.len(), 9);
+        assert_eq!(kinds[4], (16, PointKind::Truncated));
+        assert_eq!(rec[4].arg, 12);
+        assert_eq!(rec[5].t_ns, 16);
         // Neighbouring slots are untouched.
         let mut other = Vec::new();
         assert_eq!(arena.copy_trail(0, Trail::default(), &mut other), 0);

@@ -833,26 +833,7 @@ impl FlowTable {
         if !rec.flags.is_empty() {
             self.counters.records_emitted += 1;
             self.arena
-                .copy_trail(idx, f.trail, &mut self.scratch_points);
-            if dropped > 0 {
-                // Mark the truncation where it happened: after the kept head.
-                let at = self.arena.per_slot() / 2;
-                if at <= self.scratch_points.len()
-                    && self.scratch_points.len() < self.scratch_points.capacity()
-                {
-                    let t_ns = self.scratch_points.get(at).map_or(0, |p| p.t_ns);
-                    self.scratch_points.insert(
-                        at,
-                        Point {
-                            t_ns,
-                            kind: PointKind::Truncated,
-                            dir: Dir::C2s,
-                            severity: Severity::Warn,
-                            arg: dropped,
-                        },
-                    );
-                }
-            }
+                .copy_record_trail(idx, f.trail, &mut self.scratch_points);
             rec.irregular_point = self
                 .scratch_points
                 .iter()
@@ -924,7 +905,7 @@ impl Slot<'_> {
         let f = &*self.f;
         let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
         if f.ttl[d] != pkt.ttl || outer != f.outer_vlan() {
-            self.path_change(pkt);
+            self.path_change(pkt.ttl, outer);
         }
         if fragmented {
             self.f.events.set(Events::FRAGMENT);
@@ -967,18 +948,17 @@ impl Slot<'_> {
     /// A packet whose TTL (hop limit) or outer VLAN is not what its direction had so far:
     /// the first one of the direction, or a change of path (a point, the first time).
     #[cold]
-    fn path_change(&mut self, pkt: &Packet<'_>) {
+    fn path_change(&mut self, ttl: u8, outer: Option<u16>) {
         let f = &mut *self.f;
         let d = self.d;
-        let ttl_changed = f.ttl[d] != 0 && f.ttl[d] != pkt.ttl && !f.events.has(Events::TTL_CHANGE);
+        let ttl_changed = f.ttl[d] != 0 && f.ttl[d] != ttl && !f.events.has(Events::TTL_CHANGE);
         if f.ttl[d] == 0 {
-            f.ttl[d] = pkt.ttl;
+            f.ttl[d] = ttl;
         }
-        let outer = (pkt.vlan_count > 0).then_some(pkt.vlans[0]);
         let vlan_changed = outer != f.outer_vlan() && !f.events.has(Events::VLAN_CHANGE);
         if ttl_changed {
             f.events.set(Events::TTL_CHANGE);
-            self.point(PointKind::TtlChange, Severity::Warn, u32::from(pkt.ttl));
+            self.point(PointKind::TtlChange, Severity::Warn, u32::from(ttl));
         }
         if vlan_changed {
             self.f.events.set(Events::VLAN_CHANGE);
