@@ -41,6 +41,9 @@ pub struct Wheel {
     tick_ns: u64,
     /// Ticks strictly below this have been processed.
     current_tick: u64,
+    /// Where the tick after `current_tick` starts (0 before the first time is seen): a time
+    /// below it crosses no boundary, which one comparison tells without a division.
+    next_tick_ns: u64,
     started: bool,
 }
 
@@ -63,6 +66,7 @@ impl Wheel {
             slots: slots as u32,
             tick_ns: tick_ns.max(1),
             current_tick: 0,
+            next_tick_ns: 0,
             started: false,
         }
     }
@@ -70,6 +74,12 @@ impl Wheel {
     fn sentinel_of(&self, deadline_ns: u64) -> u32 {
         let tick = (deadline_ns / self.tick_ns).max(self.current_tick);
         self.capacity + (tick & u64::from(self.slots - 1)) as u32
+    }
+
+    fn set_current_tick(&mut self, tick: u64) {
+        self.current_tick = tick;
+        self.next_tick_ns = tick.saturating_add(1).saturating_mul(self.tick_ns);
+        self.started = true;
     }
 
     fn expired_sentinel(&self) -> u32 {
@@ -90,8 +100,7 @@ impl Wheel {
     /// Links entry `idx` into the slot of `deadline_ns` (it must not be linked already).
     pub fn schedule(&mut self, idx: u32, deadline_ns: u64) {
         if !self.started {
-            self.current_tick = deadline_ns / self.tick_ns;
-            self.started = true;
+            self.set_current_tick(deadline_ns / self.tick_ns);
         }
         if idx < self.capacity {
             let s = self.sentinel_of(deadline_ns);
@@ -116,11 +125,20 @@ impl Wheel {
     /// Moves time forward to `now_ns` and offers every entry of each tick that has fully
     /// passed to `due(idx, horizon_ns)`: an entry whose deadline is before `horizon_ns` is
     /// due. Cheap when no tick boundary was crossed. Says whether any entry expired.
-    pub fn advance(&mut self, now_ns: u64, mut due: impl FnMut(u32, u64) -> Due) -> bool {
+    #[inline]
+    pub fn advance(&mut self, now_ns: u64, due: impl FnMut(u32, u64) -> Due) -> bool {
+        if now_ns < self.next_tick_ns {
+            return false;
+        }
+        self.cross(now_ns, due)
+    }
+
+    /// [`Wheel::advance`] once `now_ns` may have reached another tick.
+    #[cold]
+    fn cross(&mut self, now_ns: u64, mut due: impl FnMut(u32, u64) -> Due) -> bool {
         let now_tick = now_ns / self.tick_ns;
         if !self.started {
-            self.current_tick = now_tick;
-            self.started = true;
+            self.set_current_tick(now_tick);
             return false;
         }
         if now_tick <= self.current_tick {
@@ -134,7 +152,7 @@ impl Wheel {
         let expired = self.expired_sentinel();
         // Rescheduled entries land at or after `now_tick`, never in a slot still to visit
         // in this call (at most one revolution is visited).
-        self.current_tick = now_tick;
+        self.set_current_tick(now_tick);
         for t in first..first + steps {
             let s = self.capacity + (t & (slots - 1)) as u32;
             // Detach the slot's list, then walk it to its end (the sentinel).
