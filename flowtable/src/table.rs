@@ -1165,7 +1165,18 @@ impl Slot<'_> {
         }
     }
 
+    /// A data segment: its direction's first data (time to first byte, TLS hellos) and TLS
+    /// alerts. Once a direction has sent data only an alert record (content type 21) can
+    /// matter, which one byte tells; most segments stop there.
+    #[inline(always)]
     fn tcp_payload(&mut self, cfg: &Config, payload: &[u8]) {
+        if self.f.marks.has(Marks::FIRST_DATA << self.d) && payload.first() != Some(&tls::ALERT) {
+            return;
+        }
+        self.payload_events(cfg, payload);
+    }
+
+    fn payload_events(&mut self, cfg: &Config, payload: &[u8]) {
         let (d, ts_ns) = (self.d, self.ts_ns);
         let first = self.f.first_payload_at(d, ts_ns);
         if let Some(ttfb) = first {

@@ -14,6 +14,10 @@ pub enum TlsEvent {
     EncryptedAlert,
 }
 
+/// Content type of a TLS alert record.
+pub const ALERT: u8 = 0x15;
+const HANDSHAKE: u8 = 0x16;
+
 /// Looks at the first TLS record of a segment's payload.
 pub fn inspect(payload: &[u8]) -> Option<TlsEvent> {
     let (&content_type, rest) = payload.split_first()?;
@@ -22,12 +26,12 @@ pub fn inspect(payload: &[u8]) -> Option<TlsEvent> {
     }
     let record_len = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
     match content_type {
-        0x15 if record_len == 2 => Some(TlsEvent::Alert {
+        ALERT if record_len == 2 => Some(TlsEvent::Alert {
             level: *payload.get(5)?,
             description: *payload.get(6)?,
         }),
-        0x15 => Some(TlsEvent::EncryptedAlert),
-        0x16 => match payload.get(5)? {
+        ALERT => Some(TlsEvent::EncryptedAlert),
+        HANDSHAKE => match payload.get(5)? {
             1 => Some(TlsEvent::ClientHello {
                 sni_hash: sni(payload).map_or(0, fnv1a),
             }),
