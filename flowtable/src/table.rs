@@ -513,6 +513,7 @@ impl FlowTable {
         }
     }
 
+    #[inline(always)]
     fn track<F: FnMut(&Record<'_>)>(
         &mut self,
         pkt: &Packet<'_>,
@@ -694,6 +695,7 @@ impl FlowTable {
         idx
     }
 
+    #[inline(always)]
     fn update(
         &mut self,
         idx: u32,
