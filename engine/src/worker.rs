@@ -3,7 +3,7 @@
 //! counted) and allocates nothing per packet once warmed up.
 
 use flowtable::config::Config;
-use flowtable::packet::{parse, LinkType, Malformed, Packet};
+use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, Looked, RecordMode, TableCounters};
 use ring::codec;
@@ -81,6 +81,17 @@ struct Pending<'a> {
     looked: Option<Looked>,
 }
 
+impl Pending<'_> {
+    /// A ring slot that holds no frame yet.
+    const EMPTY: Pending<'static> = Pending {
+        ts_ns: 0,
+        wire_len: 0,
+        interface: 0,
+        parsed: Err(Malformed::TruncatedLink),
+        looked: None,
+    };
+}
+
 pub struct Worker {
     table: FlowTable,
     sink: RingSink,
@@ -136,23 +147,28 @@ impl Worker {
     /// processed, instead of stalling the worker when its turn comes.
     #[inline]
     pub fn frames<'a>(&mut self, frames: impl IntoIterator<Item = Frame<'a>>) {
-        let mut ring: [Option<Pending<'a>>; LOOK_AHEAD] = std::array::from_fn(|_| None);
-        // The slot of the oldest frame looked at, where the next one goes.
+        let mut ring: [Pending<'a>; LOOK_AHEAD] = std::array::from_fn(|_| Pending::EMPTY);
+        // The slot of the oldest frame looked at, where the next one goes; slots from
+        // `filled` on hold no frame yet.
         let mut at = 0;
+        let mut filled = 0;
         for frame in frames {
-            if let Some(p) = &ring[at] {
-                self.process(p);
+            if filled == LOOK_AHEAD {
+                self.process(&ring[at]);
+            } else {
+                filled += 1;
             }
-            let halfway = ring[(at + HALFWAY) % LOOK_AHEAD].as_ref();
-            if let Some(looked) = halfway.and_then(|p| p.looked.as_ref()) {
+            // An empty slot's `looked` is `None`.
+            if let Some(looked) = &ring[(at + HALFWAY) % LOOK_AHEAD].looked {
                 self.table.prefetch_flow(looked);
             }
             self.look(frame, &mut ring[at]);
             at = (at + 1) % LOOK_AHEAD;
         }
         for k in 0..LOOK_AHEAD {
-            if let Some(p) = &ring[(at + k) % LOOK_AHEAD] {
-                self.process(p);
+            let slot = (at + k) % LOOK_AHEAD;
+            if slot < filled {
+                self.process(&ring[slot]);
             }
         }
     }
@@ -160,16 +176,17 @@ impl Worker {
     /// Parses `frame` straight into its ring slot (a `Pending` is large: built elsewhere
     /// and moved in, it costs a copy per frame), then hashes its key.
     #[inline]
-    fn look<'a>(&mut self, frame: Frame<'a>, slot: &mut Option<Pending<'a>>) {
+    fn look<'a>(&mut self, frame: Frame<'a>, slot: &mut Pending<'a>) {
         self.stats.bytes += u64::from(frame.wire_len);
-        let p = slot.insert(Pending {
-            ts_ns: frame.ts_ns,
-            wire_len: frame.wire_len,
-            interface: frame.interface,
-            parsed: parse(frame.link, frame.bytes),
-            looked: None,
-        });
-        p.looked = p.parsed.as_ref().ok().and_then(|pkt| self.table.look(pkt));
+        slot.ts_ns = frame.ts_ns;
+        slot.wire_len = frame.wire_len;
+        slot.interface = frame.interface;
+        parse_into(frame.link, frame.bytes, &mut slot.parsed);
+        slot.looked = slot
+            .parsed
+            .as_ref()
+            .ok()
+            .and_then(|pkt| self.table.look(pkt));
     }
 
     #[inline(always)]

@@ -269,21 +269,28 @@ pub const MAX_TUNNELS: u8 = 8;
 ///
 /// Never allocates and never panics, whatever the bytes. See the module documentation for
 /// which header a tunnelled or quoted packet is keyed by.
-#[inline]
 pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet<'_>, Malformed> {
-    match link {
-        LinkType::Ethernet => ethernet_ip_tcp(frame),
-        _ => walk(link, frame),
+    let mut out = Err(Malformed::TruncatedLink);
+    parse_into(link, frame, &mut out);
+    out
+}
+
+/// [`parse`] writing its result into `out`, for a caller that keeps packets in place (a
+/// returned packet is often built aside and then copied).
+#[inline]
+pub fn parse_into<'a>(link: LinkType, frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>) {
+    if link != LinkType::Ethernet || !ethernet_ip_tcp(frame, out) {
+        *out = walk(link, frame);
     }
 }
 
-/// An Ethernet frame. The frames most traffic is (at most one 802.1Q tag, then IPv4 without
-/// options and not a fragment, or IPv6 without extension headers, carrying TCP) are read in
-/// one pass and the packet written once, in place; any other frame, or one of these that is
-/// not well formed, goes the general walk. For the frames it takes, the short way gives
-/// exactly what the walk would.
+/// The Ethernet frames most traffic is (at most one 802.1Q tag, then IPv4 without options
+/// and not a fragment, or IPv6 without extension headers, carrying TCP) are read in one pass
+/// and the packet written once, into `out`. Says `false`, writing nothing, for any other
+/// frame or one of these that is not well formed: the general walk takes those. For the
+/// frames it takes it gives exactly what the walk would.
 #[inline(always)]
-fn ethernet_ip_tcp(frame: &[u8]) -> Result<Packet<'_>, Malformed> {
+fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>) -> bool {
     'short: {
         let Some(mut etype) = be16(frame, 12) else {
             break 'short;
@@ -341,7 +348,7 @@ fn ethernet_ip_tcp(frame: &[u8]) -> Result<Packet<'_>, Malformed> {
         };
         #[cfg(test)]
         tests::SHORT_WAY.with(|n| n.set(n.get() + 1));
-        return Ok(Packet {
+        *out = Ok(Packet {
             ip_version,
             src,
             dst,
@@ -353,8 +360,9 @@ fn ethernet_ip_tcp(frame: &[u8]) -> Result<Packet<'_>, Malformed> {
             fragment: None,
             l4,
         });
+        return true;
     }
-    walk(LinkType::Ethernet, frame)
+    false
 }
 
 /// The general walk from the link-layer header down, for every link type and encapsulation.
