@@ -1313,16 +1313,23 @@ mod tests {
         ]
     }
 
-    /// A raw-IP IPv4/TCP segment between 10.0.0.1:40000 (the client) and 10.0.0.2:80 with
+    /// An Ethernet/IPv4/TCP segment between 10.0.0.1:40000 (the client) and 10.0.0.2:80 with
     /// `payload` bytes.
-    fn tcp(from_client: bool, seq: u32, ack: u32, flags: u8, payload: usize) -> Vec<u8> {
+    pub(super) fn tcp_frame(
+        from_client: bool,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: usize,
+    ) -> Vec<u8> {
         let (src, dst, sport, dport) = if from_client {
             ([10, 0, 0, 1], [10, 0, 0, 2], 40000u16, 80u16)
         } else {
             ([10, 0, 0, 2], [10, 0, 0, 1], 80, 40000)
         };
         let total = u16::try_from(40 + payload).expect("small segment");
-        let mut f = vec![0x45, 0];
+        let mut f = vec![0u8; 12];
+        f.extend([0x08, 0x00, 0x45, 0]);
         f.extend(total.to_be_bytes());
         f.extend([0, 1, 0, 0, 64, 6, 0, 0]);
         f.extend(src);
@@ -1332,7 +1339,7 @@ mod tests {
         f.extend(seq.to_be_bytes());
         f.extend(ack.to_be_bytes());
         f.extend([0x50, flags, 0x10, 0, 0, 0, 0, 0]);
-        f.resize(usize::from(total), b'x');
+        f.resize(14 + usize::from(total), b'x');
         f
     }
 
@@ -1343,7 +1350,7 @@ mod tests {
         table.set_steady_path(steady);
         let mut out = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
-            let pkt = parse(LinkType::RawIp, frame).expect("well-formed");
+            let pkt = parse(LinkType::Ethernet, frame).expect("well-formed");
             let ts = 1_000_000_000 + i as u64 * 1_000_000;
             table.process(&pkt, ts, 60, &mut |r| out.push(format!("{r:?}")));
         }
@@ -1357,12 +1364,12 @@ mod tests {
         // Picked up mid-stream; then the server's SYN-ACK shows up late, and the client's
         // next in-order ACK completes that handshake: it must not go the short way.
         let frames = [
-            tcp(true, 1000, 4000, ACK | PSH, 10),
-            tcp(false, 5000, 1000, SYN | ACK, 0),
-            tcp(true, 1010, 5001, ACK, 0),
-            tcp(true, 1010, 5001, ACK | PSH, 20),
-            tcp(false, 5001, 1030, ACK | PSH, 30),
-            tcp(true, 1030, 5031, ACK, 0),
+            tcp_frame(true, 1000, 4000, ACK | PSH, 10),
+            tcp_frame(false, 5000, 1000, SYN | ACK, 0),
+            tcp_frame(true, 1010, 5001, ACK, 0),
+            tcp_frame(true, 1010, 5001, ACK | PSH, 20),
+            tcp_frame(false, 5001, 1030, ACK | PSH, 30),
+            tcp_frame(true, 1030, 5031, ACK, 0),
         ];
         let short = records_of(&frames, true);
         assert_eq!(short, records_of(&frames, false));

@@ -41,10 +41,10 @@ pub struct Wheel {
     tick_ns: u64,
     /// Ticks strictly below this have been processed.
     current_tick: u64,
-    /// Where the tick after `current_tick` starts (0 before the first time is seen): a time
-    /// below it crosses no boundary, which one comparison tells without a division.
+    /// Where the tick after `current_tick` starts, 0 before the first time is seen (after
+    /// it, never 0): a time below it crosses no boundary, which one comparison tells without
+    /// a division.
     next_tick_ns: u64,
-    started: bool,
 }
 
 impl Wheel {
@@ -67,7 +67,6 @@ impl Wheel {
             tick_ns: tick_ns.max(1),
             current_tick: 0,
             next_tick_ns: 0,
-            started: false,
         }
     }
 
@@ -79,7 +78,11 @@ impl Wheel {
     fn set_current_tick(&mut self, tick: u64) {
         self.current_tick = tick;
         self.next_tick_ns = tick.saturating_add(1).saturating_mul(self.tick_ns);
-        self.started = true;
+    }
+
+    /// Whether a time has been seen (a deadline scheduled or a packet's time).
+    fn started(&self) -> bool {
+        self.next_tick_ns != 0
     }
 
     fn expired_sentinel(&self) -> u32 {
@@ -99,7 +102,7 @@ impl Wheel {
 
     /// Links entry `idx` into the slot of `deadline_ns` (it must not be linked already).
     pub fn schedule(&mut self, idx: u32, deadline_ns: u64) {
-        if !self.started {
+        if !self.started() {
             self.set_current_tick(deadline_ns / self.tick_ns);
         }
         if idx < self.capacity {
@@ -137,7 +140,7 @@ impl Wheel {
     #[cold]
     fn cross(&mut self, now_ns: u64, mut due: impl FnMut(u32, u64) -> Due) -> bool {
         let now_tick = now_ns / self.tick_ns;
-        if !self.started {
+        if !self.started() {
             self.set_current_tick(now_tick);
             return false;
         }

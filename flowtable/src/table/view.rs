@@ -170,24 +170,10 @@ mod tests {
     use crate::packet::{parse, LinkType};
     use crate::table::RecordMode;
 
-    /// An Ethernet/IPv4/TCP frame from 10.0.0.1:40000 to 10.0.0.2:80 with these flags.
+    /// An Ethernet/IPv4/TCP segment without payload from 10.0.0.1:40000 (the client) or
+    /// 10.0.0.2:80 with these flags.
     fn frame(from_client: bool, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-        let (src, dst, sport, dport) = if from_client {
-            ([10, 0, 0, 1], [10, 0, 0, 2], 40000u16, 80u16)
-        } else {
-            ([10, 0, 0, 2], [10, 0, 0, 1], 80, 40000)
-        };
-        let mut f = vec![0u8; 12];
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
-        f.extend_from_slice(&src);
-        f.extend_from_slice(&dst);
-        f.extend_from_slice(&sport.to_be_bytes());
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(&ack.to_be_bytes());
-        f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        f
+        crate::table::tests::tcp_frame(from_client, seq, ack, flags, 0)
     }
 
     fn feed(t: &mut FlowTable, bytes: &[u8], ts_ns: u64, kept: &mut Vec<Flags>) {
