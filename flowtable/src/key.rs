@@ -1,15 +1,17 @@
 //! Flow keys: one canonical key for both directions of a connection.
 //!
-//! The two endpoints are stored in a fixed order (the smaller (address, port) first), so a
-//! packet and its reply find the same entry and the same worker. Which endpoint is the
-//! client is per-flow state, decided by the TCP handshake (see [`crate::table`]).
+//! The two endpoints are stored in a fixed order, so a packet and its reply find the same
+//! entry and the same worker. The order is the one that costs least, not the one people read
+//! addresses in: an address is compared as the 128-bit word its bytes load into, then the
+//! ports. Nothing outside the key sees it: which endpoint is the client is per-flow state,
+//! decided by the TCP handshake or the first packet (see [`crate::table`]).
 
 use std::hash::{Hash, Hasher};
 
 use crate::packet::{Ip, LinkType, Packet, L4};
 
-/// `::ffff:0.0.0.0`: an IPv4 address mapped into IPv6 is this plus the address.
-const V4_MAPPED: u128 = 0xffff << 32;
+/// `::ffff:0.0.0.0`: an IPv4 address mapped into IPv6 is these bytes with the address last.
+const V4_MAPPED: Ip = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
 /// How a key was formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,7 +55,10 @@ impl PartialEq for FlowKey {
     fn eq(&self, other: &FlowKey) -> bool {
         u128::from_ne_bytes(self.lo_ip) == u128::from_ne_bytes(other.lo_ip)
             && u128::from_ne_bytes(self.hi_ip) == u128::from_ne_bytes(other.hi_ip)
-            && self.rest() == other.rest()
+            && self.lo_port == other.lo_port
+            && self.hi_port == other.hi_port
+            && self.proto == other.proto
+            && self.kind == other.kind
     }
 }
 
@@ -110,7 +115,6 @@ impl FlowKey {
             return None;
         }
         let ip = frame.get(14..)?;
-        // Addresses as big-endian words (IPv4 mapped into IPv6): read as words, not bytes.
         let (src, dst, l4) = match frame.get(12..14)? {
             [0x08, 0x00] => {
                 let h: &[u8; 20] = ip.get(..20)?.try_into().ok()?;
@@ -122,10 +126,16 @@ impl FlowKey {
                 if h[0] >> 4 != 4 || header_len < 20 || h[9] != TCP || fragment || short {
                     return None;
                 }
-                let (_, addrs) = h.split_at(12);
-                let addrs = u64::from_be_bytes(addrs.try_into().ok()?);
-                let mapped = |a: u64| V4_MAPPED | u128::from(a as u32);
-                (mapped(addrs >> 32), mapped(addrs), ip.get(header_len..)?)
+                let mapped = |a: &[u8]| {
+                    let mut ip = V4_MAPPED;
+                    ip[12..].copy_from_slice(a);
+                    ip
+                };
+                (
+                    mapped(&h[12..16]),
+                    mapped(&h[16..20]),
+                    ip.get(header_len..)?,
+                )
             }
             [0x86, 0xdd] => {
                 let h: &[u8; 40] = ip.get(..40)?.try_into().ok()?;
@@ -133,13 +143,8 @@ impl FlowKey {
                 if h[0] >> 4 != 6 || h[6] != TCP || payload_len < 20 {
                     return None;
                 }
-                let (_, addrs) = h.split_at(8);
-                let (src, dst) = addrs.split_at(16);
-                (
-                    u128::from_be_bytes(src.try_into().ok()?),
-                    u128::from_be_bytes(dst.try_into().ok()?),
-                    ip.get(40..)?,
-                )
+                let (src, dst) = h[8..].split_at(16);
+                (src.try_into().ok()?, dst.try_into().ok()?, ip.get(40..)?)
             }
             _ => return None,
         };
@@ -149,7 +154,7 @@ impl FlowKey {
         }
         let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
         let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-        Some(FlowKey::from_words(
+        Some(FlowKey::from_endpoints(
             TCP,
             src,
             sport,
@@ -169,37 +174,18 @@ impl FlowKey {
         dport: u16,
         kind: KeyKind,
     ) -> (FlowKey, bool) {
-        // Big-endian words order addresses as their bytes do; the addresses move as words.
-        FlowKey::from_words(
-            proto,
-            u128::from_be_bytes(src),
-            sport,
-            u128::from_be_bytes(dst),
-            dport,
-            kind,
-        )
-    }
-
-    /// [`FlowKey::from_endpoints`] with the addresses as big-endian words.
-    #[inline]
-    fn from_words(
-        proto: u8,
-        s: u128,
-        sport: u16,
-        d: u128,
-        dport: u16,
-        kind: KeyKind,
-    ) -> (FlowKey, bool) {
+        // Words as the bytes load: no byte swapping on the way in or out.
+        let (s, d) = (u128::from_ne_bytes(src), u128::from_ne_bytes(dst));
         let src_is_lo = s < d || (s == d && sport <= dport);
-        let (lo, lo_port, hi, hi_port) = if src_is_lo {
-            (s, sport, d, dport)
+        let (lo_ip, lo_port, hi_ip, hi_port) = if src_is_lo {
+            (src, sport, dst, dport)
         } else {
-            (d, dport, s, sport)
+            (dst, dport, src, sport)
         };
         (
             FlowKey {
-                lo_ip: lo.to_be_bytes(),
-                hi_ip: hi.to_be_bytes(),
+                lo_ip,
+                hi_ip,
                 lo_port,
                 hi_port,
                 proto,
