@@ -171,7 +171,7 @@ pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
         name,
         "counter",
         "Losses by cause: ring-full (record lost), table-full (connection evicted), \
-         arena-truncation (points dropped from a trail), encode-error (record lost), \
+         arena-truncation (points dropped from a trail), \
          fragment-table-full and fragment-timeout (incomplete IP datagram dropped).",
     );
     for s in samples {
@@ -179,7 +179,6 @@ pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
             ("ring-full", s.stats.ring_drops),
             ("table-full", s.stats.table.evictions),
             ("arena-truncation", s.stats.table.trails_truncated),
-            ("encode-error", s.stats.encode_errors),
             ("fragment-table-full", s.stats.table.fragments_evicted),
             ("fragment-timeout", s.stats.table.fragments_expired),
         ] {

@@ -22,7 +22,6 @@ pub struct WorkerStats {
     pub malformed: [u64; Malformed::COUNT],
     pub records: u64,
     pub ring_drops: u64,
-    pub encode_errors: u64,
     pub table: TableCounters,
     /// Memory reserved per tracked connection at the table's capacity.
     pub bytes_per_flow: usize,
@@ -40,15 +39,11 @@ struct RingSink {
     buf: Vec<u8>,
     records: u64,
     drops: u64,
-    encode_errors: u64,
 }
 
 impl RingSink {
     fn emit(&mut self, rec: &Record<'_>) {
-        if codec::encode(rec, &mut self.buf).is_err() {
-            self.encode_errors += 1;
-            return;
-        }
+        codec::encode(rec, &mut self.buf);
         match self.producer.push(&self.buf) {
             Ok(()) => self.records += 1,
             Err(_) => self.drops += 1,
@@ -113,7 +108,6 @@ impl Worker {
                 buf: Vec::with_capacity(64 * 1024),
                 records: 0,
                 drops: 0,
-                encode_errors: 0,
             },
             stats: WorkerStats {
                 worker,
@@ -227,7 +221,6 @@ impl Worker {
         let mut s = self.stats.clone();
         s.records = self.sink.records;
         s.ring_drops = self.sink.drops;
-        s.encode_errors = self.sink.encode_errors;
         s.table = self.table.counters().clone();
         s.bytes_per_flow = self.table.bytes_per_flow();
         s

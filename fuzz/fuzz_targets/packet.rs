@@ -33,7 +33,7 @@ fuzz_target!(|input: &[u8]| {
     table.set_mode(RecordMode::All);
     let mut buf = Vec::new();
     let mut emit = |rec: &flowtable::record::Record<'_>| {
-        ring::codec::encode(rec, &mut buf).expect("a record always encodes");
+        ring::codec::encode(rec, &mut buf);
         let back = ring::codec::decode(&buf).expect("an encoded record decodes");
         assert_eq!(&back, rec);
     };
