@@ -34,9 +34,9 @@
 //! clamped to what the headers say, so Ethernet padding never counts as payload.
 //!
 //! The frames most traffic is (Ethernet with at most one 802.1Q tag, IPv4 without options
-//! and not fragmented or IPv6 without extension headers, TCP) take a short way that reads
-//! them in one pass and writes the packet once; it gives exactly what the general walk
-//! gives, which a property test checks field by field.
+//! and not fragmented or IPv6 without extension headers, TCP or UDP on no tunnel port) take
+//! a short way that reads them in one pass and writes the packet once; it gives exactly what
+//! the general walk gives, which a property test checks field by field.
 //!
 //! ```
 //! use flowtable::packet::{parse, LinkType, L4};
@@ -284,18 +284,18 @@ pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet<'_>, Malformed> {
 /// returned packet is often built aside and then copied).
 #[inline]
 pub fn parse_into<'a>(link: LinkType, frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>) {
-    if link != LinkType::Ethernet || !ethernet_ip_tcp(frame, out) {
+    if link != LinkType::Ethernet || !ethernet_ip_tcp_udp(frame, out) {
         *out = walk(link, frame);
     }
 }
 
 /// The Ethernet frames most traffic is (at most one 802.1Q tag, then IPv4 without options
-/// and not a fragment, or IPv6 without extension headers, carrying TCP) are read in one pass
-/// and the packet written once, into `out`. Says `false`, writing nothing, for any other
-/// frame or one of these that is not well formed: the general walk takes those. For the
-/// frames it takes it gives exactly what the walk would.
+/// and not a fragment, or IPv6 without extension headers, carrying TCP, or UDP on no tunnel
+/// port) are read in one pass and the packet written once, into `out`. Says `false`,
+/// writing nothing, for any other frame or one of these that is not well formed: the general
+/// walk takes those. For the frames it takes it gives exactly what the walk would.
 #[inline(always)]
-fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>) -> bool {
+fn ethernet_ip_tcp_udp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>) -> bool {
     let Some(mut etype) = be16(frame, 12) else {
         return false;
     };
@@ -311,7 +311,7 @@ fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>)
         etype = u16::from_be_bytes([e0, e1]);
         buf = rest_from(buf, 4);
     }
-    let (ip_version, (src, dst), ttl, seg, seg_len) = match etype {
+    let (ip_version, (src, dst), ttl, proto, seg, seg_len) = match etype {
         ETHERTYPE_IPV4 => {
             let Some([vihl, _, len_hi, len_lo, _, _, fo_hi, fo_lo, ttl, proto, _, _, addrs @ ..]) =
                 array::<20>(buf, 0)
@@ -319,16 +319,12 @@ fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>)
                 return false;
             };
             let total_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
-            if vihl != 0x45
-                || proto != PROTO_TCP
-                || u16::from_be_bytes([fo_hi, fo_lo]) & 0x3fff != 0
-                || total_len < 20
-            {
+            if vihl != 0x45 || u16::from_be_bytes([fo_hi, fo_lo]) & 0x3fff != 0 || total_len < 20 {
                 return false;
             }
             // Captured segment, without link-layer padding beyond the total length.
             let seg = rest_from(buf.get(..total_len).unwrap_or(buf), 20);
-            (4, v4_addrs(addrs), ttl, seg, total_len - 20)
+            (4, v4_addrs(addrs), ttl, proto, seg, total_len - 20)
         }
         ETHERTYPE_IPV6 => {
             let Some([v, _, _, _, len_hi, len_lo, next, hop_limit, addrs @ ..]) =
@@ -336,22 +332,17 @@ fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>)
             else {
                 return false;
             };
-            if v >> 4 != 6 || next != PROTO_TCP {
+            if v >> 4 != 6 {
                 return false;
             }
             let payload_len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
             let body = rest_from(buf, 40);
             let seg = body.get(..payload_len).unwrap_or(body);
-            (6, split_addrs(addrs), hop_limit, seg, payload_len)
+            (6, split_addrs(addrs), hop_limit, next, seg, payload_len)
         }
         _ => return false,
     };
-    let Ok(l4) = tcp(seg, len_u32(seg_len)) else {
-        return false;
-    };
-    #[cfg(test)]
-    tests::SHORT_WAY.with(|n| n.set(n.get() + 1));
-    *out = Ok(Packet {
+    let packet = |l4| Packet {
         ip_version,
         src,
         dst,
@@ -362,8 +353,53 @@ fn ethernet_ip_tcp<'a>(frame: &'a [u8], out: &mut Result<Packet<'a>, Malformed>)
         tunnelled: false,
         fragment: None,
         l4,
-    });
+    };
+    // Each kind written where it is read, so the common one pays nothing for the other.
+    match proto {
+        PROTO_TCP => {
+            let Ok(l4) = tcp(seg, len_u32(seg_len)) else {
+                return false;
+            };
+            *out = Ok(packet(l4));
+        }
+        PROTO_UDP => {
+            let Some(l4) = plain_udp(seg, len_u32(seg_len)) else {
+                return false;
+            };
+            *out = Ok(packet(l4));
+        }
+        _ => return false,
+    }
+    #[cfg(test)]
+    tests::SHORT_WAY.with(|n| n.set(n.get() + 1));
     true
+}
+
+/// A UDP datagram, not a fragment, on no tunnel port, with a valid length: what [`udp`]
+/// gives for it. `None` for any other, which the walk takes.
+#[inline(always)]
+fn plain_udp(seg: &[u8], seg_len: u32) -> Option<L4<'_>> {
+    let [sp0, sp1, dp0, dp1, l0, l1, _, _] = array::<8>(seg, 0)?;
+    let (sport, dport) = (
+        u16::from_be_bytes([sp0, sp1]),
+        u16::from_be_bytes([dp0, dp1]),
+    );
+    let tunnel = |port: u16| matches!(port, PORT_VXLAN | PORT_TEREDO | PORT_GTP_U | PORT_GENEVE);
+    let udp_len = u32::from(u16::from_be_bytes([l0, l1]));
+    if tunnel(sport) || tunnel(dport) || udp_len < 8 {
+        return None;
+    }
+    // Longer than the IP payload: trust the IP header (as `udp` does).
+    let udp_len = udp_len.min(seg_len);
+    let end = usize::try_from(udp_len)
+        .unwrap_or(usize::MAX)
+        .min(seg.len());
+    Some(L4::Udp {
+        sport,
+        dport,
+        payload_len: udp_len.saturating_sub(8),
+        payload: seg.get(8..end).unwrap_or(&[]),
+    })
 }
 
 /// The general walk from the link-layer header down, for every link type and encapsulation.
@@ -2370,13 +2406,14 @@ mod tests {
     }
 
     thread_local! {
-        /// Frames the short way of [`ethernet_ip_tcp`] took on this thread.
+        /// Frames the short way of [`ethernet_ip_tcp_udp`] took on this thread.
         pub(super) static SHORT_WAY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     /// An Ethernet frame of the short way's shape, with every field it looks at open to
     /// change: tag, ethertype, IP version and header length, lengths, fragment bits,
-    /// protocol, TCP data offset and flags, padding and the snap length.
+    /// protocol, TCP data offset and flags or UDP ports (tunnel ones too) and length,
+    /// padding and the snap length.
     fn short_way_frame() -> impl Strategy<Value = (Vec<u8>, bool)> {
         let tag = prop_oneof![
             Just(None),
@@ -2393,14 +2430,27 @@ mod tests {
             Just(0x0001),
             any::<u16>()
         ];
-        let proto = prop_oneof![4 => Just(PROTO_TCP), 1 => any::<u8>()];
+        let proto = prop_oneof![4 => Just(PROTO_TCP), 3 => Just(PROTO_UDP), 1 => any::<u8>()];
         let doff = prop_oneof![4 => Just(None), 1 => (0u8..16).prop_map(Some)];
+        let port = prop_oneof![
+            4 => Just(53u16),
+            1 => prop::sample::select(vec![PORT_VXLAN, PORT_TEREDO, PORT_GTP_U, PORT_GENEVE]),
+            1 => any::<u16>(),
+        ];
+        // The UDP length field: as built, or changed (0 and below 8 included).
+        let udp_len = prop_oneof![4 => Just(None), 1 => any::<u16>().prop_map(Some), 1 => (0u16..10).prop_map(Some)];
         (
             (tag, ip, first, len_delta, frag, proto),
             (
                 doff,
                 any::<u8>(),
                 proptest::collection::vec(any::<u8>(), 0..16),
+                (
+                    port.clone(),
+                    port,
+                    udp_len,
+                    prop::option::of((0usize..4, any::<bool>())),
+                ),
             ),
             (
                 proptest::collection::vec(any::<u8>(), 0..64),
@@ -2410,12 +2460,52 @@ mod tests {
         )
             .prop_map(|(net, seg, rest)| {
                 let (tag, ip, first, len_delta, frag, proto) = net;
-                let (doff, flags, options) = seg;
-                let (payload, padding, cut) = rest;
-                let mut t = tcp(40000, 443, flags, &options, &payload);
-                if let Some(d) = doff {
-                    t[12] = d << 4;
+                let (doff, flags, options, (mut sport, mut dport, udp_len, tunnel)) = seg;
+                let (mut payload, padding, cut) = rest;
+                // A tunnel the walk follows: its port on one side, a packet inside.
+                if let Some((kind, on_source)) = tunnel {
+                    let inner_tcp = tcp(1000, 80, 0x18, &[], b"x");
+                    let inner_v4 = ipv4(PROTO_TCP, [192, 168, 0, 1], [192, 168, 0, 2], &inner_tcp);
+                    let (port, mut head, body) = match kind {
+                        0 => (
+                            PORT_VXLAN,
+                            vec![8, 0, 0, 0, 0, 0, 1, 0],
+                            eth(ETHERTYPE_IPV4, &inner_v4),
+                        ),
+                        1 => (
+                            PORT_TEREDO,
+                            vec![],
+                            ipv6(PROTO_TCP, a6(7), a6(8), &inner_tcp),
+                        ),
+                        2 => (PORT_GTP_U, vec![0x30, 0xff, 0, 0, 0, 0, 0, 1], inner_v4),
+                        _ => (
+                            PORT_GENEVE,
+                            vec![0, 0, 0x65, 0x58, 0, 0, 1, 0],
+                            eth(ETHERTYPE_IPV4, &inner_v4),
+                        ),
+                    };
+                    if on_source {
+                        sport = port;
+                    } else {
+                        dport = port;
+                    }
+                    head.extend_from_slice(&body);
+                    payload = head;
                 }
+                // What the IP header carries: TCP, or UDP for the UDP protocol number.
+                let t = if proto == PROTO_UDP {
+                    let mut u = udp(sport, dport, &payload);
+                    if let Some(l) = udp_len {
+                        u[4..6].copy_from_slice(&l.to_be_bytes());
+                    }
+                    u
+                } else {
+                    let mut t = tcp(40000, 443, flags, &options, &payload);
+                    if let Some(d) = doff {
+                        t[12] = d << 4;
+                    }
+                    t
+                };
                 let mut l3 = if ip == 4 {
                     ipv4_frag(proto, [10, 0, 0, 1], [10, 0, 0, 2], &t, false, 0)
                 } else {
@@ -2445,11 +2535,14 @@ mod tests {
                     None => eth(etype, &l3),
                 };
                 frame.resize(frame.len() + padding, 0);
+                let tunnel = [PORT_VXLAN, PORT_TEREDO, PORT_GTP_U, PORT_GENEVE];
+                let plain_udp =
+                    !tunnel.contains(&sport) && !tunnel.contains(&dport) && udp_len.is_none();
                 let plain = first.is_none()
                     && len_delta == 0
                     && (ip == 6 || frag & 0x3fff == 0)
-                    && proto == PROTO_TCP
-                    && doff.is_none()
+                    && ((proto == PROTO_TCP && doff.is_none())
+                        || (proto == PROTO_UDP && plain_udp))
                     && tag != Some(ETHERTYPE_QINQ);
                 let whole = cut % 4 != 0;
                 if !whole {
