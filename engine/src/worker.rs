@@ -153,7 +153,7 @@ impl Worker {
                 filled += 1;
             }
             // An empty slot's `looked` is `None`.
-            if let Some(looked) = &ring[(at + HALFWAY) % LOOK_AHEAD].looked {
+            if let Some(looked) = &mut ring[(at + HALFWAY) % LOOK_AHEAD].looked {
                 self.table.prefetch_flow(looked);
             }
             self.look(frame, &mut ring[at]);

@@ -270,6 +270,9 @@ pub struct Looked {
     key: FlowKey,
     src_is_lo: bool,
     hash: u64,
+    /// The slot the hash's bucket most likely leads to, once [`FlowTable::prefetch_flow`]
+    /// has read the bucket ([`NO_SLOT`] before): the first one tried.
+    likely: u32,
 }
 
 /// The flow table of one worker.
@@ -428,19 +431,20 @@ impl FlowTable {
             key,
             src_is_lo,
             hash,
+            likely: NO_SLOT,
         })
     }
 
     /// Second look, a few packets on: asks for the flow slot the hash most likely leads to
-    /// (read from its bucket, by now in the cache; no key compared).
+    /// (read from its bucket, by now in the cache; no key compared), and notes it in
+    /// `looked`, where processing tries it before going through the bucket again.
     #[inline]
-    pub fn prefetch_flow(&self, looked: &Looked) {
-        if let Some(f) = self
-            .index
-            .likely_slot(looked.hash)
-            .and_then(|slot| self.flows.get(slot as usize))
-        {
-            prefetch::value(f);
+    pub fn prefetch_flow(&self, looked: &mut Looked) {
+        if let Some(slot) = self.index.likely_slot(looked.hash) {
+            looked.likely = slot;
+            if let Some(f) = self.flows.get(slot as usize) {
+                prefetch::value(f);
+            }
         }
     }
 
@@ -540,19 +544,25 @@ impl FlowTable {
         }
         // The key is read where it lies (in `looked`) rather than copied out.
         let worked_out;
-        let (key, src_is_lo, hash) = match looked {
-            Some(l) => (&l.key, l.src_is_lo, l.hash),
+        let (key, src_is_lo, hash, likely) = match looked {
+            Some(l) => (&l.key, l.src_is_lo, l.hash, l.likely),
             None => {
                 let Some((key, src_is_lo)) = FlowKey::of(pkt) else {
                     self.counters.untracked += 1;
                     return;
                 };
                 worked_out = key;
-                (&worked_out, src_is_lo, self.hasher.hash_one(key))
+                (&worked_out, src_is_lo, self.hasher.hash_one(key), NO_SLOT)
             }
         };
         let d = usize::from(!src_is_lo);
-        let idx = match self.find(hash, key) {
+        // An open flow is in the index under its key and nowhere else, so the likely slot,
+        // open and with this key, is the one the index would give.
+        let found = match self.flows.get(likely as usize) {
+            Some(f) if f.in_use() && f.key == *key => Some(likely),
+            _ => self.find(hash, key),
+        };
+        let idx = match found {
             Some(idx) => {
                 if self.is_new_connection(idx, d, pkt) {
                     let reason = match self.flows[idx as usize].terminal {
@@ -1356,6 +1366,40 @@ mod tests {
         }
         table.shutdown(&mut |r| out.push(format!("{r:?}")));
         out
+    }
+
+    /// Processing tries the slot a packet's bucket pointed at when its flow was prefetched;
+    /// by then that flow may have closed, or its slot gone to another connection: the packet
+    /// finds (or starts) its own flow all the same.
+    #[test]
+    fn a_stale_likely_slot_is_not_taken() {
+        let mut emit = |_: &Record<'_>| {};
+        let (a, b) = (udp(1000), udp(2000));
+        let pa = parse(LinkType::RawIp, &a).expect("well-formed");
+        let pb = parse(LinkType::RawIp, &b).expect("well-formed");
+        let (t0, later) = (1_000_000_000, 3_600_000_000_000);
+        let looked_at = |table: &mut FlowTable| {
+            let mut emit = |_: &Record<'_>| {};
+            table.process(&pa, t0, 60, &mut emit);
+            let mut looked = table.look(&pa).expect("a flow's packet");
+            table.prefetch_flow(&mut looked);
+            assert_eq!(looked.likely, 0);
+            // The flow times out before the packet's turn.
+            table.tick(later, &mut emit);
+            assert_eq!(table.len(), 0);
+            looked
+        };
+        // The slot is free (its key still there).
+        let mut table = FlowTable::new(&Config::default(), 0);
+        let looked = looked_at(&mut table);
+        table.process_looked(&pa, Some(&looked), later, 60, &mut emit);
+        assert_eq!((table.len(), table.counters().flows_created), (1, 2));
+        // The slot holds another connection.
+        let mut table = FlowTable::new(&Config::default(), 0);
+        let looked = looked_at(&mut table);
+        table.process(&pb, later, 60, &mut emit);
+        table.process_looked(&pa, Some(&looked), later, 60, &mut emit);
+        assert_eq!((table.len(), table.counters().flows_created), (2, 3));
     }
 
     #[test]
