@@ -8,10 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use crate::packet::{Ip, LinkType, Packet, L4};
-
-/// `::ffff:0.0.0.0`: an IPv4 address mapped into IPv6 is these bytes with the address last.
-const V4_MAPPED: Ip = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+use crate::packet::{split_addrs, v4_addrs, Ip, LinkType, Packet, L4};
 
 /// How a key was formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,10 +52,7 @@ impl PartialEq for FlowKey {
     fn eq(&self, other: &FlowKey) -> bool {
         u128::from_ne_bytes(self.lo_ip) == u128::from_ne_bytes(other.lo_ip)
             && u128::from_ne_bytes(self.hi_ip) == u128::from_ne_bytes(other.hi_ip)
-            && self.lo_port == other.lo_port
-            && self.hi_port == other.hi_port
-            && self.proto == other.proto
-            && self.kind == other.kind
+            && self.rest() == other.rest()
     }
 }
 
@@ -126,16 +120,8 @@ impl FlowKey {
                 if h[0] >> 4 != 4 || header_len < 20 || h[9] != TCP || fragment || short {
                     return None;
                 }
-                let mapped = |a: &[u8]| {
-                    let mut ip = V4_MAPPED;
-                    ip[12..].copy_from_slice(a);
-                    ip
-                };
-                (
-                    mapped(&h[12..16]),
-                    mapped(&h[16..20]),
-                    ip.get(header_len..)?,
-                )
+                let (src, dst) = v4_addrs(h[12..20].try_into().ok()?);
+                (src, dst, ip.get(header_len..)?)
             }
             [0x86, 0xdd] => {
                 let h: &[u8; 40] = ip.get(..40)?.try_into().ok()?;
@@ -143,8 +129,8 @@ impl FlowKey {
                 if h[0] >> 4 != 6 || h[6] != TCP || payload_len < 20 {
                     return None;
                 }
-                let (src, dst) = h[8..].split_at(16);
-                (src.try_into().ok()?, dst.try_into().ok()?, ip.get(40..)?)
+                let (src, dst) = split_addrs(h[8..40].try_into().ok()?);
+                (src, dst, ip.get(40..)?)
             }
             _ => return None,
         };

@@ -384,9 +384,8 @@ fn plain_udp(seg: &[u8], seg_len: u32) -> Option<L4<'_>> {
         u16::from_be_bytes([sp0, sp1]),
         u16::from_be_bytes([dp0, dp1]),
     );
-    let tunnel = |port: u16| matches!(port, PORT_VXLAN | PORT_TEREDO | PORT_GTP_U | PORT_GENEVE);
     let udp_len = u32::from(u16::from_be_bytes([l0, l1]));
-    if tunnel(sport) || tunnel(dport) || udp_len < 8 {
+    if TUNNEL_PORTS.contains(&sport) || TUNNEL_PORTS.contains(&dport) || udp_len < 8 {
         return None;
     }
     // Longer than the IP payload: trust the IP header (as `udp` does).
@@ -466,6 +465,8 @@ const PORT_TEREDO: u16 = 3544;
 const PORT_VXLAN: u16 = 4789;
 const PORT_GTP_U: u16 = 2152;
 const PORT_GENEVE: u16 = 6081;
+/// The UDP ports [`udp_tunnel`] looks inside.
+const TUNNEL_PORTS: [u16; 4] = [PORT_VXLAN, PORT_TEREDO, PORT_GTP_U, PORT_GENEVE];
 
 /// Link-layer facts gathered on the way down, and the tunnel depth.
 #[derive(Clone, Copy, Default)]
@@ -1185,7 +1186,7 @@ fn v4_word_mapped(a: u32) -> Ip {
 }
 
 /// Source and destination of an IPv4 header, IPv4-mapped.
-fn v4_addrs(addrs: [u8; 8]) -> (Ip, Ip) {
+pub(crate) fn v4_addrs(addrs: [u8; 8]) -> (Ip, Ip) {
     let both = u64::from_be_bytes(addrs);
     (
         v4_word_mapped((both >> 32) as u32),
@@ -1194,7 +1195,7 @@ fn v4_addrs(addrs: [u8; 8]) -> (Ip, Ip) {
 }
 
 /// Source and destination of an IPv6 header.
-fn split_addrs(addrs: [u8; 32]) -> (Ip, Ip) {
+pub(crate) fn split_addrs(addrs: [u8; 32]) -> (Ip, Ip) {
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     let (s, d) = addrs.split_at(16);
@@ -2434,7 +2435,7 @@ mod tests {
         let doff = prop_oneof![4 => Just(None), 1 => (0u8..16).prop_map(Some)];
         let port = prop_oneof![
             4 => Just(53u16),
-            1 => prop::sample::select(vec![PORT_VXLAN, PORT_TEREDO, PORT_GTP_U, PORT_GENEVE]),
+            1 => prop::sample::select(TUNNEL_PORTS.to_vec()),
             1 => any::<u16>(),
         ];
         // The UDP length field: as built, or changed (0 and below 8 included).
@@ -2535,9 +2536,9 @@ mod tests {
                     None => eth(etype, &l3),
                 };
                 frame.resize(frame.len() + padding, 0);
-                let tunnel = [PORT_VXLAN, PORT_TEREDO, PORT_GTP_U, PORT_GENEVE];
-                let plain_udp =
-                    !tunnel.contains(&sport) && !tunnel.contains(&dport) && udp_len.is_none();
+                let plain_udp = !TUNNEL_PORTS.contains(&sport)
+                    && !TUNNEL_PORTS.contains(&dport)
+                    && udp_len.is_none();
                 let plain = first.is_none()
                     && len_delta == 0
                     && (ip == 6 || frag & 0x3fff == 0)

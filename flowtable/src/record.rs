@@ -197,6 +197,14 @@ impl Addr {
         }
     }
 
+    /// The bytes a record carries: the IPv4 address of an IPv4-mapped one, else all 16.
+    pub fn wire_bytes(&self) -> &[u8] {
+        match &self.0 {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4 @ ..] => v4,
+            v6 => v6,
+        }
+    }
+
     pub fn from_ip(ip: IpAddr) -> Addr {
         match ip {
             IpAddr::V4(v4) => Addr(v4.to_ipv6_mapped().octets()),
@@ -213,10 +221,7 @@ impl fmt::Display for Addr {
 
 impl Serialize for Addr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.to_ip() {
-            IpAddr::V4(v4) => s.serialize_bytes(&v4.octets()),
-            IpAddr::V6(v6) => s.serialize_bytes(&v6.octets()),
-        }
+        s.serialize_bytes(self.wire_bytes())
     }
 }
 

@@ -147,12 +147,9 @@ impl Writer<'_> {
         self.uint(u64::from(e.port));
     }
 
-    /// 4 bytes for an IPv4-mapped address, 16 otherwise (a bin 8).
+    /// A bin 8 of the address's [`Addr::wire_bytes`].
     fn addr(&mut self, a: Addr) {
-        let bytes: &[u8] = match a.0 {
-            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ref v4 @ ..] => v4,
-            ref v6 => v6,
-        };
+        let bytes = a.wire_bytes();
         self.put(&[0xc4, bytes.len() as u8]);
         self.put(bytes);
     }
@@ -168,7 +165,7 @@ impl Writer<'_> {
     }
 
     fn point(&mut self, p: &Point) {
-        self.put(&[0x95]);
+        self.array(5);
         self.uint(p.t_ns);
         // Kind, direction and severity are below 128: one byte each.
         self.put(&[p.kind as u8, p.dir as u8, p.severity as u8]);
