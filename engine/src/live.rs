@@ -872,20 +872,17 @@ fn capture_loop(
 /// them back to the kernel.
 #[inline]
 fn feed(socket: &mut XdpSocket, worker: &mut Worker, interface: u16, n: usize, ts_ns: u64) {
-    let mut bytes = 0u64;
-    let frames = (0..n).map(|i| {
-        let frame = socket.frame(i);
-        let wire_len = frame.len() as u32;
-        bytes += u64::from(wire_len);
+    let bytes: u64 = (0..n).map(|i| socket.frame(i).len() as u64).sum();
+    worker.frames(n, |i| {
+        let bytes = socket.frame(i);
         Frame {
             link: LinkType::Ethernet,
             ts_ns,
-            wire_len,
+            wire_len: bytes.len() as u32,
             interface,
-            bytes: frame,
+            bytes,
         }
     });
-    worker.frames(frames);
     socket.counters.bytes += bytes;
     socket.recycle(n);
 }

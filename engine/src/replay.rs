@@ -23,7 +23,7 @@ use crate::source::pcap::{Capture, CaptureStats};
 use recorder::thread::Progress;
 
 use crate::source::Batch;
-use crate::worker::{Frame, Worker, WorkerStats};
+use crate::worker::{Worker, WorkerStats};
 
 /// What to replay and how.
 #[derive(Clone, Debug)]
@@ -168,13 +168,8 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
 
 fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
     while let Ok(mut batch) = rx.recv() {
-        worker.frames(batch.iter().map(|(f, bytes)| Frame {
-            link: f.link,
-            ts_ns: f.ts_ns,
-            wire_len: f.wire_len,
-            interface: f.interface,
-            bytes,
-        }));
+        let (frames, bytes) = batch.parts();
+        worker.frames(frames.len(), |i| frames[i].frame(bytes));
         batch.clear();
         // The reader may be gone already at the end; a lost batch is fine then.
         let _ = recycle.send(batch);

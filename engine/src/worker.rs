@@ -4,6 +4,7 @@
 
 use flowtable::config::Config;
 use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
+use flowtable::prefetch;
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, Looked, RecordMode, TableCounters};
 use ring::codec;
@@ -55,6 +56,11 @@ impl RingSink {
 /// bucket prefetched) and its processing; its flow slot is prefetched halfway.
 pub const LOOK_AHEAD: usize = 8;
 const HALFWAY: usize = LOOK_AHEAD / 2;
+
+/// Frames between the request for a frame's first bytes and the worker's first look at it:
+/// a frame arrives from a source that touched it on another core (the reader of a capture)
+/// or from the NIC, so its headers are rarely in this core's cache.
+pub const FETCH_AHEAD: usize = 4;
 
 /// A frame as a source hands it to a worker.
 #[derive(Clone, Copy, Debug)]
@@ -135,18 +141,26 @@ impl Worker {
         }
     }
 
-    /// Processes frames in their order. Each is parsed, and its flow key hashed and hash
-    /// bucket prefetched, `LOOK_AHEAD` frames before its turn; its flow slot is prefetched
-    /// halfway. So the memory a packet needs is on its way while the ones before it are
-    /// processed, instead of stalling the worker when its turn comes.
+    /// Processes the `n` frames of a batch in their order (`frame(i)` is the i-th; it may
+    /// be asked for more than once). Each frame's first bytes are asked for `FETCH_AHEAD`
+    /// frames before the worker first looks at it; then it is parsed, and its flow key hashed
+    /// and hash bucket prefetched, `LOOK_AHEAD` frames before its turn; its flow slot is
+    /// prefetched halfway. So the memory a packet needs is on its way while the ones before
+    /// it are processed, instead of stalling the worker when its turn comes.
     #[inline]
-    pub fn frames<'a>(&mut self, frames: impl IntoIterator<Item = Frame<'a>>) {
+    pub fn frames<'a>(&mut self, n: usize, frame: impl Fn(usize) -> Frame<'a>) {
+        for i in 0..n.min(FETCH_AHEAD) {
+            prefetch::head(frame(i).bytes);
+        }
         let mut ring: [Pending<'a>; LOOK_AHEAD] = std::array::from_fn(|_| Pending::EMPTY);
         // The slot of the oldest frame looked at, where the next one goes; slots from
         // `filled` on hold no frame yet.
         let mut at = 0;
         let mut filled = 0;
-        for frame in frames {
+        for i in 0..n {
+            if i + FETCH_AHEAD < n {
+                prefetch::head(frame(i + FETCH_AHEAD).bytes);
+            }
             if filled == LOOK_AHEAD {
                 self.process(&ring[at]);
             } else {
@@ -156,7 +170,7 @@ impl Worker {
             if let Some(looked) = &mut ring[(at + HALFWAY) % LOOK_AHEAD].looked {
                 self.table.prefetch_flow(looked);
             }
-            self.look(frame, &mut ring[at]);
+            self.look(frame(i), &mut ring[at]);
             at = (at + 1) % LOOK_AHEAD;
         }
         for k in 0..LOOK_AHEAD {

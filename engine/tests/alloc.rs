@@ -44,13 +44,16 @@ fn worker_steady_state_allocates_nothing() {
     for (i, chunk) in frames.chunks(64).enumerate() {
         let steady = i * 64 >= half;
         COUNTING.with(|c| c.set(steady));
-        worker.frames(chunk.iter().map(|(ts, wire, bytes)| Frame {
-            link: LinkType::Ethernet,
-            ts_ns: *ts,
-            wire_len: *wire,
-            interface: 0,
-            bytes,
-        }));
+        worker.frames(chunk.len(), |i| {
+            let (ts, wire, bytes) = &chunk[i];
+            Frame {
+                link: LinkType::Ethernet,
+                ts_ns: *ts,
+                wire_len: *wire,
+                interface: 0,
+                bytes,
+            }
+        });
         COUNTING.with(|c| c.set(false));
         if steady {
             measured += chunk.len() as u64;

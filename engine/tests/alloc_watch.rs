@@ -57,13 +57,16 @@ fn watches_add_no_allocation_per_packet() {
     for (i, chunk) in frames.chunks(64).enumerate() {
         let steady = i * 64 >= half;
         COUNTING.with(|c| c.set(steady));
-        worker.frames(chunk.iter().map(|(ts, wire, bytes)| Frame {
-            link: LinkType::Ethernet,
-            ts_ns: *ts,
-            wire_len: *wire,
-            interface: 0,
-            bytes,
-        }));
+        worker.frames(chunk.len(), |i| {
+            let (ts, wire, bytes) = &chunk[i];
+            Frame {
+                link: LinkType::Ethernet,
+                ts_ns: *ts,
+                wire_len: *wire,
+                interface: 0,
+                bytes,
+            }
+        });
         worker.poll_control();
         COUNTING.with(|c| c.set(false));
         if steady {

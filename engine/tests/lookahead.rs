@@ -36,13 +36,16 @@ fn through_worker(cfg: &Config, frames: &Frames, batch: usize, ring_path: &Path)
     let mut worker = Worker::new(cfg, 0, RecordMode::All, producer);
     let mut out = Vec::new();
     for chunk in frames.chunks(batch) {
-        worker.frames(chunk.iter().map(|(link, ts, wire, bytes)| Frame {
-            link: *link,
-            ts_ns: *ts,
-            wire_len: *wire,
-            interface: 0,
-            bytes,
-        }));
+        worker.frames(chunk.len(), |i| {
+            let (link, ts, wire, bytes) = &chunk[i];
+            Frame {
+                link: *link,
+                ts_ns: *ts,
+                wire_len: *wire,
+                interface: 0,
+                bytes,
+            }
+        });
         while consumer.pop(|rec| out.push(rec.to_vec())) {}
     }
     let stats = worker.finish();

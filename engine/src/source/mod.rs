@@ -51,10 +51,15 @@ impl Batch {
         self.frames.is_empty()
     }
 
-    /// The frames of this batch with their bytes.
-    pub fn iter(&self) -> impl Iterator<Item = (&FrameRef, &[u8])> {
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// The frames of the batch and the bytes of their capture, for [`FrameRef::frame`].
+    pub fn parts(&self) -> (&[FrameRef], &[u8]) {
         let bytes: &[u8] = self.capture.as_deref().map_or(&[], |c| c);
-        self.frames.iter().map(move |f| (f, f.bytes(bytes)))
+        (&self.frames, bytes)
     }
 }
 

@@ -10,6 +10,8 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use flowtable::packet::LinkType;
+
+use crate::worker::Frame;
 use memmap2::{Mmap, UncheckedAdvice};
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
@@ -105,6 +107,18 @@ pub struct FrameRef {
 }
 
 impl FrameRef {
+    /// This frame as a worker takes it, its bytes in `bytes` (the capture it came from).
+    #[inline]
+    pub fn frame<'a>(&self, bytes: &'a [u8]) -> Frame<'a> {
+        Frame {
+            link: self.link,
+            ts_ns: self.ts_ns,
+            wire_len: self.wire_len,
+            interface: self.interface,
+            bytes: self.bytes(bytes),
+        }
+    }
+
     /// The captured bytes of this frame in `bytes` (the capture it came from).
     #[inline]
     pub fn bytes<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
@@ -122,6 +136,9 @@ struct Interface {
     resolution: u64,
     offset_s: i64,
 }
+
+/// How far ahead of the frame at hand the walk asks for the file's cache lines.
+const READ_AHEAD_BYTES: usize = 8 << 10;
 
 /// Bytes walked between calls of the progress callback.
 const PROGRESS_BYTES: u64 = 1 << 20;
@@ -223,8 +240,14 @@ impl Capture {
         if let Format::Legacy { header_len, .. } = format {
             rest = base.get(header_len..).unwrap_or(&[]);
         }
+        let mut ahead = 0usize;
         while !rest.is_empty() {
             let at = base.len() - rest.len();
+            let want = (at + READ_AHEAD_BYTES).min(base.len());
+            while ahead < want {
+                flowtable::prefetch::line(base.as_ptr().wrapping_add(ahead));
+                ahead += 64;
+            }
             let next = match format {
                 Format::Legacy {
                     link,
