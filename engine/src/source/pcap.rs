@@ -139,6 +139,12 @@ struct Interface {
 
 /// How far ahead of the frame at hand the walk asks for the file's cache lines.
 const READ_AHEAD_BYTES: usize = 8 << 10;
+/// How far ahead of the frame at hand the walk has the file's pages mapped, and in what
+/// steps (the kernel maps 64 KiB of cached file around a fault by default). A prefetch of
+/// a page not mapped yet is dropped: without this, the first lines of every newly mapped
+/// stretch would be read the slow way.
+const MAP_AHEAD_BYTES: usize = 128 << 10;
+const MAP_STEP_BYTES: usize = 64 << 10;
 
 /// Bytes walked between calls of the progress callback.
 const PROGRESS_BYTES: u64 = 1 << 20;
@@ -241,8 +247,16 @@ impl Capture {
             rest = base.get(header_len..).unwrap_or(&[]);
         }
         let mut ahead = 0usize;
+        let mut mapped = 0usize;
         while !rest.is_empty() {
             let at = base.len() - rest.len();
+            if at + MAP_AHEAD_BYTES >= mapped {
+                // One read per step: the fault it takes maps the stretch.
+                if let Some(b) = base.get(mapped) {
+                    std::hint::black_box(*b);
+                }
+                mapped += MAP_STEP_BYTES;
+            }
             let want = (at + READ_AHEAD_BYTES).min(base.len());
             while ahead < want {
                 flowtable::prefetch::line(base.as_ptr().wrapping_add(ahead));
