@@ -96,10 +96,11 @@ mkdir -p "$dir" "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Runs "$@" once under GNU time and `timeout`; prints "wall cpu rss_kib" or fails.
+# Runs "$@" once under GNU time and `timeout`; prints "wall cpu rss_kib" or fails. Its
+# standard output goes to $stdout_to if set (peers' to /dev/null: some print a lot).
 measure() {
     local tf=$work/time
-    if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$timeout_s" "$@" >/dev/null 2>"$work/err"; then
+    if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$timeout_s" "$@" >"${stdout_to:-/dev/null}" 2>"$work/err"; then
         return 1
     fi
     awk '{ printf "%s %.3f %s\n", $1, $2 + $3, $4 }' "$tf"
@@ -112,9 +113,11 @@ median() {
 }
 
 # Runs tool command "$@" (@OUT@ becomes a fresh output directory) $runs times; prints
-# "ok median_wall median_cpu max_rss_kib", or "failed" / "timeout".
+# "ok median_wall median_cpu max_rss_kib", or "failed" / "timeout". A conntrail run's
+# "thread cpu / elapsed" line goes to $work/threads, prefixed by the run's wall time.
 bench() {
     local walls="" cpus="" rss_max=0 line wall cpu rss o=$work/out
+    : >"$work/threads"
     for _ in $(seq "$runs"); do
         rm -rf "$o" "$o".*
         mkdir -p "$o"
@@ -126,6 +129,7 @@ bench() {
             return 0
         fi
         read -r wall cpu rss <<<"$line"
+        sed -n "s|^thread cpu / elapsed: |$wall |p" "${stdout_to:-/dev/null}" >>"$work/threads"
         walls+="$wall"$'\n'
         cpus+="$cpu"$'\n'
         [ "$rss" -gt "$rss_max" ] && rss_max=$rss
@@ -136,6 +140,8 @@ bench() {
 
 tsv=$out/replay.tsv
 printf 'flows\tpackets_read\ttool\tresult\twall_s\tcpu_s\trss_kib\n' >"$tsv"
+threads_tsv=$out/replay-threads.tsv
+printf 'flows\ttool\tthreads\n' >"$threads_tsv"
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" | tr ' ' '\t' >>"$tsv"; }
 
 # Runs peer $1 on $2 packets (skipped when the capture has more than $3) as "$4...", or
@@ -173,7 +179,11 @@ for flows in "${flow_counts[@]}"; do
         cfg=$work/conntrail-$w.toml
         printf '[table]\ncapacity = %s\n' "$((per_worker > 1024 ? per_worker : 1024))" >"$cfg"
         row "$flows" "$count" "conntrail-w$w" \
-            "$(bench "$bin" replay --config "$cfg" --workers "$w" --log @OUT@/c.log "$pcap")"
+            "$(stdout_to=$work/stdout bench "$bin" replay --config "$cfg" --workers "$w" --log @OUT@/c.log "$pcap")"
+        # The thread shares of the run with the median wall time.
+        sort -g "$work/threads" | awk -v f="$flows" -v t="conntrail-w$w" '{ l[NR] = $0 }
+            END { if (NR) { m = l[int((NR + 1) / 2)]; sub(/^[^ ]* /, "", m)
+                printf "%s\t%s\t%s\n", f, t, m } }' >>"$threads_tsv"
     done
     peer nfpcapd "$count" "$peer_packets" nfpcapd -r "$pcap" -w @OUT@
     peer tcptrace "$count" "$peer_packets" tcptrace -n "$pcap"
@@ -199,6 +209,13 @@ cpu=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1)
         ratio = (base[$1] > 0 && pw > 0) ? sprintf("%.1f", base[$1] / pw) : ""
         printf "| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s |\n",
             $1, $2, $3, pw, pc, $5, $6, $7 / 1024, ratio }' "$tsv"
+    echo
+    echo "Where conntrail's time goes: each thread's CPU time (user + system) over the elapsed"
+    echo "time, in the run with the median wall time. The busiest thread sets the pace."
+    echo
+    echo "| flows | tool | thread CPU / elapsed |"
+    echo "|---:|---|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s |\n", $1, $2, $3 }' "$threads_tsv"
 } >"$out/replay.md"
 cat "$out/replay.md"
 

@@ -314,6 +314,14 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
     writeln!(out, "ring drops: {}", s.ring_drops())?;
     writeln!(out, "elapsed: {secs:.3} s")?;
     writeln!(out, "pps: {:.0}", s.pps())?;
+    // Each thread's CPU time against the elapsed time: the busiest thread sets the pace.
+    let share = |cpu: std::time::Duration| 100.0 * cpu.as_secs_f64() / secs.max(1e-9);
+    let mut threads = vec![format!("reader {:.0} %", share(s.reader_cpu))];
+    for w in &s.workers {
+        threads.push(format!("worker {} {:.0} %", w.worker, share(w.cpu)));
+    }
+    threads.push(format!("recorder {:.0} %", share(s.recorder_cpu)));
+    writeln!(out, "thread cpu / elapsed: {}", threads.join(", "))?;
     let mut closed = [0u64; 8];
     let mut malformed = [0u64; Malformed::COUNT];
     for w in &s.workers {

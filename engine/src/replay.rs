@@ -52,6 +52,10 @@ pub struct ReplaySummary {
     /// The log writer's counters: retention deletions, records lost to a full disk.
     pub log_writer: recorder::WriterStats,
     pub elapsed: Duration,
+    /// CPU time of the thread that read the captures (from the start of the replay, the
+    /// workers' set-up included) and of the recorder thread (each worker's is in its stats).
+    pub reader_cpu: Duration,
+    pub recorder_cpu: Duration,
 }
 
 impl ReplaySummary {
@@ -90,6 +94,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         bail!("--workers must be between 1 and 256");
     }
     let started = Instant::now();
+    let cpu_at_start = recorder::thread::thread_cpu_time();
     let ring_dir = PathBuf::from(&cfg.ring.dir);
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     crate::recover::recover_at_start(&ring_dir);
@@ -121,7 +126,9 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
                 let pinned = core.filter(|c| core_affinity::set_for_current(*c));
                 worker.set_core(pinned.map(|c| c.id));
                 run_worker(&mut worker, &rx, &recycle);
-                worker.finish()
+                let mut stats = worker.finish();
+                stats.cpu = recorder::thread::thread_cpu_time();
+                stats
             })
             .context("starting a worker thread")?;
         worker_handles.push(handle);
@@ -134,6 +141,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     let recorder = recorder::thread::spawn(consumers, logs, Arc::clone(&stop), progress);
 
     let read_result = read_all(cfg, opts, &to_workers, &recycle_rx);
+    let reader_cpu = recorder::thread::thread_cpu_time().saturating_sub(cpu_at_start);
     drop(to_workers);
     let mut workers = Vec::new();
     for h in worker_handles {
@@ -163,6 +171,8 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         log_segments: total.segments,
         log_writer: total,
         elapsed: started.elapsed(),
+        reader_cpu,
+        recorder_cpu: rec_stats.cpu,
     })
 }
 

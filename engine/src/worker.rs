@@ -26,6 +26,8 @@ pub struct WorkerStats {
     pub table: TableCounters,
     /// Memory reserved per tracked connection at the table's capacity.
     pub bytes_per_flow: usize,
+    /// CPU time of the worker's thread (replay; zero where not measured).
+    pub cpu: std::time::Duration,
 }
 
 impl WorkerStats {

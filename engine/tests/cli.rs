@@ -53,6 +53,25 @@ fn replay_prints_a_summary_and_show_decodes_it() {
         assert!(summary.contains(line), "summary lacks {line:?}:\n{summary}");
     }
     assert!(summary.contains("tcp-rst-server 6"), "{summary}");
+    // Each thread's CPU time against the elapsed time: the reader (which also set the
+    // worker up), the one worker, the recorder.
+    let threads = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("thread cpu / elapsed: "))
+        .unwrap_or_else(|| panic!("no thread line:\n{summary}"));
+    let shares: Vec<(&str, u32)> = threads
+        .split(", ")
+        .map(|t| {
+            let (name, pct) = t
+                .strip_suffix(" %")
+                .and_then(|t| t.rsplit_once(' '))
+                .unwrap_or_else(|| panic!("{t:?}"));
+            (name, pct.parse().unwrap_or_else(|_| panic!("{t:?}")))
+        })
+        .collect();
+    let names: Vec<&str> = shares.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["reader", "worker 0", "recorder"], "{threads}");
+    assert!(shares[0].1 > 0, "the reader used no CPU? {threads}");
     let shown = conntrail(&["show", log.to_str().expect("utf-8")]);
     let shown_text = text(&shown.stdout);
     assert!(shown.status.success());

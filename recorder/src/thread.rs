@@ -128,6 +128,8 @@ pub struct RecorderStats {
     pub corrupt_rings: Vec<(usize, ring::Corruption)>,
     /// Each log writer's counters (frames, bytes, segments), in the order of [`Logs`].
     pub writers: Vec<WriterStats>,
+    /// CPU time the recorder thread used (user and system).
+    pub cpu: Duration,
 }
 
 impl RecorderStats {
@@ -176,6 +178,16 @@ pub fn spawn(
         .expect("the OS refused to start the recorder thread")
 }
 
+/// CPU time the calling thread has used so far, user and system (zero where the clock is
+/// not available).
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 /// The body of the recorder thread, callable on the current thread.
 pub fn run(
     mut consumers: Vec<ring::Consumer>,
@@ -218,6 +230,7 @@ pub fn run(
     logs.flush()?;
     progress.publish(&stats);
     stats.writers = logs.writers.iter().map(LogWriter::stats).collect();
+    stats.cpu = thread_cpu_time();
     Ok(stats)
 }
 
