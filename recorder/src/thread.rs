@@ -179,9 +179,19 @@ pub fn spawn(
 }
 
 /// CPU time the calling thread has used so far, user and system (zero where the clock is
-/// not available).
+/// not available). Through the C library: it is read once per thread, and the C library's
+/// clock calls run under every tool (valgrind included), where a raw vDSO lookup may not.
 pub fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec for the call to fill; the clock id is a
+    // constant the C library knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
     Duration::new(
         u64::try_from(t.tv_sec).unwrap_or(0),
         u32::try_from(t.tv_nsec).unwrap_or(0),
