@@ -25,7 +25,8 @@
 # plugin). Each run is one process reading a warm page cache, timed with GNU time: wall
 # time, CPU time (user + sys) and peak RSS. The table gives, per tool, the packets it read,
 # packets/s over the median wall time and over the median CPU time, and conntrail's
-# (one worker) wall-time packets/s over the tool's.
+# (one worker) wall-time packets/s over the tool's; a second table, each conntrail thread's
+# CPU time over the elapsed time in its median run (from the replay summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
     --tshark-packets) tshark_packets=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --install) install=1; shift ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-replay: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
