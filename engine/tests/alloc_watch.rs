@@ -8,14 +8,13 @@ use std::sync::atomic::Ordering;
 use engine::control;
 use engine::synth::{self, SynthOptions};
 use engine::watch::{self, Watch};
-use engine::worker::{Frame, Worker};
+use engine::worker::Worker;
 use flowtable::config::Config;
-use flowtable::packet::LinkType;
 use flowtable::table::RecordMode;
 
 #[path = "common/counting.rs"]
 mod counting;
-use counting::{frames, ALLOCS, COUNTING};
+use counting::{feed, frames, ALLOCS, COUNTING};
 
 #[test]
 fn watches_add_no_allocation_per_packet() {
@@ -57,16 +56,7 @@ fn watches_add_no_allocation_per_packet() {
     for (i, chunk) in frames.chunks(64).enumerate() {
         let steady = i * 64 >= half;
         COUNTING.with(|c| c.set(steady));
-        worker.frames(chunk.len(), |i| {
-            let (ts, wire, bytes) = &chunk[i];
-            Frame {
-                link: LinkType::Ethernet,
-                ts_ns: *ts,
-                wire_len: *wire,
-                interface: 0,
-                bytes,
-            }
-        });
+        feed(&mut worker, chunk);
         worker.poll_control();
         COUNTING.with(|c| c.set(false));
         if steady {

@@ -54,3 +54,18 @@ pub fn frames(path: &std::path::Path) -> Vec<(u64, u32, Vec<u8>)> {
     .expect("capture reads");
     out
 }
+
+/// Hands `chunk` (frames of [`frames`]) to `worker` as one batch of Ethernet frames, as a
+/// live socket hands over its RX ring.
+pub fn feed(worker: &mut engine::worker::Worker, chunk: &[(u64, u32, Vec<u8>)]) {
+    worker.frames(chunk.len(), |i| {
+        let (ts, wire, bytes) = &chunk[i];
+        engine::worker::Frame {
+            link: flowtable::packet::LinkType::Ethernet,
+            ts_ns: *ts,
+            wire_len: *wire,
+            interface: 0,
+            bytes,
+        }
+    });
+}
