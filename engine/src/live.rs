@@ -872,7 +872,6 @@ fn capture_loop(
 /// them back to the kernel.
 #[inline]
 fn feed(socket: &mut XdpSocket, worker: &mut Worker, interface: u16, n: usize, ts_ns: u64) {
-    let bytes: u64 = (0..n).map(|i| socket.frame(i).len() as u64).sum();
     worker.frames(n, |i| {
         let bytes = socket.frame(i);
         Frame {
@@ -883,7 +882,6 @@ fn feed(socket: &mut XdpSocket, worker: &mut Worker, interface: u16, n: usize, t
             bytes,
         }
     });
-    socket.counters.bytes += bytes;
     socket.recycle(n);
 }
 

@@ -3,8 +3,9 @@
 //! The calling thread reads the captures and spreads frames over the workers in batches, by
 //! a symmetric hash of the 5-tuple so both directions of a connection meet on one worker.
 //! Each worker thread owns its flow table and ring (and a core of its own, pinned, where the
-//! machine has a core for every thread); the recorder thread drains the rings into the log. At the end of the captures every worker closes its
-//! open flows (`shutdown`), the recorder drains and flushes, and the summary is returned.
+//! machine has a core for every thread); the recorder thread drains the rings into the log.
+//! At the end of the captures every worker closes its open flows (`shutdown`), the recorder
+//! drains and flushes, and the summary is returned.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

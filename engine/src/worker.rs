@@ -62,7 +62,7 @@ const HALFWAY: usize = LOOK_AHEAD / 2;
 /// Frames between the request for a frame's first bytes and the worker's first look at it:
 /// a frame arrives from a source that touched it on another core (the reader of a capture)
 /// or from the NIC, so its headers are rarely in this core's cache.
-pub const FETCH_AHEAD: usize = 4;
+const FETCH_AHEAD: usize = 4;
 
 /// A frame as a source hands it to a worker.
 #[derive(Clone, Copy, Debug)]

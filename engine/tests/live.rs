@@ -65,20 +65,22 @@ const CAPTURES: &[&str] = &[
     "tcpdump_bgp-4byte-asn.pcap",
 ];
 
-/// Frames of a capture and the largest one; None if it is not all Ethernet.
-fn frames_of(path: &Path) -> Option<(u64, usize)> {
+/// Frames of a capture, their bytes and the largest one; None if it is not all Ethernet.
+fn frames_of(path: &Path) -> Option<(u64, u64, usize)> {
     let mut largest = 0usize;
+    let mut total = 0u64;
     let mut other_link = false;
     let stats = read_capture(
         path,
         |link, _, wire_len, bytes| {
             other_link |= link != LinkType::Ethernet || wire_len as usize != bytes.len();
             largest = largest.max(bytes.len());
+            total += bytes.len() as u64;
         },
         |_| {},
     )
     .expect("capture reads");
-    (!other_link && stats.damage.is_none()).then_some((stats.frames, largest))
+    (!other_link && stats.damage.is_none()).then_some((stats.frames, total, largest))
 }
 
 /// `show --json` of a log, as records keyed by endpoints, each normalised (see the module
@@ -156,7 +158,7 @@ fn normalise(r: &mut Value) {
 /// One capture through the lab; returns a description of what differs (empty: equal).
 fn live_equals_replay(lab: &Lab, dir: &Path, capture: &str) -> Vec<String> {
     let pcap = corpus(capture);
-    let (frames, largest) = frames_of(&pcap).expect("an Ethernet capture");
+    let (frames, bytes, largest) = frames_of(&pcap).expect("an Ethernet capture");
     assert!(largest <= MTU + 18, "{capture}: frames larger than the MTU");
     let cap_dir = dir.join(capture.trim_end_matches(".pcap"));
     std::fs::create_dir_all(&cap_dir).expect("dir");
@@ -225,6 +227,11 @@ fn live_equals_replay(lab: &Lab, dir: &Path, capture: &str) -> Vec<String> {
     assert!(
         summary.contains("rx dropped 0, rx ring full 0"),
         "{summary}"
+    );
+    // The socket counts every frame's bytes as the RX ring hands it over.
+    assert!(
+        summary.contains(&format!("packets {frames}, bytes {bytes},")),
+        "{capture}: {frames} frames of {bytes} bytes\n{summary}"
     );
     let last = StatsFile::read(&stats_path).expect("final stats file");
     assert_eq!(last.state, RunState::Stopped);

@@ -51,11 +51,6 @@ impl Batch {
         self.frames.is_empty()
     }
 
-    /// Frames in the batch.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
     /// The frames of the batch and the bytes of their capture, for [`FrameRef::frame`].
     pub fn parts(&self) -> (&[FrameRef], &[u8]) {
         let bytes: &[u8] = self.capture.as_deref().map_or(&[], |c| c);

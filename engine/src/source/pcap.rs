@@ -10,8 +10,6 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use flowtable::packet::LinkType;
-
-use crate::worker::Frame;
 use memmap2::{Mmap, UncheckedAdvice};
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
@@ -19,6 +17,8 @@ use pcap_parser::{
     parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
     LegacyPcapBlock, PcapError,
 };
+
+use crate::worker::Frame;
 
 /// Reading a capture failed before any packet could be delivered.
 #[derive(Debug, thiserror::Error)]

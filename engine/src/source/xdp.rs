@@ -354,6 +354,10 @@ impl XdpSocket {
         if n > 0 {
             self.counters.batches += 1;
             self.counters.frames += n as u64;
+            self.counters.bytes += self.received[..n]
+                .iter()
+                .map(|d| d.lengths().data() as u64)
+                .sum::<u64>();
         }
         n
     }
