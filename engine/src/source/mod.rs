@@ -16,8 +16,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Frames per batch.
-    pub const FRAMES: usize = 256;
+    /// Frames per batch. Every batch a parked thread waits for costs a wake-up (a futex call
+    /// and a context switch on each side); 1 024 frames make those rare enough to vanish
+    /// (256: ~930 voluntary switches per million frames and 12 % less throughput).
+    pub const FRAMES: usize = 1024;
 
     pub fn new() -> Batch {
         Batch {
