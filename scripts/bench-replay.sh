@@ -124,6 +124,9 @@ bench() {
         mkdir -p "$o"
         local cmd=()
         for a in "$@"; do cmd+=("${a//@OUT@/$o}"); done
+        # Untimed: some machines page out file pages left idle for a minute (a slow peer's
+        # run is enough), and every tool is to read the capture from the page cache.
+        cat "$pcap" >/dev/null
         local t0=$SECONDS
         if ! line=$(measure "${cmd[@]}"); then
             if [ $((SECONDS - t0)) -ge "$timeout_s" ]; then echo timeout; else echo failed; fi
@@ -172,7 +175,6 @@ for flows in "${flow_counts[@]}"; do
     fi
     count=$(sed -n 's/^packets: *\([0-9][0-9]*\)$/\1/p' "$stamp" | head -n 1)
     [ -n "$count" ] || { echo "bench-replay: no 'packets: N' line in $stamp" >&2; exit 1; }
-    cat "$pcap" >/dev/null # warm the page cache
     echo "bench-replay: $flows flows, $count packets" >&2
 
     for w in "${worker_counts[@]}"; do
