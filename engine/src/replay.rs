@@ -81,10 +81,6 @@ impl ReplaySummary {
     }
 }
 
-/// How far behind the reader capture pages are let go of, and in what steps.
-const RELEASE_LAG_BYTES: usize = 16 << 20;
-const RELEASE_STEP_BYTES: usize = 8 << 20;
-
 /// Batches in flight per worker (bounded: the reader waits for a free batch, workers never
 /// wait for anything but work).
 const BATCHES_PER_WORKER: usize = 8;
@@ -184,8 +180,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
 
 fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>) {
     while let Ok(mut batch) = rx.recv() {
-        let (frames, bytes) = batch.parts();
-        worker.frames(frames.len(), |i| frames[i].frame(bytes));
+        worker.frames(batch.len(), |i| batch.frame(i));
         batch.clear();
         // The reader may be gone already at the end; a lost batch is fine then.
         let _ = recycle.send(batch);
@@ -293,32 +288,27 @@ fn read_all(
                 break;
             }
         };
-        let bytes = capture.bytes();
         let mut send_failed = false;
-        let mut released = 0usize;
         let interface_id = |name: Option<&str>| {
             name.or(opts.interface.as_deref())
                 .map_or(0, |n| cfg.interface_id(n))
         };
         let stats = capture.frames(
             interface_id,
-            |f| {
+            |f, chunk| {
                 if send_failed {
                     return;
                 }
-                let w = spreader.worker_for(f.link, f.bytes(bytes));
+                let w = spreader.worker_for(f.link, f.bytes(chunk));
                 let slot = &mut current[w];
-                if slot.as_ref().is_some_and(Batch::is_full) {
+                if slot.as_ref().is_some_and(|b| !b.takes(chunk)) {
                     if let Some(full) = slot.take() {
                         send_failed |= to_workers[w].send(full).is_err();
                     }
                 }
                 if slot.is_none() {
                     match recycle.recv() {
-                        Ok(mut b) => {
-                            b.start(bytes);
-                            *slot = Some(b);
-                        }
+                        Ok(b) => *slot = Some(b),
                         Err(_) => {
                             send_failed = true;
                             return;
@@ -326,23 +316,16 @@ fn read_all(
                     }
                 }
                 if let Some(b) = slot.as_mut() {
-                    b.push(f);
+                    b.push(f, chunk);
                 }
             },
             |walked| {
                 if let Some(bar) = &bar {
                     bar.set_position(done_bytes + walked);
                 }
-                // Pages well behind the reader are done with (or nearly: a page read again
-                // is simply mapped again), so they need not count in the resident set.
-                let done = (walked as usize).saturating_sub(RELEASE_LAG_BYTES);
-                if done >= released + RELEASE_STEP_BYTES {
-                    bytes.release(released..done);
-                    released = done;
-                }
             },
         );
-        // A batch holds frames of one capture: hand over what is left of this one.
+        // What is left of this capture goes now, whatever comes next.
         for (w, slot) in current.iter_mut().enumerate() {
             if let Some(b) = slot.take() {
                 if !b.is_empty() {
@@ -350,7 +333,7 @@ fn read_all(
                 }
             }
         }
-        done_bytes += bytes.len() as u64;
+        done_bytes += std::fs::metadata(path).map_or(0, |m| m.len());
         results.push((path.clone(), stats));
         if send_failed {
             bail!("a worker stopped early");

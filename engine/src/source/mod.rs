@@ -6,13 +6,22 @@ pub mod xdp;
 
 use std::sync::Arc;
 
-use pcap::{CaptureBytes, FrameRef};
+use pcap::{Chunk, FrameRef};
 
-/// A batch of frames of one capture: where each lies in the capture's bytes (shared, never
-/// copied) and what the capture says about it.
+use crate::worker::Frame;
+
+/// A batch of frames: where each lies in the chunks of capture the batch holds (shared,
+/// never copied) and what the capture says about it.
 pub struct Batch {
-    capture: Option<Arc<CaptureBytes>>,
-    frames: Vec<FrameRef>,
+    chunks: Vec<Arc<Chunk>>,
+    frames: Vec<Held>,
+}
+
+/// A frame of a batch and which of the batch's chunks holds its bytes.
+#[derive(Clone, Copy)]
+struct Held {
+    frame: FrameRef,
+    chunk: u8,
 }
 
 impl Batch {
@@ -21,42 +30,54 @@ impl Batch {
     /// (256: ~930 voluntary switches per million frames and 12 % less throughput).
     pub const FRAMES: usize = 1024;
 
+    /// Chunks a batch may hold: a full batch of 1 024 frames of 750 bytes spans four.
+    pub const CHUNKS: usize = 8;
+
     pub fn new() -> Batch {
         Batch {
-            capture: None,
+            chunks: Vec::with_capacity(Batch::CHUNKS),
             frames: Vec::with_capacity(Batch::FRAMES),
         }
     }
 
-    /// An empty batch for frames of `capture`.
-    pub fn start(&mut self, capture: &Arc<CaptureBytes>) {
-        self.frames.clear();
-        self.capture = Some(Arc::clone(capture));
+    /// Is there room for another frame, in `chunk`?
+    pub fn takes(&self, chunk: &Arc<Chunk>) -> bool {
+        self.frames.len() < Batch::FRAMES
+            && (self.chunks.last().is_some_and(|c| Arc::ptr_eq(c, chunk))
+                || self.chunks.len() < Batch::CHUNKS)
     }
 
-    /// Is there room for another frame?
-    pub fn is_full(&self) -> bool {
-        self.frames.len() >= Batch::FRAMES
+    /// Adds `frame`, whose bytes are in `chunk`; the caller checked [`Batch::takes`].
+    pub fn push(&mut self, frame: FrameRef, chunk: &Arc<Chunk>) {
+        if !self.chunks.last().is_some_and(|c| Arc::ptr_eq(c, chunk)) {
+            self.chunks.push(Arc::clone(chunk));
+        }
+        let chunk = (self.chunks.len() - 1) as u8;
+        self.frames.push(Held { frame, chunk });
     }
 
-    pub fn push(&mut self, frame: FrameRef) {
-        self.frames.push(frame);
-    }
-
-    /// Empties the batch and lets go of its capture.
+    /// Empties the batch and lets go of its chunks.
     pub fn clear(&mut self) {
         self.frames.clear();
-        self.capture = None;
+        self.chunks.clear();
     }
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
-    /// The frames of the batch and the bytes of their capture, for [`FrameRef::frame`].
-    pub fn parts(&self) -> (&[FrameRef], &[u8]) {
-        let bytes: &[u8] = self.capture.as_deref().map_or(&[], |c| c);
-        (&self.frames, bytes)
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Frame `i` of the batch, as a worker takes it (no frame, empty, past the end).
+    #[inline]
+    pub fn frame(&self, i: usize) -> Frame<'_> {
+        let (frame, chunk) = match self.frames.get(i) {
+            Some(h) => (h.frame, self.chunks.get(usize::from(h.chunk))),
+            None => (FrameRef::EMPTY, None),
+        };
+        frame.frame(chunk.map_or(&[], |c| c))
     }
 }
 

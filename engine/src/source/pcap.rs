@@ -1,16 +1,19 @@
-//! Replay source: pcap and pcapng files, memory-mapped and walked in place.
+//! Replay source: pcap and pcapng files, read in chunks and walked in place.
 //!
-//! A capture is mapped once ([`Capture::open`]) and its frames are handed out as slices of
-//! the mapping: no byte of a frame is copied on its way to a worker, which reads it straight
-//! from the page cache. Blocks are decoded with the `pcap-parser` crate's slice parsers.
-//! Files that cannot be mapped (pipes, say) are read into memory whole instead.
+//! A capture is read with plain `read` calls into a few reused chunks ([`Chunk`]) and its
+//! frames are handed out as places in them: no byte of a frame is copied again on its way
+//! to a worker. Reading into reused memory costs the kernel one copy per byte; mapping the
+//! file instead costs it a page fault, a page-table entry and an unmap per 4 KiB page,
+//! measured at about 1.6 times as much for a 750 MB capture in the page cache
+//! (benches/RESULTS.md). Blocks are decoded with the `pcap-parser` crate's slice parsers.
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flowtable::packet::LinkType;
-use memmap2::{Mmap, UncheckedAdvice};
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{
@@ -42,53 +45,91 @@ pub struct CaptureStats {
     pub damage: Option<String>,
 }
 
-/// The bytes of a capture file: a read-only mapping of it, or (for what cannot be mapped)
-/// a copy read into memory.
-pub enum CaptureBytes {
-    Mapped(Mmap),
-    Read(Vec<u8>),
+/// A stretch of a capture read into memory, shared by the batches whose frames lie in it.
+/// The walk takes a chunk again once nobody else holds it.
+pub struct Chunk {
+    buf: Box<[u8]>,
+    len: usize,
 }
 
-impl Deref for CaptureBytes {
+impl Deref for Chunk {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match self {
-            CaptureBytes::Mapped(m) => m,
-            CaptureBytes::Read(v) => v,
-        }
+        self.buf.get(..self.len).unwrap_or(&[])
     }
 }
 
-impl CaptureBytes {
-    /// Tells the kernel this process is done with `range` for now, so its pages leave the
-    /// resident set (they stay in the page cache). Nothing changes for a reader: a page
-    /// touched again is mapped again from the file. The range is shrunk to whole pages.
-    pub fn release(&self, range: std::ops::Range<usize>) {
-        if let CaptureBytes::Mapped(m) = self {
-            let start = range.start.next_multiple_of(RELEASE_ALIGN);
-            let end = range.end.min(m.len()) & !(RELEASE_ALIGN - 1);
-            if start < end {
-                // SAFETY: the mapping is read-only and backed by the file (MAP_SHARED, never
-                // written), so MADV_DONTNEED only drops page-table entries: later reads of
-                // the range fault the same file bytes in again, and no reference into the
-                // mapping sees different data. A failure only leaves the pages resident.
-                let _ = unsafe {
-                    m.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
-                };
+/// Bytes a chunk holds (more for a block that does not fit). Small enough that what one
+/// `read` copied is still in the reader's cache when the walk gets there.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Largest block read whole: a damaged length field claiming more ends the walk there
+/// rather than reading the rest of a pipe into memory.
+const MAX_BLOCK_BYTES: usize = 256 << 20;
+
+/// The chunks of one walk. A chunk is free again when its only holder is this pool, that
+/// is once every batch that held it was recycled; the pool grows only while every chunk
+/// is held (its size follows the batches in flight, and stays put after the first ones).
+struct Chunks {
+    pool: Vec<Arc<Chunk>>,
+    size: usize,
+}
+
+impl Chunks {
+    fn new(size: usize) -> Chunks {
+        Chunks {
+            pool: Vec::new(),
+            size,
+        }
+    }
+
+    /// A free chunk holding `carry` and then what `file` has next, up to the chunk's size
+    /// (at least `need` bytes in all); `eof` is set when the file ended.
+    fn next(
+        &mut self,
+        carry: &[u8],
+        need: usize,
+        file: &mut impl Read,
+        eof: &mut bool,
+    ) -> std::io::Result<Arc<Chunk>> {
+        let at = match self.pool.iter_mut().position(|c| Arc::get_mut(c).is_some()) {
+            Some(at) => at,
+            None => {
+                self.pool.push(Arc::new(Chunk {
+                    buf: Box::default(),
+                    len: 0,
+                }));
+                self.pool.len() - 1
+            }
+        };
+        let slot = &mut self.pool[at];
+        if let Some(c) = Arc::get_mut(slot) {
+            let size = self.size.max(need).max(carry.len());
+            if c.buf.len() < size {
+                c.buf = vec![0; size].into_boxed_slice();
+            }
+            c.buf[..carry.len()].copy_from_slice(carry);
+            c.len = carry.len();
+            while c.len < c.buf.len() && !*eof {
+                match file.read(&mut c.buf[c.len..]) {
+                    Ok(0) => *eof = true,
+                    Ok(n) => c.len += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
+        Ok(Arc::clone(slot))
     }
 }
 
-/// Granularity of [`CaptureBytes::release`]: the page size of common platforms (where pages
-/// are larger, the range is widened backwards to a page boundary, which is still released).
-const RELEASE_ALIGN: usize = 4096;
-
-/// One capture file, mapped.
+/// One capture file, opened and checked to start like a pcap or pcapng file.
 pub struct Capture {
     path: PathBuf,
-    bytes: std::sync::Arc<CaptureBytes>,
+    file: File,
+    /// The file's first bytes, read to tell its format; the walk starts with them.
+    head: Vec<u8>,
 }
 
 /// One frame of a capture: where its captured bytes are and what the capture says of it.
@@ -98,8 +139,8 @@ pub struct FrameRef {
     pub ts_ns: u64,
     /// Length of the frame on the wire (may exceed the captured bytes).
     pub wire_len: u32,
-    /// Offset of the captured bytes in the file.
-    pub offset: usize,
+    /// Offset of the captured bytes in their chunk.
+    pub offset: u32,
     /// Captured bytes.
     pub caplen: u32,
     /// The interface it was captured on, as the caller of [`Capture::frames`] numbered it.
@@ -107,24 +148,33 @@ pub struct FrameRef {
 }
 
 impl FrameRef {
-    /// This frame as a worker takes it, its bytes in `bytes` (the capture it came from).
+    /// No frame: no bytes.
+    pub const EMPTY: FrameRef = FrameRef {
+        link: LinkType::Ethernet,
+        ts_ns: 0,
+        wire_len: 0,
+        offset: 0,
+        caplen: 0,
+        interface: 0,
+    };
+
+    /// This frame as a worker takes it, its bytes in `chunk` (the chunk it came with).
     #[inline]
-    pub fn frame<'a>(&self, bytes: &'a [u8]) -> Frame<'a> {
+    pub fn frame<'a>(&self, chunk: &'a [u8]) -> Frame<'a> {
         Frame {
             link: self.link,
             ts_ns: self.ts_ns,
             wire_len: self.wire_len,
             interface: self.interface,
-            bytes: self.bytes(bytes),
+            bytes: self.bytes(chunk),
         }
     }
 
-    /// The captured bytes of this frame in `bytes` (the capture it came from).
+    /// The captured bytes of this frame in `chunk` (the chunk it came with).
     #[inline]
-    pub fn bytes<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
-        bytes
-            .get(self.offset..self.offset + self.caplen as usize)
-            .unwrap_or(&[])
+    pub fn bytes<'a>(&self, chunk: &'a [u8]) -> &'a [u8] {
+        let at = self.offset as usize;
+        chunk.get(at..at + self.caplen as usize).unwrap_or(&[])
     }
 }
 
@@ -137,61 +187,33 @@ struct Interface {
     offset_s: i64,
 }
 
-/// How far ahead of the frame at hand the walk asks for the file's cache lines.
-const READ_AHEAD_BYTES: usize = 8 << 10;
-/// How far ahead of the frame at hand the walk has the file's pages mapped, and in what
-/// steps (the kernel maps 64 KiB of cached file around a fault by default). A prefetch of
-/// a page not mapped yet is dropped: without this, the first lines of every newly mapped
-/// stretch would be read the slow way.
-const MAP_AHEAD_BYTES: usize = 128 << 10;
-const MAP_STEP_BYTES: usize = 64 << 10;
-
 /// Bytes walked between calls of the progress callback.
 const PROGRESS_BYTES: u64 = 1 << 20;
 
+/// Bytes read at open to tell the format: a legacy pcap file header.
+const HEAD_BYTES: usize = 24;
+
 impl Capture {
-    /// Maps `path` (or reads it whole when it cannot be mapped) and checks that it starts
-    /// like a pcap or pcapng file.
-    ///
-    /// The mapping assumes the file is not truncated while it is replayed (a finished
-    /// capture): reading a page past a new end would stop the process with SIGBUS.
+    /// Opens `path` (a file, or anything `read` works on: a pipe, say) and checks that it
+    /// starts like a pcap or pcapng file.
     pub fn open(path: &Path) -> Result<Capture, CaptureError> {
         let open_err = |source| CaptureError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
-        let mapped = if meta.is_file() && meta.len() > 0 {
-            // SAFETY: the file is opened read-only and the mapping is only ever read; other
-            // processes changing the file under us is excluded by the documented contract
-            // (replay reads finished captures).
-            unsafe { Mmap::map(&file) }.ok()
-        } else {
-            None
-        };
-        let bytes = match mapped {
-            Some(m) => {
-                let _ = m.advise(memmap2::Advice::Sequential);
-                CaptureBytes::Mapped(m)
-            }
-            None => {
-                let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut file, &mut v).map_err(open_err)?;
-                CaptureBytes::Read(v)
-            }
-        };
+        let file = File::open(path).map_err(open_err)?;
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        (&file)
+            .take(HEAD_BYTES as u64)
+            .read_to_end(&mut head)
+            .map_err(open_err)?;
         let capture = Capture {
             path: path.to_path_buf(),
-            bytes: std::sync::Arc::new(bytes),
+            file,
+            head,
         };
         capture.format()?;
         Ok(capture)
-    }
-
-    /// The file's bytes, shared with whoever reads its frames.
-    pub fn bytes(&self) -> &std::sync::Arc<CaptureBytes> {
-        &self.bytes
     }
 
     fn format(&self) -> Result<Format, CaptureError> {
@@ -199,7 +221,7 @@ impl Capture {
             path: self.path.clone(),
             what,
         };
-        let b: &[u8] = &self.bytes;
+        let b: &[u8] = &self.head;
         match b.get(..4) {
             Some([0x0a, 0x0d, 0x0d, 0x0a]) => Ok(Format::PcapNg),
             Some(_) => match parse_pcap_header(b) {
@@ -216,22 +238,29 @@ impl Capture {
         }
     }
 
-    /// Walks every frame in file order and calls `frame` with it; `progress(bytes_walked)`
-    /// is called now and then. Frames say which interface they were captured on by the
-    /// number `interface_id` gives its name (pcapng `if_name`; `None` for a pcap file or an
-    /// unnamed interface). A damaged or cut-short file ends the walk at the damage,
-    /// which the stats describe.
+    /// Walks every frame in file order and calls `frame` with it and the chunk its bytes
+    /// are in; `progress(bytes_walked)` is called now and then. Frames say which interface
+    /// they were captured on by the number `interface_id` gives its name (pcapng `if_name`;
+    /// `None` for a pcap file or an unnamed interface). A damaged or cut-short file ends
+    /// the walk at the damage, which the stats describe.
     pub fn frames(
-        &self,
+        self,
         interface_id: impl Fn(Option<&str>) -> u16,
-        mut frame: impl FnMut(FrameRef),
+        frame: impl FnMut(FrameRef, &Arc<Chunk>),
+        progress: impl FnMut(u64),
+    ) -> CaptureStats {
+        self.walk(CHUNK_BYTES, interface_id, frame, progress)
+    }
+
+    /// [`Capture::frames`] with chunks of `chunk_bytes`.
+    fn walk(
+        mut self,
+        chunk_bytes: usize,
+        interface_id: impl Fn(Option<&str>) -> u16,
+        mut frame: impl FnMut(FrameRef, &Arc<Chunk>),
         mut progress: impl FnMut(u64),
     ) -> CaptureStats {
         let mut stats = CaptureStats::default();
-        let base: &[u8] = &self.bytes;
-        let offset_of = |s: &[u8]| s.as_ptr() as usize - base.as_ptr() as usize;
-        let mut walked: u64 = 0;
-        let mut since_progress: u64 = 0;
         let format = match self.format() {
             Ok(f) => f,
             Err(e) => {
@@ -239,29 +268,32 @@ impl Capture {
                 return stats;
             }
         };
-        let mut rest = base;
+        let mut chunks = Chunks::new(chunk_bytes);
+        let mut eof = false;
+        let mut chunk = match chunks.next(&self.head, 0, &mut self.file, &mut eof) {
+            Ok(c) => c,
+            Err(e) => {
+                stats.damage = Some(format!("at byte 0: {e}"));
+                return stats;
+            }
+        };
+        // File offset of the chunk's first byte, and where the walk is in the chunk.
+        let mut base: u64 = 0;
+        let mut pos = 0usize;
+        let mut since_progress: u64 = 0;
         let mut interfaces: Vec<Interface> = Vec::new();
         let unnamed = interface_id(None);
         let mut ng_big_endian = false;
         if let Format::Legacy { header_len, .. } = format {
-            rest = base.get(header_len..).unwrap_or(&[]);
+            pos = header_len.min(chunk.len());
         }
-        let mut ahead = 0usize;
-        let mut mapped = 0usize;
-        while !rest.is_empty() {
-            let at = base.len() - rest.len();
-            if at + MAP_AHEAD_BYTES >= mapped {
-                // One read per step: the fault it takes maps the stretch.
-                if let Some(b) = base.get(mapped) {
-                    std::hint::black_box(*b);
-                }
-                mapped += MAP_STEP_BYTES;
+        loop {
+            let rest = chunk.get(pos..).unwrap_or(&[]);
+            if rest.is_empty() && eof {
+                break;
             }
-            let want = (at + READ_AHEAD_BYTES).min(base.len());
-            while ahead < want {
-                flowtable::prefetch::line(base.as_ptr().wrapping_add(ahead));
-                ahead += 64;
-            }
+            let at = base + pos as u64;
+            let offset_of = |s: &[u8]| (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32;
             let next = match format {
                 Format::Legacy {
                     link,
@@ -280,10 +312,13 @@ impl Capture {
                     parsed.map(|(next, b)| {
                         stats.frames += 1;
                         match link {
-                            Some(link) => frame(FrameRef {
-                                interface: unnamed,
-                                ..legacy_frame(link, nanos, &b, offset_of)
-                            }),
+                            Some(link) => frame(
+                                FrameRef {
+                                    interface: unnamed,
+                                    ..legacy_frame(link, nanos, &b, offset_of)
+                                },
+                                &chunk,
+                            ),
                             None => stats.unsupported_link += 1,
                         }
                         next
@@ -317,19 +352,22 @@ impl Capture {
                                         offset_s,
                                     }) => {
                                         let data = epb.packet_data();
-                                        frame(FrameRef {
-                                            link: *link,
-                                            ts_ns: ng_ts_ns(
-                                                epb.ts_high,
-                                                epb.ts_low,
-                                                *resolution,
-                                                *offset_s,
-                                            ),
-                                            wire_len: epb.origlen,
-                                            offset: offset_of(data),
-                                            caplen: data.len() as u32,
-                                            interface: *id,
-                                        });
+                                        frame(
+                                            FrameRef {
+                                                link: *link,
+                                                ts_ns: ng_ts_ns(
+                                                    epb.ts_high,
+                                                    epb.ts_low,
+                                                    *resolution,
+                                                    *offset_s,
+                                                ),
+                                                wire_len: epb.origlen,
+                                                offset: offset_of(data),
+                                                caplen: data.len() as u32,
+                                                interface: *id,
+                                            },
+                                            &chunk,
+                                        );
                                     }
                                     _ => stats.unsupported_link += 1,
                                 }
@@ -343,14 +381,17 @@ impl Capture {
                                         ..
                                     }) => {
                                         let data = spb.packet_data();
-                                        frame(FrameRef {
-                                            link: *link,
-                                            ts_ns: 0,
-                                            wire_len: spb.origlen,
-                                            offset: offset_of(data),
-                                            caplen: data.len() as u32,
-                                            interface: *id,
-                                        });
+                                        frame(
+                                            FrameRef {
+                                                link: *link,
+                                                ts_ns: 0,
+                                                wire_len: spb.origlen,
+                                                offset: offset_of(data),
+                                                caplen: data.len() as u32,
+                                                interface: *id,
+                                            },
+                                            &chunk,
+                                        );
                                     }
                                     _ => stats.unsupported_link += 1,
                                 }
@@ -363,13 +404,38 @@ impl Capture {
             };
             match next {
                 Ok(next) => {
-                    let step = (rest.len() - next.len()) as u64;
-                    rest = next;
-                    walked += step;
-                    since_progress += step;
+                    let step = rest.len() - next.len();
+                    pos += step;
+                    since_progress += step as u64;
                     if since_progress > PROGRESS_BYTES {
-                        progress(walked);
+                        progress(base + pos as u64);
                         since_progress = 0;
+                    }
+                }
+                Err(pcap_parser::nom::Err::Incomplete(needed)) if !eof => {
+                    // The block goes on past the chunk: carried over to the start of the
+                    // next one, which holds it whole (growing if it must).
+                    let more = match needed {
+                        pcap_parser::nom::Needed::Size(n) => n.get(),
+                        pcap_parser::nom::Needed::Unknown => 1,
+                    };
+                    let need = rest.len().saturating_add(more);
+                    if need > MAX_BLOCK_BYTES {
+                        stats.damage = Some(format!(
+                            "at byte {at}: a block of more than {MAX_BLOCK_BYTES} bytes"
+                        ));
+                        break;
+                    }
+                    match chunks.next(rest, need, &mut self.file, &mut eof) {
+                        Ok(next) => {
+                            base = at;
+                            pos = 0;
+                            chunk = next;
+                        }
+                        Err(e) => {
+                            stats.damage = Some(format!("at byte {at}: {e}"));
+                            break;
+                        }
                     }
                 }
                 Err(pcap_parser::nom::Err::Incomplete(_)) => {
@@ -383,7 +449,7 @@ impl Capture {
                 }
             }
         }
-        progress(base.len() as u64 - rest.len() as u64);
+        progress(base + pos as u64);
         stats
     }
 }
@@ -405,7 +471,7 @@ fn legacy_frame(
     link: LinkType,
     nanos: bool,
     b: &LegacyPcapBlock<'_>,
-    offset_of: impl Fn(&[u8]) -> usize,
+    offset_of: impl Fn(&[u8]) -> u32,
 ) -> FrameRef {
     let frac = if nanos {
         u64::from(b.ts_usec)
@@ -431,10 +497,9 @@ pub fn read_capture(
     progress: impl FnMut(u64),
 ) -> Result<CaptureStats, CaptureError> {
     let capture = Capture::open(path)?;
-    let bytes: &[u8] = capture.bytes();
     Ok(capture.frames(
         |_| 0,
-        |f| frame(f.link, f.ts_ns, f.wire_len, f.bytes(bytes)),
+        |f, chunk| frame(f.link, f.ts_ns, f.wire_len, f.bytes(chunk)),
         progress,
     ))
 }
@@ -509,6 +574,104 @@ mod tests {
             stats.damage.as_deref(),
             Some(format!("at byte {second_at}: the last block is cut short").as_str())
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The frames of `path` (link, time, wire length, bytes) and what the stats say, walked
+    /// with chunks of `chunk_bytes`.
+    type Walked = (Vec<(LinkType, u64, u32, Vec<u8>)>, u64, Option<String>);
+    fn walked(path: &Path, chunk_bytes: usize) -> Walked {
+        let mut seen = Vec::new();
+        let stats = Capture::open(path).expect("opens").walk(
+            chunk_bytes,
+            |_| 0,
+            |f, chunk| seen.push((f.link, f.ts_ns, f.wire_len, f.bytes(chunk).to_vec())),
+            |_| {},
+        );
+        (seen, stats.frames, stats.damage)
+    }
+
+    /// `frames` as a pcapng file: a section, one interface (nanosecond stamps), one
+    /// enhanced packet block per frame, stamped 1 s apart from 1 s.
+    fn pcapng(frames: &[Vec<u8>]) -> Vec<u8> {
+        use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+        use pcap_file::pcapng::blocks::interface_description::{
+            InterfaceDescriptionBlock, InterfaceDescriptionOption,
+        };
+        use std::borrow::Cow;
+        let mut writer = pcap_file::pcapng::PcapNgWriter::new(Vec::new()).expect("pcapng");
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: pcap_file::DataLink::RAW,
+                snaplen: 65535,
+                options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+            })
+            .expect("writes");
+        for (i, f) in frames.iter().enumerate() {
+            writer
+                .write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: 0,
+                    timestamp: std::time::Duration::from_secs(i as u64 + 1),
+                    original_len: f.len() as u32 + 10,
+                    data: Cow::Borrowed(f),
+                    options: Vec::new(),
+                })
+                .expect("writes");
+        }
+        writer.into_inner()
+    }
+
+    #[test]
+    fn chunk_boundaries_change_nothing() {
+        let dir = std::env::temp_dir().join(format!("conntrail-chunks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.pcap");
+        // Frames from empty to larger than most of the chunk sizes below, each its own bytes.
+        let frames: Vec<Vec<u8>> = [0usize, 1, 37, 74, 500, 3, 1500, 9000, 60, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let legacy = legacy_pcap(&refs);
+        // Where each record starts in the legacy file, and where the file ends.
+        let mut starts = vec![24usize];
+        for f in &frames {
+            starts.push(starts[starts.len() - 1] + 16 + f.len());
+        }
+        for file in [legacy.clone(), pcapng(&frames)] {
+            std::fs::write(&path, &file).expect("write");
+            let (seen, n, damage) = walked(&path, 1 << 20);
+            assert_eq!((n, damage), (frames.len() as u64, None));
+            for (i, (link, ts, wire, bytes)) in seen.iter().enumerate() {
+                assert_eq!(*link, LinkType::RawIp);
+                assert_eq!(*wire, frames[i].len() as u32 + 10);
+                assert_eq!(bytes, &frames[i]);
+                assert_eq!(*ts / 1_000_000_000, i as u64 + 1);
+            }
+            for chunk_bytes in [1, 2, 15, 16, 17, 64, 100, 1000, 4096] {
+                assert_eq!(walked(&path, chunk_bytes), (seen.clone(), n, None));
+            }
+        }
+        // Cut anywhere (every fifth byte, and either side of every record boundary), the
+        // legacy file gives the whole records before the cut and says where the first cut
+        // one starts, whatever the chunks.
+        let mut cuts: Vec<usize> = (24..legacy.len()).step_by(5).collect();
+        cuts.extend(starts.iter().flat_map(|&s| [s - 1, s, s + 1]));
+        for cut in cuts
+            .into_iter()
+            .filter(|&c| (24..legacy.len()).contains(&c))
+        {
+            std::fs::write(&path, &legacy[..cut]).expect("write");
+            let whole = starts.iter().skip(1).filter(|&&end| end <= cut).count();
+            let damage = (starts[whole] < cut)
+                .then(|| format!("at byte {}: the last block is cut short", starts[whole]));
+            for chunk_bytes in [1, 16, 100, 4096, 1 << 20] {
+                let (seen, n, got) = walked(&path, chunk_bytes);
+                assert_eq!((seen.len(), n), (whole, whole as u64), "cut at {cut}");
+                assert_eq!(got, damage, "cut at {cut}, chunks of {chunk_bytes}");
+            }
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 
