@@ -22,8 +22,8 @@
 # would make a ~45 GB one (pass --flows 10000000 where the disk allows). conntrail runs with
 # a table of as many slots per worker as the capture has flows. Peers, each where installed:
 # nfpcapd -r (nfdump), tcptrace -n, argus -r, tshark -q -z conv,tcp, pmacctd -I (print
-# plugin). Each run is one process reading a warm page cache, timed with GNU time: wall
-# time, CPU time (user + sys) and peak RSS. The table gives, per tool, the packets it read,
+# plugin). Each run is one process reading a warm page cache, timed: wall time (bash's clock),
+# CPU time (user + sys) and peak RSS (GNU time). The table gives, per tool, the packets it read,
 # packets/s over the median wall time and over the median CPU time, and conntrail's
 # (one worker) wall-time packets/s over the tool's; a second table, each conntrail thread's
 # CPU time over the elapsed time in its median run (from the replay summary).
@@ -98,13 +98,17 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # Runs "$@" once under GNU time and `timeout`; prints "wall cpu rss_kib" or fails. Its
-# standard output goes to $stdout_to if set (peers' to /dev/null: some print a lot).
+# standard output goes to $stdout_to if set (peers' to /dev/null: some print a lot). The
+# wall time is bash's microsecond clock around the whole command (GNU time's %e counts in
+# hundredths: 10 % of a 0.1 s run); it includes starting time and timeout, ~1 ms.
 measure() {
-    local tf=$work/time
-    if ! /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$timeout_s" "$@" >"${stdout_to:-/dev/null}" 2>"$work/err"; then
+    local tf=$work/time t0 t1
+    t0=$EPOCHREALTIME
+    if ! /usr/bin/time -f '%U %S %M' -o "$tf" timeout "$timeout_s" "$@" >"${stdout_to:-/dev/null}" 2>"$work/err"; then
         return 1
     fi
-    awk '{ printf "%s %.3f %s\n", $1, $2 + $3, $4 }' "$tf"
+    t1=$EPOCHREALTIME
+    awk -v t0="$t0" -v t1="$t1" '{ printf "%.4f %.3f %s\n", t1 - t0, $1 + $2, $3 }' "$tf"
 }
 
 # Median of the numbers on stdin.
@@ -210,7 +214,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n 1)
         pw = $5 > 0 ? $2 / $5 / 1e6 : 0; pc = $6 > 0 ? $2 / $6 / 1e6 : 0
         if ($3 == "conntrail-w1") base[$1] = pw
         ratio = (base[$1] > 0 && pw > 0) ? sprintf("%.1f", base[$1] / pw) : ""
-        printf "| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.0f | %s |\n",
+        printf "| %s | %s | %s | %.2f | %.2f | %.3f | %.2f | %.0f | %s |\n",
             $1, $2, $3, pw, pc, $5, $6, $7 / 1024, ratio }' "$tsv"
     echo
     echo "Where conntrail's time goes: each thread's CPU time (user + system) over the elapsed"
