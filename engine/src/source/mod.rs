@@ -73,11 +73,14 @@ impl Batch {
     /// Frame `i` of the batch, as a worker takes it (no frame, empty, past the end).
     #[inline]
     pub fn frame(&self, i: usize) -> Frame<'_> {
-        let (frame, chunk) = match self.frames.get(i) {
-            Some(h) => (h.frame, self.chunks.get(usize::from(h.chunk))),
-            None => (FrameRef::EMPTY, None),
-        };
-        frame.frame(chunk.map_or(&[], |c| c))
+        match self.frames.get(i) {
+            Some(h) => h.frame.frame(
+                self.chunks
+                    .get(usize::from(h.chunk))
+                    .map_or(&[], |c| c.buffer()),
+            ),
+            None => FrameRef::EMPTY.frame(&[]),
+        }
     }
 }
 

@@ -60,6 +60,15 @@ impl Deref for Chunk {
     }
 }
 
+impl Chunk {
+    /// The whole buffer, read or not: for a frame already handed out, which lies in the
+    /// part read, one step less than [`Chunk::deref`] (a worker takes this per frame).
+    #[inline]
+    pub(crate) fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
 /// Bytes a chunk holds (more for a block that does not fit). Small enough that what one
 /// `read` copied is still in the reader's cache when the walk gets there.
 const CHUNK_BYTES: usize = 256 << 10;
