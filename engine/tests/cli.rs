@@ -168,6 +168,53 @@ fn bad_config_names_file_line_and_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A capture that arrives through a pipe (read as it comes, in chunks of whatever the pipe
+/// gives) replays to the same records as the same file read from disk.
+#[test]
+fn a_capture_through_a_pipe_gives_the_records_of_the_file() {
+    let dir = temp_dir("pipe");
+    let name = "suricata_tls_tls-subjectaltname.pcap";
+    let bytes = std::fs::read(capture(name)).expect("corpus capture");
+    assert!(bytes.len() > 1 << 20, "a capture of several chunks");
+    let fifo = dir.join("through.pcap");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(&fifo, &bytes))
+    };
+    let cfg = dir.join("ring.toml");
+    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
+    let json_of = |cap: &Path, log: &Path| {
+        let out = conntrail(&[
+            "replay",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--record",
+            "all",
+            "--log",
+            log.to_str().expect("utf-8"),
+            cap.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "replay: {}", text(&out.stderr));
+        let json = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
+        assert!(json.status.success(), "show: {}", text(&json.stderr));
+        text(&json.stdout)
+    };
+    let through_pipe = json_of(&fifo, &dir.join("pipe.log"));
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("capture written into the pipe");
+    let from_file = json_of(&capture(name), &dir.join("file.log"));
+    assert!(from_file.lines().count() > 10, "{from_file}");
+    assert_eq!(through_pipe, from_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_missing_capture_is_a_clear_error() {
     let dir = temp_dir("missing");
