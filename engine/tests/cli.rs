@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{conntrail, corpus as capture, temp_dir, text};
 
-fn replay_to(dir: &Path, cap: &str, extra: &[&str]) -> PathBuf {
-    let log = dir.join("t.log");
+/// Replays `cap` into `log` with `extra` options, its ring in `dir`.
+fn replay_into(dir: &Path, log: &Path, cap: &Path, extra: &[&str]) {
     let cfg = dir.join("ring.toml");
     std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
-    let cap = capture(cap);
     let mut args = vec![
         "replay",
         "--config",
@@ -23,6 +22,12 @@ fn replay_to(dir: &Path, cap: &str, extra: &[&str]) -> PathBuf {
     args.push(cap.to_str().expect("utf-8"));
     let out = conntrail(&args);
     assert!(out.status.success(), "replay failed: {}", text(&out.stderr));
+}
+
+/// Replays the corpus capture `cap` into `dir`/t.log.
+fn replay_to(dir: &Path, cap: &str, extra: &[&str]) -> PathBuf {
+    let log = dir.join("t.log");
+    replay_into(dir, &log, &capture(cap), extra);
     log
 }
 
@@ -186,20 +191,8 @@ fn a_capture_through_a_pipe_gives_the_records_of_the_file() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::write(&fifo, &bytes))
     };
-    let cfg = dir.join("ring.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
     let json_of = |cap: &Path, log: &Path| {
-        let out = conntrail(&[
-            "replay",
-            "--config",
-            cfg.to_str().expect("utf-8"),
-            "--record",
-            "all",
-            "--log",
-            log.to_str().expect("utf-8"),
-            cap.to_str().expect("utf-8"),
-        ]);
-        assert!(out.status.success(), "replay: {}", text(&out.stderr));
+        replay_into(&dir, log, cap, &["--record", "all"]);
         let json = conntrail(&["show", "--json", log.to_str().expect("utf-8")]);
         assert!(json.status.success(), "show: {}", text(&json.stderr));
         text(&json.stdout)
@@ -259,22 +252,15 @@ fn synth_proxy_replay_and_correlate_agree_with_the_truth() {
         text(&out.stdout)
     );
     let file = |suffix: &str| dir.join(format!("p{suffix}"));
-    let cfg = dir.join("ring.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
     let mut logs = Vec::new();
     for side in ["front", "back"] {
         let log = dir.join(format!("{side}.log"));
-        let out = conntrail(&[
-            "replay",
-            "--config",
-            cfg.to_str().expect("utf-8"),
-            "--record",
-            "all",
-            "--log",
-            log.to_str().expect("utf-8"),
-            file(&format!(".{side}.pcap")).to_str().expect("utf-8"),
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        replay_into(
+            &dir,
+            &log,
+            &file(&format!(".{side}.pcap")),
+            &["--record", "all"],
+        );
         logs.push(log);
     }
     let conntrace = file(".conntrace.jsonl");
