@@ -301,22 +301,21 @@ fn read_all(
                 }
                 let w = spreader.worker_for(f.link, f.bytes(chunk));
                 let slot = &mut current[w];
-                if slot.as_ref().is_some_and(|b| !b.takes(chunk)) {
-                    if let Some(full) = slot.take() {
-                        send_failed |= to_workers[w].send(full).is_err();
-                    }
+                if slot.as_mut().is_some_and(|b| b.push(f, chunk)) {
+                    return;
                 }
-                if slot.is_none() {
-                    match recycle.recv() {
-                        Ok(b) => *slot = Some(b),
-                        Err(_) => {
-                            send_failed = true;
-                            return;
-                        }
-                    }
+                // No batch for this worker yet, or its batch has no room: a fresh one.
+                if let Some(full) = slot.take() {
+                    send_failed |= to_workers[w].send(full).is_err();
                 }
-                if let Some(b) = slot.as_mut() {
-                    b.push(f, chunk);
+                match recycle.recv() {
+                    Ok(mut b) => {
+                        // A recycled batch is empty: it takes any frame.
+                        let taken = b.push(f, chunk);
+                        debug_assert!(taken, "an empty batch refused a frame");
+                        *slot = Some(b);
+                    }
+                    Err(_) => send_failed = true,
                 }
             },
             |walked| {
@@ -325,7 +324,8 @@ fn read_all(
                 }
             },
         );
-        // What is left of this capture goes now, whatever comes next.
+        // The batches still filling go out at the end of each capture (the run's last
+        // ones must).
         for (w, slot) in current.iter_mut().enumerate() {
             if let Some(b) = slot.take() {
                 if !b.is_empty() {

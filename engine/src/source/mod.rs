@@ -40,20 +40,21 @@ impl Batch {
         }
     }
 
-    /// Is there room for another frame, in `chunk`?
-    pub fn takes(&self, chunk: &Arc<Chunk>) -> bool {
-        self.frames.len() < Batch::FRAMES
-            && (self.chunks.last().is_some_and(|c| Arc::ptr_eq(c, chunk))
-                || self.chunks.len() < Batch::CHUNKS)
-    }
-
-    /// Adds `frame`, whose bytes are in `chunk`; the caller checked [`Batch::takes`].
-    pub fn push(&mut self, frame: FrameRef, chunk: &Arc<Chunk>) {
+    /// Adds `frame`, whose bytes are in `chunk`, if there is room for it: false when the
+    /// batch is full, or holds as many chunks as it may and not this one.
+    pub fn push(&mut self, frame: FrameRef, chunk: &Arc<Chunk>) -> bool {
+        if self.frames.len() >= Batch::FRAMES {
+            return false;
+        }
         if !self.chunks.last().is_some_and(|c| Arc::ptr_eq(c, chunk)) {
+            if self.chunks.len() >= Batch::CHUNKS {
+                return false;
+            }
             self.chunks.push(Arc::clone(chunk));
         }
         let chunk = (self.chunks.len() - 1) as u8;
         self.frames.push(Held { frame, chunk });
+        true
     }
 
     /// Empties the batch and lets go of its chunks.
