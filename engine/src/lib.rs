@@ -30,6 +30,7 @@ pub mod control;
 pub mod correlate;
 pub mod diff;
 pub mod ecs;
+pub mod exit;
 pub mod expr;
 pub mod extract;
 pub mod filter;

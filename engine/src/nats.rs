@@ -25,7 +25,7 @@ use flowtable::config::Config;
 use flowtable::record::Record;
 
 /// Exit status when the log is complete but records are still waiting to be exported.
-pub const EXIT_EXPORT_PENDING: u8 = 3;
+pub const EXIT_EXPORT_PENDING: u8 = crate::exit::EXPORT_PENDING;
 
 /// `--export` of `replay` and `run`.
 #[derive(clap::Args, Clone, Debug, Default)]

@@ -1,0 +1,29 @@
+//! Exit statuses, one scheme for every command.
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | done, nothing lost and no damage seen |
+//! | 1 | damage found in an input (a capture, a log, a ring): the output is complete up to it, and past it where the format allows; every damaged place is reported on stderr with its file and byte offset |
+//! | 2 | usage or configuration error, or a refusal (nothing was written) |
+//! | 3 | records written to the log but not all shipped to NATS (`--export`) |
+//! | 4 | records lost: dropped from a full ring, or for lack of space on the log's file system; the summary says how many |
+//!
+//! Where two apply, the highest wins: a lost record outweighs damage in an input.
+
+use std::process::ExitCode;
+
+/// Done, nothing lost and no damage seen.
+pub const OK: u8 = 0;
+/// Damage found in an input; the output is complete up to it.
+pub const DAMAGE: u8 = 1;
+/// Usage or configuration error, or a refusal: nothing was written.
+pub const USAGE: u8 = 2;
+/// Records written to the log but not all shipped to NATS.
+pub const EXPORT_PENDING: u8 = 3;
+/// Records lost (ring full, disk full).
+pub const RECORDS_LOST: u8 = 4;
+
+/// The status for the worst of `codes`.
+pub fn worst(codes: impl IntoIterator<Item = u8>) -> ExitCode {
+    ExitCode::from(codes.into_iter().max().unwrap_or(OK))
+}
