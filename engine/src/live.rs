@@ -331,19 +331,23 @@ pub fn live(
         .transpose()?;
     let (control_ends, control_workers) = control::channels(plans.len());
     let mut control_ends = control_ends.into_iter();
-    let ring_dir = PathBuf::from(&cfg.ring.dir);
+    let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
-    let recovered = crate::recover::recover_at_start(&ring_dir);
+    for log in &log_paths {
+        crate::recover::check_log_target(log)?;
+    }
+    crate::recover::recover_at_start(&ring_dir);
     let run_file = crate::recover::RunFile::create(
-        &ring_dir,
+        ring_dir,
         &log_paths,
         plans.iter().map(|p| p.worker),
         &cfg.log,
     )?;
-    let logs = crate::contexts::open_logs(cfg, &log_paths, |path| {
-        crate::recover::names_log(&recovered, path)
-    })?;
+    // A run continues its logs, whether the last run ended cleanly, crashed (its records
+    // just recovered) or never was; record ids go on from the highest each worker left.
+    let logs = crate::contexts::open_logs(cfg, &log_paths, |_| true)?;
+    let sequences = crate::recover::next_sequences(&log_paths);
     let clock = Clock::new();
     // One XDP program per interface; frames reach the sockets once it is attached.
     let mut programs: Vec<(String, Arc<XdpProgram>)> = Vec::new();
@@ -368,11 +372,6 @@ pub fn live(
     let mut ring_paths = Vec::new();
     let mut handles: Vec<JoinHandle<Option<SocketSummary>>> = Vec::new();
     let mut slots: Vec<Slot> = Vec::new();
-    let cleanup = |paths: &[PathBuf]| {
-        for p in paths {
-            let _ = std::fs::remove_file(p);
-        }
-    };
     for (p, path) in plans.iter().zip(run_file.rings()) {
         let path = path.clone();
         let created = ring::create(&path, cfg.ring.bytes as usize);
@@ -383,7 +382,6 @@ pub fn live(
                 for h in handles {
                     let _ = h.join();
                 }
-                cleanup(&ring_paths);
                 return Err(anyhow!(e).context(format!("creating ring {}", path.display())));
             }
         };
@@ -402,6 +400,7 @@ pub fn live(
         let worker_stop = Arc::clone(stop);
         let ready = ready_tx.clone();
         let worker_control = control_ends.next().filter(|_| control_socket.is_some());
+        let first_sequence = sequences.get(&worker_id).copied().unwrap_or(0);
         let handle = thread::Builder::new()
             .name(format!("conntrail-w{worker_id}"))
             .spawn(move || {
@@ -425,6 +424,7 @@ pub fn live(
                     }
                 };
                 let mut worker = Worker::new(&cfg, worker_id, mode, producer);
+                worker.continue_ids(first_sequence);
                 worker.set_core(pinned);
                 let interface = cfg.interface_id(&capture.interface);
                 if let Some(c) = worker_control {
@@ -469,7 +469,6 @@ pub fn live(
                 for h in handles {
                     let _ = h.join();
                 }
-                cleanup(&ring_paths);
                 return Err(anyhow!(e).context("starting a worker thread"));
             }
         }
@@ -566,7 +565,6 @@ pub fn live(
         }
         rec_stop.store(true, Ordering::Release);
         let _ = recorder.join();
-        cleanup(&ring_paths);
         return Err(e);
     }
     let mode_of = |p: &Plan, r: &Ready| {
@@ -762,15 +760,19 @@ pub fn live(
         s.mode.clone_from(&row.mode);
     }
     rec_stop.store(true, Ordering::Release);
-    let rec = recorder
-        .join()
-        .map_err(|_| anyhow!("the recorder thread panicked"))?;
-    cleanup(&ring_paths);
-    run_file.remove();
+    let rec = recorder.join();
+    if panicked || !matches!(rec, Ok(Ok(_))) {
+        // The rings may still hold records: leave them to a recovery.
+        run_file.keep();
+    } else {
+        drop(run_file);
+    }
     if panicked {
         bail!("a worker thread panicked");
     }
-    let rec = rec.context("writing the log")?;
+    let rec = rec
+        .map_err(|_| anyhow!("the recorder thread panicked"))?
+        .context("writing the log")?;
 
     // The final stats file.
     let mut file = template;

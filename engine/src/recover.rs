@@ -10,19 +10,22 @@
 //! has), and removes the rings and the run file. An engine that ends normally drains its
 //! rings and removes both itself.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use flowtable::config::{Config, LogConfig};
 use recorder::recover::Recovery;
 use recorder::writer::{LogWriter, Retention};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
+
+use crate::ringdir::{self, RingDir};
 
 /// Environment variable: a pause in microseconds after every record the recorder appends.
 /// It makes records pile up in the rings so crash tests can kill the engine while records
@@ -49,6 +52,55 @@ pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> 
     Ok(writer)
 }
 
+/// Refuses to write to `path` when it exists and is not a conntrail log (a capture, say, or
+/// any other file): only an empty file or one that starts with the log's magic is one.
+pub fn check_log_target(path: &Path) -> Result<()> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("opening log {}", path.display())),
+    };
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading log {}", path.display())),
+        }
+    }
+    if head[..got] != recorder::format::MAGIC[..got] {
+        bail!(
+            "{} is not a conntrail log: refusing to write to it (nothing was changed)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// For each worker that has records in `logs`, the sequence number its next record must
+/// take so that no record id repeats in them: one more than the highest it left (an id is
+/// the worker in its top 16 bits and the sequence below). Damage is skipped: the reader
+/// reads past it.
+pub fn next_sequences(logs: &[PathBuf]) -> HashMap<u16, u64> {
+    let mut next: HashMap<u16, u64> = HashMap::new();
+    for log in logs {
+        let Ok(reader) = recorder::reader::LogReader::open(log) else {
+            continue;
+        };
+        for frame in reader.flatten() {
+            if let Ok(rec) = ring::codec::decode(&frame.payload) {
+                let worker = (rec.id >> 48) as u16;
+                let seq = rec.id & ((1 << 48) - 1);
+                let slot = next.entry(worker).or_insert(0);
+                *slot = (*slot).max(seq + 1);
+            }
+        }
+    }
+    next
+}
+
 /// What a run file records.
 #[derive(Debug, Serialize, Deserialize)]
 struct RunManifest {
@@ -57,29 +109,41 @@ struct RunManifest {
     /// The logs of contexts 1, 2, ...: records are routed to them by their context.
     #[serde(default)]
     context_logs: Vec<PathBuf>,
+    /// The ring files in worker order: names in the ring directory
+    /// (`conntrail-PID-N-WORKER.ring`).
     rings: Vec<PathBuf>,
     log_config: LogConfig,
 }
 
-/// The run file of one engine (a `replay` or a `run`), locked while it lives.
+/// Longest run file read (a manifest is a few hundred bytes).
+const MAX_RUN_FILE: u64 = 1 << 20;
+
+/// The run file of one engine (a `replay` or a `run`), locked while it lives, and the ring
+/// directory it is in.
+///
+/// Dropping it removes its rings and then itself: an engine that ends, or fails to start,
+/// leaves nothing behind. An engine whose rings still hold records it could not write calls
+/// [`keep`](Self::keep) instead, so that a recovery finds them.
 #[derive(Debug)]
 pub struct RunFile {
-    path: PathBuf,
-    rings: Vec<PathBuf>,
+    dir: RingDir,
+    name: String,
+    rings: Vec<String>,
+    ring_paths: Vec<PathBuf>,
     /// Holds the lock.
-    _file: File,
+    file: Option<File>,
 }
 
 impl RunFile {
-    /// Writes and locks a run file in `ring_dir` for an engine writing `logs` (the default
+    /// Writes and locks a run file in `dir` for an engine writing `logs` (the default
     /// context's first, then each context's; made absolute) with one ring per worker of
-    /// `workers`; [`rings`](Self::rings) are the paths the rings
-    /// must be created at. Names are unique to the process and the engine
-    /// (`conntrail-PID-N.run`, `conntrail-PID-N-WORKER.ring`). The run file appears under its
-    /// final name only once locked, so a recovery never mistakes a starting engine for a
-    /// dead one.
+    /// `workers`; [`rings`](Self::rings) are the paths the rings must be created at. Names
+    /// are unique to the process and the engine (`conntrail-PID-N.run`,
+    /// `conntrail-PID-N-WORKER.ring`). The run file is written under a temporary name
+    /// (created with `O_EXCL | O_NOFOLLOW`, mode 0600) and appears under its final name only
+    /// once locked, so a recovery never mistakes a starting engine for a dead one.
     pub fn create<W: std::fmt::Display>(
-        ring_dir: &Path,
+        dir: RingDir,
         logs: &[PathBuf],
         workers: impl IntoIterator<Item = W>,
         log_config: &LogConfig,
@@ -90,9 +154,9 @@ impl RunFile {
             "conntrail-{pid}-{}",
             ENGINES.fetch_add(1, Ordering::Relaxed)
         );
-        let rings: Vec<PathBuf> = workers
+        let rings: Vec<String> = workers
             .into_iter()
-            .map(|w| ring_dir.join(format!("{run}-{w}.ring")))
+            .map(|w| format!("{run}-{w}.ring"))
             .collect();
         let mut logs = logs.iter().map(|log| {
             std::path::absolute(log)
@@ -102,33 +166,76 @@ impl RunFile {
             pid,
             log: logs.next().context("no log to write")??,
             context_logs: logs.collect::<Result<_>>()?,
-            rings: rings.clone(),
+            rings: rings.iter().map(PathBuf::from).collect(),
             log_config: log_config.clone(),
         };
-        let path = ring_dir.join(format!("{run}.run"));
-        let tmp = ring_dir.join(format!("{run}.run.tmp"));
+        let name = format!("{run}.run");
+        let tmp = format!("{run}.run.tmp");
         let text = serde_json::to_vec_pretty(&manifest).context("encoding the run file")?;
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        let file = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
-        rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .with_context(|| format!("locking {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        let mut file = match dir.create_new(&tmp) {
+            // A temporary run file of an earlier process with the same pid that died while
+            // starting: ours (the directory is private), and never locked under its name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                dir.remove(&tmp)
+                    .with_context(|| format!("removing {}", dir.join(&tmp).display()))?;
+                dir.create_new(&tmp)
+            }
+            other => other,
+        }
+        .with_context(|| format!("creating {}", dir.join(&tmp).display()))?;
+        let written = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("locking {}", dir.join(&tmp).display()))
+            .and_then(|()| {
+                file.write_all(&text)
+                    .with_context(|| format!("writing {}", dir.join(&tmp).display()))
+            })
+            .and_then(|()| {
+                dir.rename(&tmp, &name)
+                    .with_context(|| format!("renaming {} to {name}", dir.join(&tmp).display()))
+            });
+        if let Err(e) = written {
+            let _ = dir.remove(&tmp);
+            return Err(e);
+        }
         Ok(RunFile {
-            path,
+            ring_paths: rings.iter().map(|r| dir.join(r)).collect(),
+            dir,
+            name,
             rings,
-            _file: file,
+            file: Some(file),
         })
     }
 
     /// Where the rings go, in worker order.
     pub fn rings(&self) -> &[PathBuf] {
-        &self.rings
+        &self.ring_paths
     }
 
-    /// Removes the run file: the engine has drained and removed its rings.
-    pub fn remove(self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// The ring directory.
+    pub fn dir(&self) -> &RingDir {
+        &self.dir
+    }
+
+    /// Leaves the rings and the run file for a recovery (its lock goes with the process, or
+    /// now): the rings hold records that did not reach the log.
+    pub fn keep(mut self) {
+        self.file = None;
+        self.rings.clear();
+        self.name.clear();
+    }
+}
+
+impl Drop for RunFile {
+    /// Removes the rings and then the run file.
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        for ring in &self.rings {
+            let _ = self.dir.remove(ring);
+        }
+        let _ = self.dir.remove(&self.name);
     }
 }
 
@@ -143,68 +250,95 @@ pub struct Recovered {
     pub recovery: Recovery,
 }
 
-/// Recovers every dead engine's rings found in `ring_dir`. Engines still running (their run
-/// file is locked) are left alone. Each dead run gives its outcome; a run that fails (its
-/// log cannot be written, say) keeps its rings and run file for a later attempt.
-pub fn recover_orphans(ring_dir: &Path) -> Result<Vec<Result<Recovered>>> {
-    let entries = std::fs::read_dir(ring_dir)
-        .with_context(|| format!("listing ring directory {}", ring_dir.display()))?;
-    let mut runs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("conntrail-") && n.ends_with(".run"))
-        })
-        .collect();
-    runs.sort();
+/// Recovers every dead engine's rings found in `dir`. Engines still running (their run file
+/// is locked) are left alone. Only run files the directory's rules trust are read (see
+/// [`crate::ringdir`]); any other `.run` file is reported and left untouched, as is
+/// everything it names. Each dead run gives its outcome; a run that fails (its log cannot be
+/// written, say) keeps its rings and run file for a later attempt.
+pub fn recover_orphans(dir: &RingDir) -> Result<Vec<Result<Recovered>>> {
     let mut outcomes = Vec::new();
-    for run_file in runs {
-        if let Some(outcome) = recover_run(&run_file).transpose() {
-            outcomes.push(outcome.with_context(|| format!("recovering {}", run_file.display())));
+    for name in dir.names()? {
+        if !name.ends_with(".run") {
+            continue;
+        }
+        let outcome = match ringdir::run_stem(&name, ".run") {
+            Some(stem) => recover_run(dir, &name, stem).transpose(),
+            None => Some(Err(anyhow!(
+                "not a name conntrail gives a run file: left alone"
+            ))),
+        };
+        if let Some(outcome) = outcome {
+            outcomes
+                .push(outcome.with_context(|| format!("recovering {}", dir.join(&name).display())));
         }
     }
     Ok(outcomes)
 }
 
 /// Recovers one run file's rings; `None` when its engine is alive or it is already gone.
-fn recover_run(run_file: &Path) -> Result<Option<Recovered>> {
-    let Ok(mut file) = File::open(run_file) else {
+fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered>> {
+    if !dir.has(name) {
         return Ok(None);
-    };
+    }
+    let file = dir.open_trusted(name)?;
     if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
         return Ok(None);
     }
     // Another recovery may have finished and removed it between our open and our lock.
-    let same = match (rustix::fs::fstat(&file), rustix::fs::stat(run_file)) {
-        (Ok(held), Ok(named)) => held.st_ino == named.st_ino && held.st_dev == named.st_dev,
-        _ => false,
-    };
-    if !same {
+    if !dir.still_names(name, &file) {
         return Ok(None);
     }
     let mut text = Vec::new();
-    file.read_to_end(&mut text)
-        .with_context(|| format!("reading {}", run_file.display()))?;
-    let manifest: RunManifest = serde_json::from_slice(&text)
-        .map_err(|e| anyhow!("{}: not a run file: {e}", run_file.display()))?;
-    let mut consumers = Vec::new();
-    let mut present = Vec::new();
+    (&file)
+        .take(MAX_RUN_FILE)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {}", dir.join(name).display()))?;
+    let manifest: RunManifest =
+        serde_json::from_slice(&text).map_err(|e| anyhow!("not a run file ({e}): left alone"))?;
+    // The rings must be this run's own files in this directory: a name, or (written by an
+    // earlier version) a path into this directory.
+    let mut rings = Vec::new();
     for ring in &manifest.rings {
-        if !ring.exists() {
-            continue;
-        }
-        match ring::open(ring) {
-            Ok(consumer) => {
-                consumers.push(consumer);
-                present.push(ring.clone());
-            }
-            Err(e) => log::error!("{}: {e}; its records cannot be recovered", ring.display()),
+        let own = ringdir::plain_name(ring)
+            .or_else(|| {
+                (ring.parent() == Some(dir.path()))
+                    .then(|| ring.file_name().and_then(|n| n.to_str()))
+                    .flatten()
+            })
+            .filter(|n| ringdir::is_ring_of(stem, n));
+        match own {
+            Some(n) => rings.push(n.to_string()),
+            None => bail!(
+                "names a ring {} that is not one of its own in {}: refused, nothing touched",
+                ring.display(),
+                dir.path().display()
+            ),
         }
     }
     let mut logs = vec![manifest.log.clone()];
     logs.extend(manifest.context_logs.iter().cloned());
+    for log in &logs {
+        check_log_target(log)?;
+    }
+    let mut consumers = Vec::new();
+    let mut present = Vec::new();
+    for ring in &rings {
+        if !dir.has(ring) {
+            continue;
+        }
+        let path = dir.join(ring);
+        if let Err(e) = dir.open_trusted(ring) {
+            log::error!("{e:#}; its records cannot be recovered");
+            continue;
+        }
+        match ring::open(&path) {
+            Ok(consumer) => {
+                consumers.push(consumer);
+                present.push(path);
+            }
+            Err(e) => log::error!("{}: {e}; its records cannot be recovered", path.display()),
+        }
+    }
     let retention = Retention::from_config(&manifest.log_config);
     let targets: Vec<(&Path, Retention)> = logs.iter().map(|l| (l.as_path(), retention)).collect();
     let route = (logs.len() > 1).then_some(crate::contexts::route as recorder::thread::Route);
@@ -215,41 +349,30 @@ fn recover_run(run_file: &Path) -> Result<Option<Recovered>> {
             log::error!("{}: {problem}; recovered up to there", ring.display());
         }
     }
-    for ring in &manifest.rings {
-        let _ = std::fs::remove_file(ring);
+    for ring in &rings {
+        let _ = dir.remove(ring);
     }
-    let _ = std::fs::remove_file(run_file);
+    let _ = dir.remove(name);
     Ok(Some(Recovered {
-        run_file: run_file.to_path_buf(),
+        run_file: dir.join(name),
         logs,
         recovery,
     }))
 }
 
-/// Recovers dead engines' rings at the start of an engine, reporting each on the log;
-/// returns the logs written to.
-pub fn recover_at_start(ring_dir: &Path) -> Vec<PathBuf> {
-    let mut logs = Vec::new();
-    match recover_orphans(ring_dir) {
+/// Recovers dead engines' rings at the start of an engine, reporting each on the log.
+pub fn recover_at_start(dir: &RingDir) {
+    match recover_orphans(dir) {
         Ok(outcomes) => {
             for outcome in outcomes {
                 match outcome {
-                    Ok(r) => {
-                        log::warn!("{}", describe(&r));
-                        logs.extend(r.logs);
-                    }
+                    Ok(r) => log::warn!("{}", describe(&r)),
                     Err(e) => log::error!("{e:#}"),
                 }
             }
         }
         Err(e) => log::error!("{e:#}"),
     }
-    logs
-}
-
-/// Whether `log` is one of `logs` (compared as absolute paths).
-pub fn names_log(logs: &[PathBuf], log: &Path) -> bool {
-    std::path::absolute(log).is_ok_and(|log| logs.contains(&log))
 }
 
 fn describe(r: &Recovered) -> String {
@@ -291,17 +414,21 @@ pub struct RecoverArgs {
 /// could not be.
 pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let ring_dir = match (&args.ring_dir, &args.config) {
-        (Some(dir), _) => dir.clone(),
+        (Some(dir), _) => dir
+            .to_str()
+            .with_context(|| format!("ring directory {} is not UTF-8", dir.display()))?
+            .to_string(),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
-            PathBuf::from(Config::parse(&text, &path.display().to_string())?.ring.dir)
+            Config::parse(&text, &path.display().to_string())?.ring.dir
         }
-        (None, None) => PathBuf::from(Config::default().ring.dir),
+        (None, None) => Config::default().ring.dir,
     };
-    let outcomes = recover_orphans(&ring_dir)?;
+    let dir = RingDir::open(&ring_dir)?;
+    let outcomes = recover_orphans(&dir)?;
     if outcomes.is_empty() {
-        println!("nothing to recover in {}", ring_dir.display());
+        println!("nothing to recover in {}", dir.path().display());
     }
     let mut failed = false;
     for outcome in outcomes {

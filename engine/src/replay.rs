@@ -92,11 +92,11 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     let started = Instant::now();
     let cpu_at_start = recorder::thread::thread_cpu_time();
-    let ring_dir = PathBuf::from(&cfg.ring.dir);
+    let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     crate::recover::recover_at_start(&ring_dir);
     let run_file =
-        crate::recover::RunFile::create(&ring_dir, &log_paths, 0..opts.workers, &cfg.log)?;
+        crate::recover::RunFile::create(ring_dir, &log_paths, 0..opts.workers, &cfg.log)?;
     let ring_paths = run_file.rings().to_vec();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     // Workers are pinned when every thread can have a core of its own: the reader, the
@@ -153,14 +153,18 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         );
     }
     stop.store(true, std::sync::atomic::Ordering::Release);
-    let rec_stats = recorder
-        .join()
-        .map_err(|_| anyhow::anyhow!("the recorder thread panicked"))?
-        .context("writing the log")?;
-    for p in &ring_paths {
-        let _ = std::fs::remove_file(p);
-    }
-    run_file.remove();
+    let rec_stats = match recorder.join() {
+        Ok(Ok(stats)) => stats,
+        failed => {
+            // The rings may still hold records: leave them to a recovery.
+            run_file.keep();
+            return Err(match failed {
+                Ok(Err(e)) => anyhow::Error::from(e).context("writing the log"),
+                _ => anyhow::anyhow!("the recorder thread panicked"),
+            });
+        }
+    };
+    drop(run_file);
     let captures = read_result?;
     let total = rec_stats.writers_total();
     let contexts = crate::contexts::summaries(cfg, log_paths, &rec_stats.frames_per_log);

@@ -125,6 +125,11 @@ impl Worker {
         }
     }
 
+    /// Numbers this worker's records from `sequence` on (a run continuing a log).
+    pub fn continue_ids(&mut self, sequence: u64) {
+        self.table.set_next_sequence(sequence);
+    }
+
     pub fn set_core(&mut self, core: Option<usize>) {
         self.stats.core = core;
     }

@@ -67,6 +67,7 @@ impl Default for Timeouts {
 #[serde(default, deny_unknown_fields)]
 pub struct RingConfig {
     pub bytes: u64,
+    /// The ring directory; `%u` stands for the engine's effective uid.
     pub dir: String,
 }
 
@@ -74,7 +75,7 @@ impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
             bytes: 4 << 20,
-            dir: "/dev/shm".to_string(),
+            dir: "/dev/shm/conntrail-%u".to_string(),
         }
     }
 }

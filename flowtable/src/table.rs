@@ -362,6 +362,12 @@ impl FlowTable {
         }
     }
 
+    /// Numbers the next connection's record `sequence` (its id is the worker in the top 16
+    /// bits and the sequence below): a run continuing a log goes on from its highest.
+    pub fn set_next_sequence(&mut self, sequence: u64) {
+        self.next_id = sequence & ((1 << 48) - 1);
+    }
+
     pub fn set_mode(&mut self, mode: RecordMode) {
         self.mode = mode;
     }
