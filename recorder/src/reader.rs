@@ -718,13 +718,52 @@ mod tests {
     }
 
     #[test]
+    fn every_bit_flip_in_the_header_is_reported_and_every_frame_still_read() {
+        let dir = TestDir::new("header-bits");
+        let path = dir.path().join("LOG");
+        let written = write_log(&path, 50, u64::MAX);
+        let good = std::fs::read(&path).unwrap();
+        // Every field: magic, version, header length, flags, created_ns, segment index,
+        // reserved bytes and the CRC itself.
+        for bit in 0..HEADER_LEN as usize * 8 {
+            let mut bytes = good.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&path, &bytes).unwrap();
+            let items = read_all(&path);
+            let damage = damages(&items);
+            assert_eq!(damage.len(), 1, "bit {bit}: {damage:?}");
+            assert!(
+                matches!(damage[0].kind, DamageKind::BadHeader(_)),
+                "bit {bit}: {:?}",
+                damage[0]
+            );
+            assert_eq!(
+                (&*damage[0].segment, damage[0].offset, damage[0].resumed_at),
+                (path.as_path(), 0, Some(u64::from(HEADER_LEN))),
+                "bit {bit}"
+            );
+            assert!(
+                damage[0]
+                    .to_string()
+                    .starts_with(&format!("{}: byte 0: ", path.display())),
+                "bit {bit}: {}",
+                damage[0]
+            );
+            assert_eq!(frames(&items), written, "bit {bit}");
+        }
+    }
+
+    #[test]
     fn unsupported_version_skips_the_segment() {
         let dir = TestDir::new("version");
         let path = dir.path().join("LOG");
         let written = write_log(&path, 6, 200);
         let seg1 = segment_path(&path, 1);
+        // An intact header of another version (its CRC matches).
         let mut bytes = std::fs::read(&seg1).unwrap();
         bytes[8] = 9;
+        let crc = crc32fast::hash(&bytes[..HEADER_LEN as usize - 4]);
+        bytes[HEADER_LEN as usize - 4..HEADER_LEN as usize].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&seg1, &bytes).unwrap();
         let items = read_all(&path);
         let damage = damages(&items);
