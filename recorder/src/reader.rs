@@ -202,23 +202,39 @@ pub fn log_exists(base: &Path) -> bool {
     base.is_file() || numbered_segments(base).is_ok_and(|found| !found.is_empty())
 }
 
-/// Where the intact part of segment file `path` (index `index`) ends: the end of its last
-/// intact frame, or of its header when it has no frame. `None` when its header is not a
-/// valid header of this version (the file cannot be continued). Bytes after that point are
-/// a torn or damaged tail.
-pub(crate) fn intact_end(path: &Path, index: u32) -> std::io::Result<Option<(u64, u64)>> {
-    let file = File::open(path)?;
+/// Where the intact part of segment `file` (at `path`, index `index`) ends, and how many
+/// frames it holds: the end of its last intact frame, or of its header when it has no frame.
+/// `None` when its header is not a valid header of this version (the file cannot be
+/// continued). Bytes after that point are a torn or damaged tail. A read error is an error:
+/// what could not be read is not known to be a tail.
+pub(crate) fn intact_end(
+    file: File,
+    path: &Path,
+    index: u32,
+) -> std::io::Result<Option<(u64, u64)>> {
     let mut segment = SegmentReader::new(Arc::from(path), index, file);
     segment.header_checked = true;
-    if segment.check_header().is_some() {
-        return Ok(None);
+    match segment.check_header() {
+        Some(Damage {
+            kind: DamageKind::Io(kind),
+            ..
+        }) => return Err(kind.into()),
+        Some(_) => return Ok(None),
+        None => {}
     }
     let mut end = segment.position;
     let mut frames = 0u64;
     while let Some(item) = segment.next_item() {
-        if let Ok(frame) = item {
-            end = frame.offset + (FRAME_HEADER_LEN + frame.payload.len()) as u64;
-            frames += 1;
+        match item {
+            Ok(frame) => {
+                end = frame.offset + (FRAME_HEADER_LEN + frame.payload.len()) as u64;
+                frames += 1;
+            }
+            Err(Damage {
+                kind: DamageKind::Io(kind),
+                ..
+            }) => return Err(kind.into()),
+            Err(_) => {}
         }
     }
     Ok(Some((end, frames)))
