@@ -398,13 +398,13 @@ impl LogWriter {
         let mut outcome = if self.has_room_for(needed) {
             self.file.write_all_at(&self.buf, self.file_len)
         } else {
-            Err(std::io::ErrorKind::StorageFull.into())
+            Err(self.below_the_floor())
         };
         while matches!(&outcome, Err(e) if is_no_space(e)) && self.delete_oldest() {
             outcome = if self.has_room_for(needed) {
                 self.file.write_all_at(&self.buf, self.file_len)
             } else {
-                Err(std::io::ErrorKind::StorageFull.into())
+                Err(self.below_the_floor())
             };
         }
         match outcome {
@@ -463,6 +463,17 @@ impl LogWriter {
         } else {
             let _ = self.file.set_len(0);
         }
+    }
+
+    /// The error of a write refused by the free-space floor (rare: once per refused write).
+    fn below_the_floor(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "free space on the file system is below the floor of {} bytes (min_free_bytes)",
+                self.retention.min_free_bytes
+            ),
+        )
     }
 
     /// Whether `bytes` more leave [`Retention::min_free_bytes`] free on the file system.
