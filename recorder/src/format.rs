@@ -111,6 +111,10 @@ impl FileHeader {
     /// Decodes the header at the start of `bytes` (the first bytes of a segment, at least
     /// `header_len` of them when the file is that long). Fields after the version-1 ones, up
     /// to `header_len - 4`, are covered by the CRC and otherwise ignored.
+    ///
+    /// The CRC is checked before the version: a damaged version field is a damaged header
+    /// (whose frames may well be intact), and only a header that is intact and names another
+    /// version is [`HeaderProblem::UnsupportedVersion`].
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderProblem> {
         let too_short = HeaderProblem::TooShort {
             len: bytes.len() as u64,
@@ -120,9 +124,6 @@ impl FileHeader {
             return Err(HeaderProblem::BadMagic);
         }
         let version = u16::from_le_bytes(array(field(8, 2)?));
-        if version != VERSION {
-            return Err(HeaderProblem::UnsupportedVersion(version));
-        }
         let header_len = u16::from_le_bytes(array(field(10, 2)?));
         if !(HEADER_LEN..=MAX_HEADER_LEN).contains(&header_len) {
             return Err(HeaderProblem::BadHeaderLen(header_len));
@@ -131,6 +132,9 @@ impl FileHeader {
         let (covered, crc) = header.split_at(header.len() - 4);
         if crc32fast::hash(covered).to_le_bytes() != crc {
             return Err(HeaderProblem::BadChecksum);
+        }
+        if version != VERSION {
+            return Err(HeaderProblem::UnsupportedVersion(version));
         }
         Ok(FileHeader {
             version,
@@ -240,6 +244,9 @@ mod tests {
         assert_eq!(FileHeader::decode(&bad), Err(HeaderProblem::BadMagic));
         let mut bad = good;
         bad[8] = 2;
+        assert_eq!(FileHeader::decode(&bad), Err(HeaderProblem::BadChecksum));
+        let crc = crc32fast::hash(&bad[..FIXED_LEN]);
+        bad[FIXED_LEN..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             FileHeader::decode(&bad),
             Err(HeaderProblem::UnsupportedVersion(2))

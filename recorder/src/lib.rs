@@ -3,10 +3,11 @@
 //! **Owns**: the on-disk format (`recorder/FORMAT.md`, implemented in [`mod@format`]): a versioned
 //! file header, then frames of a sync marker, a length, a CRC32 and a payload; size-based
 //! rotation into `LOG`, `LOG.1`, `LOG.2`, ... by size or age, with retention by total size
-//! and free space ([`LogWriter`], [`Retention`]); a streaming reader that reports damage and
-//! resynchronises after it ([`LogReader`]); the recorder thread that drains the workers'
-//! rings into the log ([`thread::spawn`]); and recovery of the records a crashed engine left
-//! in its rings, written exactly once ([`recover::recover`]).
+//! and free space, one writer at a time under the log's lock file, segments created 0600
+//! and never through a symbolic link ([`LogWriter`], [`Retention`]); a streaming reader
+//! that reports damage and resynchronises after it ([`LogReader`]); the recorder thread
+//! that drains the workers' rings into the log ([`thread::spawn`]); and recovery of the
+//! records a crashed engine left in its rings, written exactly once ([`recover::recover`]).
 //!
 //! **Never does**: decode payloads (they are opaque MessagePack records, see `ring::codec`);
 //! rename or rewrite a segment once written; trust a byte it reads (every length is bounded
@@ -66,6 +67,22 @@ pub enum RecorderError {
         len: usize,
         /// [`format::MAX_PAYLOAD`].
         max: u32,
+    },
+    /// Another writer, in this process or another, has the log (it holds the lock file,
+    /// [`writer::lock_path`]); nothing was touched.
+    #[error(
+        "log {} is being written by {}",
+        path.display(),
+        match holder {
+            Some(pid) => format!("process {pid}"),
+            None => "another process".to_string(),
+        }
+    )]
+    Locked {
+        /// The base path of the log.
+        path: PathBuf,
+        /// The pid the holder wrote in the lock file, when it could be read.
+        holder: Option<u32>,
     },
     /// The log already has `u32::MAX` segments.
     #[error("log {}: no segment index left to rotate to", path.display())]

@@ -202,23 +202,39 @@ pub fn log_exists(base: &Path) -> bool {
     base.is_file() || numbered_segments(base).is_ok_and(|found| !found.is_empty())
 }
 
-/// Where the intact part of segment file `path` (index `index`) ends: the end of its last
-/// intact frame, or of its header when it has no frame. `None` when its header is not a
-/// valid header of this version (the file cannot be continued). Bytes after that point are
-/// a torn or damaged tail.
-pub(crate) fn intact_end(path: &Path, index: u32) -> std::io::Result<Option<(u64, u64)>> {
-    let file = File::open(path)?;
+/// Where the intact part of segment `file` (at `path`, index `index`) ends, and how many
+/// frames it holds: the end of its last intact frame, or of its header when it has no frame.
+/// `None` when its header is not a valid header of this version (the file cannot be
+/// continued). Bytes after that point are a torn or damaged tail. A read error is an error:
+/// what could not be read is not known to be a tail.
+pub(crate) fn intact_end(
+    file: File,
+    path: &Path,
+    index: u32,
+) -> std::io::Result<Option<(u64, u64)>> {
     let mut segment = SegmentReader::new(Arc::from(path), index, file);
     segment.header_checked = true;
-    if segment.check_header().is_some() {
-        return Ok(None);
+    match segment.check_header() {
+        Some(Damage {
+            kind: DamageKind::Io(kind),
+            ..
+        }) => return Err(kind.into()),
+        Some(_) => return Ok(None),
+        None => {}
     }
     let mut end = segment.position;
     let mut frames = 0u64;
     while let Some(item) = segment.next_item() {
-        if let Ok(frame) = item {
-            end = frame.offset + (FRAME_HEADER_LEN + frame.payload.len()) as u64;
-            frames += 1;
+        match item {
+            Ok(frame) => {
+                end = frame.offset + (FRAME_HEADER_LEN + frame.payload.len()) as u64;
+                frames += 1;
+            }
+            Err(Damage {
+                kind: DamageKind::Io(kind),
+                ..
+            }) => return Err(kind.into()),
+            Err(_) => {}
         }
     }
     Ok(Some((end, frames)))
@@ -718,13 +734,52 @@ mod tests {
     }
 
     #[test]
+    fn every_bit_flip_in_the_header_is_reported_and_every_frame_still_read() {
+        let dir = TestDir::new("header-bits");
+        let path = dir.path().join("LOG");
+        let written = write_log(&path, 50, u64::MAX);
+        let good = std::fs::read(&path).unwrap();
+        // Every field: magic, version, header length, flags, created_ns, segment index,
+        // reserved bytes and the CRC itself.
+        for bit in 0..HEADER_LEN as usize * 8 {
+            let mut bytes = good.clone();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&path, &bytes).unwrap();
+            let items = read_all(&path);
+            let damage = damages(&items);
+            assert_eq!(damage.len(), 1, "bit {bit}: {damage:?}");
+            assert!(
+                matches!(damage[0].kind, DamageKind::BadHeader(_)),
+                "bit {bit}: {:?}",
+                damage[0]
+            );
+            assert_eq!(
+                (&*damage[0].segment, damage[0].offset, damage[0].resumed_at),
+                (path.as_path(), 0, Some(u64::from(HEADER_LEN))),
+                "bit {bit}"
+            );
+            assert!(
+                damage[0]
+                    .to_string()
+                    .starts_with(&format!("{}: byte 0: ", path.display())),
+                "bit {bit}: {}",
+                damage[0]
+            );
+            assert_eq!(frames(&items), written, "bit {bit}");
+        }
+    }
+
+    #[test]
     fn unsupported_version_skips_the_segment() {
         let dir = TestDir::new("version");
         let path = dir.path().join("LOG");
         let written = write_log(&path, 6, 200);
         let seg1 = segment_path(&path, 1);
+        // An intact header of another version (its CRC matches).
         let mut bytes = std::fs::read(&seg1).unwrap();
         bytes[8] = 9;
+        let crc = crc32fast::hash(&bytes[..HEADER_LEN as usize - 4]);
+        bytes[HEADER_LEN as usize - 4..HEADER_LEN as usize].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&seg1, &bytes).unwrap();
         let items = read_all(&path);
         let damage = damages(&items);

@@ -1,11 +1,18 @@
 //! Appending frames to a log, with rotation into numbered segments by size or age, and
 //! retention: a cap on the log's total size and a floor on the file system's free space,
 //! the oldest segments deleted first.
+//!
+//! One writer at a time: a writer holds an exclusive lock on the log's lock file `LOG.lock`
+//! for its whole life, and a second one (in this process or another) is refused with
+//! [`RecorderError::Locked`], naming the holder's pid, before it touches any segment. The
+//! files it creates are the owner's only (mode 0600) and are never opened through a
+//! symbolic link.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +21,19 @@ use crate::RecorderError;
 
 /// Size of the in-memory buffer in front of the current segment file.
 const BUFFER_BYTES: usize = 256 * 1024;
+/// Mode of the files the writer creates (segments and the lock file): connection records
+/// are for the owner only.
+const FILE_MODE: u32 = 0o600;
+/// Bytes of a lock file read for the holder's pid (a u32 in decimal and a newline).
+const PID_TEXT_MAX: u64 = 16;
+
+/// The lock file of the log at `base`: `base.lock`. Not a segment (its suffix is not a
+/// number), so readers and retention never see it.
+pub fn lock_path(base: &Path) -> PathBuf {
+    let mut name = OsString::from(base.as_os_str());
+    name.push(".lock");
+    PathBuf::from(name)
+}
 
 /// The path of segment `index` of the log at `base`: `base` itself for 0, `base.N` for N.
 pub fn segment_path(base: &Path, index: u32) -> PathBuf {
@@ -146,6 +166,8 @@ pub struct LogWriter {
     closed: VecDeque<(PathBuf, u64)>,
     /// Set while writes fail for lack of space (reported once per episode).
     out_of_space: bool,
+    /// The lock file, locked for as long as the writer lives.
+    _lock: File,
     /// A pause after every append (see [`set_append_delay`](Self::set_append_delay)).
     append_delay: Option<Duration>,
     stats: WriterStats,
@@ -158,22 +180,36 @@ impl LogWriter {
         LogWriter::create_with(path, Retention::rotate_at(rotate_bytes))
     }
 
-    /// Starts a new log at `path`, replacing any log there: the base file is truncated and
-    /// its old numbered segments (`path.N`) are removed, so they cannot be mistaken for part
-    /// of the new log.
+    /// Starts a new log at `path`, replacing any log there: the base file and its old
+    /// numbered segments (`path.N`) are removed, so they cannot be mistaken for part of the
+    /// new log, and a new base file is created (mode 0600; a symbolic link at the path is
+    /// removed, never followed).
     ///
     /// A segment is closed when the next frame would take it past `rotate_bytes` (header
     /// included) or, with a rotation age, at the first append after that age; a segment
     /// always holds at least one frame, so a frame larger than `rotate_bytes` gets a segment
     /// of its own.
+    ///
+    /// Fails with [`RecorderError::Locked`], touching nothing, while another writer has the
+    /// log.
     pub fn create_with(path: &Path, retention: Retention) -> Result<LogWriter, RecorderError> {
+        let lock = lock_log(path)?;
+        LogWriter::create_locked(path, retention, lock)
+    }
+
+    fn create_locked(
+        path: &Path,
+        retention: Retention,
+        lock: File,
+    ) -> Result<LogWriter, RecorderError> {
         let stale = numbered_segments(path)
             .map_err(|source| RecorderError::io("listing old segments of", path, source))?;
         for (_, stale_path) in stale {
             std::fs::remove_file(&stale_path)
                 .map_err(|source| RecorderError::io("removing old segment", &stale_path, source))?;
         }
-        let mut writer = LogWriter::on_segment(path, retention, 0, new_segment(path)?);
+        let file = new_segment(path)?;
+        let mut writer = LogWriter::on_segment(path, retention, 0, file, lock);
         writer.start_header(0);
         writer.stats.segments = 1;
         Ok(writer)
@@ -181,50 +217,85 @@ impl LogWriter {
 
     /// Continues the log at `path` (or starts it when there is none): appends go to its
     /// newest segment, after its last intact frame. A torn tail (a frame cut short by a
-    /// crash) is cut off first; a newest segment without a valid header is started again.
+    /// crash) is cut off first. A newest segment without a valid header is left as it is
+    /// (the reader still finds the frames after a damaged header) and the log goes on in a
+    /// new segment after it; one too short to hold a frame is started again.
+    ///
+    /// The newest segment is never opened through a symbolic link. Fails with
+    /// [`RecorderError::Locked`], touching nothing, while another writer has the log.
     pub fn resume(path: &Path, retention: Retention) -> Result<LogWriter, RecorderError> {
+        let lock = lock_log(path)?;
         let numbered = numbered_segments(path)
             .map_err(|source| RecorderError::io("listing segments of", path, source))?;
         let mut segments: Vec<(u32, PathBuf)> = Vec::new();
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             segments.push((0, path.to_path_buf()));
         }
         segments.extend(numbered);
         let Some((index, newest)) = segments.pop() else {
-            return LogWriter::create_with(path, retention);
+            return LogWriter::create_locked(path, retention, lock);
         };
-        let intact = crate::reader::intact_end(&newest, index)
+        let file = write_options()
+            .read(true)
+            .open(&newest)
+            .map_err(|source| RecorderError::io("opening", &newest, source))?;
+        let scanned = file
+            .try_clone()
+            .and_then(|copy| crate::reader::intact_end(copy, &newest, index))
             .map_err(|source| RecorderError::io("reading", &newest, source))?;
-        let mut writer = match intact {
+        let mut writer = match scanned {
             Some((end, frames)) => {
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&newest)
-                    .map_err(|source| RecorderError::io("opening", &newest, source))?;
                 file.set_len(end)
                     .map_err(|source| RecorderError::io("truncating", &newest, source))?;
-                let mut writer = LogWriter::on_segment(path, retention, index, file);
+                let mut writer = LogWriter::on_segment(path, retention, index, file, lock);
                 writer.file_len = end;
                 writer.segment_frames = frames;
                 writer.header = FileHeader::new(now_ns(), index).encode();
                 writer
             }
-            None => {
+            None if too_short_for_a_frame(&file) => {
+                drop(file);
                 let mut writer =
-                    LogWriter::on_segment(path, retention, index, new_segment(&newest)?);
+                    LogWriter::on_segment(path, retention, index, new_segment(&newest)?, lock);
                 writer.start_header(index);
+                writer
+            }
+            None => {
+                let len = file.metadata().map_or(0, |m| m.len());
+                segments.push((index, newest));
+                let next = index
+                    .checked_add(1)
+                    .ok_or_else(|| RecorderError::SegmentLimit {
+                        path: path.to_path_buf(),
+                    })?;
+                let next_path = segment_path(path, next);
+                let mut writer =
+                    LogWriter::on_segment(path, retention, next, new_segment(&next_path)?, lock);
+                log::warn!(
+                    "log {}: the header of {} is damaged ({len} bytes kept); continuing in {}",
+                    path.display(),
+                    segment_path(path, index).display(),
+                    next_path.display()
+                );
+                writer.start_header(next);
                 writer
             }
         };
         for (_, older) in segments {
-            let len = std::fs::metadata(&older).map_or(0, |m| m.len());
+            let len = std::fs::symlink_metadata(&older).map_or(0, |m| m.len());
             writer.closed.push_back((older, len));
         }
         writer.stats.segments = 1;
         Ok(writer)
     }
 
-    fn on_segment(base: &Path, retention: Retention, index: u32, file: File) -> LogWriter {
+    fn on_segment(
+        base: &Path,
+        retention: Retention,
+        index: u32,
+        file: File,
+        lock: File,
+    ) -> LogWriter {
         LogWriter {
             base: base.to_path_buf(),
             retention,
@@ -240,6 +311,7 @@ impl LogWriter {
             segment_opened: Instant::now(),
             closed: VecDeque::new(),
             out_of_space: false,
+            _lock: lock,
             append_delay: None,
             stats: WriterStats::default(),
         }
@@ -326,13 +398,13 @@ impl LogWriter {
         let mut outcome = if self.has_room_for(needed) {
             self.file.write_all_at(&self.buf, self.file_len)
         } else {
-            Err(std::io::ErrorKind::StorageFull.into())
+            Err(self.below_the_floor())
         };
         while matches!(&outcome, Err(e) if is_no_space(e)) && self.delete_oldest() {
             outcome = if self.has_room_for(needed) {
                 self.file.write_all_at(&self.buf, self.file_len)
             } else {
-                Err(std::io::ErrorKind::StorageFull.into())
+                Err(self.below_the_floor())
             };
         }
         match outcome {
@@ -350,6 +422,9 @@ impl LogWriter {
                 // Whatever part of the buffer reached the file goes: the segment ends with
                 // its last whole frame. Cutting a file back needs no space.
                 let _ = self.file.set_len(self.file_len);
+                if self.file_len == 0 {
+                    self.write_header_alone();
+                }
                 self.stats.no_space_errors += 1;
                 self.stats.frames_lost += self.buf_frames;
                 self.segment_frames -= self.buf_frames;
@@ -375,6 +450,30 @@ impl LogWriter {
         self.buf_frames = 0;
         self.buf_payload = 0;
         Ok(())
+    }
+
+    /// Writes the segment's header on its own, below the free-space floor too (it is
+    /// tiny): a segment always starts with its header, so a reader opens it as a log with
+    /// no frames rather than as damage, even when every record was dropped. When even that
+    /// does not fit, the header stays in the buffer in front of the next frames.
+    fn write_header_alone(&mut self) {
+        if self.file.write_all_at(&self.header, 0).is_ok() {
+            self.file_len = self.header.len() as u64;
+            self.stats.file_bytes += self.file_len;
+        } else {
+            let _ = self.file.set_len(0);
+        }
+    }
+
+    /// The error of a write refused by the free-space floor (rare: once per refused write).
+    fn below_the_floor(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "free space on the file system is below the floor of {} bytes (min_free_bytes)",
+                self.retention.min_free_bytes
+            ),
+        )
     }
 
     /// Whether `bytes` more leave [`Retention::min_free_bytes`] free on the file system.
@@ -418,9 +517,9 @@ impl LogWriter {
                 path: self.base.clone(),
             })?;
         let path = segment_path(&self.base, next);
-        let mut created = File::create(&path);
+        let mut created = replace_with_new_file(&path);
         while matches!(&created, Err(e) if is_no_space(e)) && self.delete_oldest() {
-            created = File::create(&path);
+            created = replace_with_new_file(&path);
         }
         let file = match created {
             Ok(file) => file,
@@ -479,9 +578,78 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Creates (truncating) a segment file.
+/// Options that open a file for writing, creating it with [`FILE_MODE`], and never through
+/// a symbolic link at its path.
+fn write_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW);
+    options
+}
+
+/// Creates a segment file at `path`, replacing whatever is there; see
+/// [`replace_with_new_file`].
 fn new_segment(path: &Path) -> Result<File, RecorderError> {
-    File::create(path).map_err(|source| RecorderError::io("creating", path, source))
+    replace_with_new_file(path).map_err(|source| RecorderError::io("creating", path, source))
+}
+
+/// Removes what is at `path` (a symbolic link is removed, not followed; nothing is ever
+/// written through a link or into another name of the same file) and creates a new, empty
+/// file there, mode [`FILE_MODE`]. Fails if something appears at the path in between.
+fn replace_with_new_file(path: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    write_options().create_new(true).open(path)
+}
+
+/// Whether a segment file is too short to hold a header and a frame (nothing in it can be
+/// read back).
+fn too_short_for_a_frame(file: &File) -> bool {
+    file.metadata()
+        .is_ok_and(|m| m.len() < u64::from(HEADER_LEN) + FRAME_HEADER_LEN as u64)
+}
+
+/// Takes the exclusive lock of the log at `base` (see [`lock_path`]): creates the lock file
+/// if needed (mode 0600, never through a symbolic link), locks it without waiting and writes
+/// this process's pid in it. The lock lasts as long as the returned file is open; the file
+/// stays in place afterwards.
+fn lock_log(base: &Path) -> Result<File, RecorderError> {
+    let path = lock_path(base);
+    let file = write_options()
+        .read(true)
+        .create(true)
+        .open(&path)
+        .map_err(|source| RecorderError::io("opening lock file", &path, source))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(RecorderError::Locked {
+                path: base.to_path_buf(),
+                holder: lock_holder(&file),
+            })
+        }
+        Err(e) => return Err(RecorderError::io("locking", &path, e.into())),
+    }
+    // The pid only names the holder in another writer's error: failing to write it (a full
+    // file system) leaves the lock in force.
+    let pid = format!("{}\n", std::process::id());
+    if file.set_len(0).is_ok() {
+        let _ = file.write_all_at(pid.as_bytes(), 0);
+    }
+    Ok(file)
+}
+
+/// The pid written in a lock file by the writer holding it (`None` while it has not
+/// written it yet).
+fn lock_holder(file: &File) -> Option<u32> {
+    let mut text = String::new();
+    file.take(PID_TEXT_MAX).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -736,8 +904,9 @@ mod tests {
 
     #[test]
     fn no_room_for_a_new_segment_deletes_the_oldest_or_stays_on_the_current_one() {
-        // Room for the directory and one file: the base file takes all the frames.
-        let Some((disk, _dir)) = SmallDisk::mount_with("one-inode", "size=1m,nr_inodes=2") else {
+        // Room for the directory, the lock file and one segment: the base file takes all
+        // the frames.
+        let Some((disk, _dir)) = SmallDisk::mount_with("one-inode", "size=1m,nr_inodes=3") else {
             return;
         };
         let path = disk.0.join("LOG");
@@ -753,8 +922,8 @@ mod tests {
         drop(writer);
         drop(disk);
 
-        // Room for two files: each new segment takes the place of the oldest.
-        let Some((disk, _dir)) = SmallDisk::mount_with("two-inodes", "size=1m,nr_inodes=3") else {
+        // Room for two segments: each new segment takes the place of the oldest.
+        let Some((disk, _dir)) = SmallDisk::mount_with("two-inodes", "size=1m,nr_inodes=4") else {
             return;
         };
         let path = disk.0.join("LOG");
@@ -770,6 +939,225 @@ mod tests {
         assert_eq!(kept.last(), Some(&99));
         assert_eq!(kept, (kept[0]..100).collect::<Vec<_>>());
         drop(writer);
+    }
+
+    #[test]
+    fn with_the_default_free_space_floor_a_tiny_disk_keeps_the_header_and_counts_every_loss() {
+        let Some((disk, _dir)) = SmallDisk::mount("tiny", 1024) else {
+            return;
+        };
+        let path = disk.0.join("LOG");
+        let retention = Retention::from_config(&flowtable::config::LogConfig::default());
+        assert!(
+            retention.min_free_bytes > 1 << 20,
+            "the default floor is above 1 MiB"
+        );
+        let mut writer = LogWriter::create_with(&path, retention).unwrap();
+        for n in 0..300 {
+            writer.append(&numbered(n, 988)).unwrap();
+            if n % 10 == 9 {
+                writer.flush().unwrap();
+            }
+        }
+        writer.flush().unwrap();
+        let stats = writer.stats();
+        assert_eq!((stats.frames, stats.frames_lost), (0, 300));
+        assert_eq!(stats.file_bytes, u64::from(HEADER_LEN));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            u64::from(HEADER_LEN)
+        );
+        let items: Vec<_> = crate::reader::LogReader::open(&path).unwrap().collect();
+        assert!(items.is_empty(), "no record and no damage: {items:?}");
+        drop(writer);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            u64::from(HEADER_LEN)
+        );
+    }
+
+    /// Every byte of every file of the log at `base` (segments only), by name.
+    fn log_files(base: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<(PathBuf, Vec<u8>)> = numbered_segments(base)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        files.insert(0, (base.to_path_buf(), std::fs::read(base).unwrap()));
+        files
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_with_the_holders_pid_and_the_log_is_untouched() {
+        let dir = TestDir::new("two-writers");
+        let path = dir.path().join("LOG");
+        let mut first = LogWriter::create(&path, 1000).unwrap();
+        for n in 0..30 {
+            first.append(&numbered(n, 88)).unwrap();
+        }
+        first.flush().unwrap();
+        let before = log_files(&path);
+        assert!(before.len() > 1, "the log has rotated segments");
+
+        let pid = std::process::id();
+        let refusals = [
+            LogWriter::create(&path, 1000).unwrap_err(),
+            LogWriter::resume(&path, Retention::rotate_at(1000)).unwrap_err(),
+        ];
+        for err in refusals {
+            assert!(
+                matches!(&err, RecorderError::Locked { holder, .. } if *holder == Some(pid)),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("log {} is being written by process {pid}", path.display())
+            );
+        }
+        assert_eq!(
+            log_files(&path),
+            before,
+            "the refused writers touched nothing"
+        );
+
+        for n in 30..60 {
+            first.append(&numbered(n, 88)).unwrap();
+        }
+        first.flush().unwrap();
+        assert_eq!(sequence_frames(&path), (0..60).collect::<Vec<_>>());
+        drop(first);
+
+        let mut next = LogWriter::resume(&path, Retention::rotate_at(1000)).unwrap();
+        next.append(&numbered(60, 88)).unwrap();
+        next.flush().unwrap();
+        assert_eq!(sequence_frames(&path), (0..61).collect::<Vec<_>>());
+        drop(next);
+        let fresh = LogWriter::create(&path, 1000).unwrap();
+        drop(fresh);
+        assert!(sequence_frames(&path).is_empty());
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_file_is_not_followed() {
+        let dir = TestDir::new("lock-link");
+        let path = dir.path().join("LOG");
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+        std::os::unix::fs::symlink(&target, lock_path(&path)).unwrap();
+        let err = LogWriter::create(&path, 1000).unwrap_err();
+        assert!(err.to_string().contains("LOG.lock"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        assert!(!path.exists(), "nothing was created");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn segments_and_the_lock_file_are_the_owners_only() {
+        let dir = TestDir::new("modes");
+        let path = dir.path().join("LOG");
+        // An old log readable by everyone is replaced, not reused.
+        std::fs::write(&path, b"old log").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let mut writer = LogWriter::create(&path, 200).unwrap();
+        for n in 0..10 {
+            writer.append(&numbered(n, 88)).unwrap();
+        }
+        writer.flush().unwrap();
+        assert!(segment_path(&path, 1).exists());
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&segment_path(&path, 1)), 0o600);
+        assert_eq!(mode(&lock_path(&path)), 0o600);
+        assert_eq!(sequence_frames(&path), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_segment_name_is_never_followed() {
+        let dir = TestDir::new("links");
+        let path = dir.path().join("LOG");
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+
+        // At the base file of a new log.
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let mut writer = LogWriter::create(&path, 300).unwrap();
+        writer.append(&numbered(0, 88)).unwrap();
+        // At the name of the next segment.
+        std::os::unix::fs::symlink(&target, segment_path(&path, 1)).unwrap();
+        for n in 1..4 {
+            writer.append(&numbered(n, 88)).unwrap();
+        }
+        writer.flush().unwrap();
+        assert_eq!(writer.segment_path(), segment_path(&path, 1));
+        drop(writer);
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        for index in 0..2 {
+            let segment = segment_path(&path, index);
+            assert!(std::fs::symlink_metadata(&segment).unwrap().is_file());
+        }
+        assert_eq!(sequence_frames(&path), (0..4).collect::<Vec<_>>());
+
+        // At the newest segment of a log being continued: refused.
+        std::fs::remove_file(segment_path(&path, 1)).unwrap();
+        std::os::unix::fs::symlink(&target, segment_path(&path, 1)).unwrap();
+        let err = LogWriter::resume(&path, Retention::rotate_at(300)).unwrap_err();
+        assert!(err.to_string().contains("LOG.1"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn resume_keeps_a_segment_with_a_damaged_header_and_continues_after_it() {
+        let dir = TestDir::new("resume-header");
+        let path = dir.path().join("LOG");
+        let mut writer = LogWriter::create(&path, 1 << 20).unwrap();
+        for n in 0..20 {
+            writer.append(&numbered(n, 88)).unwrap();
+        }
+        drop(writer);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8] ^= 0x04; // the version field
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut writer = LogWriter::resume(&path, Retention::rotate_at(1 << 20)).unwrap();
+        for n in 20..25 {
+            writer.append(&numbered(n, 88)).unwrap();
+        }
+        writer.flush().unwrap();
+        assert_eq!(writer.segment_path(), segment_path(&path, 1));
+        drop(writer);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the damaged segment is kept"
+        );
+        let items: Vec<_> = crate::reader::LogReader::open(&path).unwrap().collect();
+        let damage: Vec<_> = items.iter().filter_map(|i| i.as_ref().err()).collect();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!((&*damage[0].segment, damage[0].offset), (path.as_path(), 0));
+        let kept: Vec<u32> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|f| u32::from_le_bytes(f.payload[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(kept, (0..25).collect::<Vec<_>>());
+
+        // A segment too short for a frame is started again in place.
+        std::fs::write(segment_path(&path, 1), b"CONNTRL").unwrap();
+        let mut writer = LogWriter::resume(&path, Retention::rotate_at(1 << 20)).unwrap();
+        writer.append(&numbered(99, 88)).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(writer.segment_path(), segment_path(&path, 1));
     }
 
     #[test]
