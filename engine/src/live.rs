@@ -331,7 +331,13 @@ pub fn live(
         .transpose()?;
     let (control_ends, control_workers) = control::channels(plans.len());
     let mut control_ends = control_ends.into_iter();
-    let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;
+    // With --user, the ring directory is the user's: the engine becomes it and then still
+    // removes its rings, and the next start trusts what it left there.
+    let ring_owner = match &opts.user {
+        Some(user) => privilege::lookup(user)?.uid,
+        None => crate::ringdir::euid(),
+    };
+    let ring_dir = crate::ringdir::RingDir::open_for(&cfg.ring.dir, ring_owner)?;
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     for log in &log_paths {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use engine::exit;
 use engine::replay::{replay, ReplayOptions, ReplaySummary};
 use engine::synth::{self, SynthOptions};
 use engine::synth_proxy::{write_proxy, ProxyOptions};
@@ -196,10 +197,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             print_summary(&summary)?;
-            match shipping {
-                Some(shipping) => shipping.finish(),
-                None => Ok(ExitCode::SUCCESS),
-            }
+            let shipped = match shipping {
+                Some(shipping) => shipping.finish()?,
+                None => ExitCode::SUCCESS,
+            };
+            let damaged = summary.captures.iter().any(|(_, c)| c.damage.is_some());
+            Ok(exit::worst([
+                if shipped == ExitCode::SUCCESS {
+                    exit::OK
+                } else {
+                    exit::EXPORT_PENDING
+                },
+                if summary.records_lost() > 0 {
+                    exit::RECORDS_LOST
+                } else {
+                    exit::OK
+                },
+                if damaged { exit::DAMAGE } else { exit::OK },
+            ]))
         }
         Command::Show(a) => engine::show::run(a),
         Command::Synth {
@@ -411,6 +426,14 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
             "log full: {} record(s) lost for lack of space ({} failed writes)",
             w.frames_lost, w.no_space_errors
         )?;
+    }
+    if s.records_lost() > 0 {
+        eprintln!(
+            "conntrail: {} record(s) lost: {} dropped from full rings, {} for lack of space on the log's file system",
+            s.records_lost(),
+            s.ring_drops(),
+            w.frames_lost
+        );
     }
     Ok(())
 }

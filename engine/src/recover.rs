@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,7 +43,8 @@ pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> 
     } else {
         LogWriter::create_with(path, retention)
     }
-    .with_context(|| format!("opening log {}", path.display()))?;
+    // The writer's errors name the log.
+    .map_err(anyhow::Error::from)?;
     if let Ok(us) = std::env::var(RECORDER_DELAY_ENV) {
         let us: u64 = us
             .parse()
@@ -183,9 +185,14 @@ impl RunFile {
             other => other,
         }
         .with_context(|| format!("creating {}", dir.join(&tmp).display()))?;
-        let written = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("locking {}", dir.join(&tmp).display()))
+        let written = dir
+            .hand_over(&file)
+            .with_context(|| format!("handing {} over", dir.join(&tmp).display()))
+            .and_then(|()| {
+                rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
+                    .map_err(std::io::Error::from)
+                    .with_context(|| format!("locking {}", dir.join(&tmp).display()))
+            })
             .and_then(|()| {
                 file.write_all(&text)
                     .with_context(|| format!("writing {}", dir.join(&tmp).display()))
@@ -317,8 +324,21 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
     }
     let mut logs = vec![manifest.log.clone()];
     logs.extend(manifest.context_logs.iter().cloned());
+    // Written by the user a root engine became (`--user`): that user's logs only, never a
+    // new file where root may write and that user may not.
+    let writer = rustix::fs::fstat(&file).map_or(u32::MAX, |st| st.st_uid);
     for log in &logs {
         check_log_target(log)?;
+        if writer != ringdir::euid() {
+            let owner = std::fs::symlink_metadata(log).map(|m| m.uid()).ok();
+            if owner != Some(writer) {
+                bail!(
+                    "names a log {} that is not uid {writer}'s, who wrote the run file: refused, \
+                     nothing touched",
+                    log.display()
+                );
+            }
+        }
     }
     let mut consumers = Vec::new();
     let mut present = Vec::new();

@@ -76,6 +76,11 @@ impl ReplaySummary {
         self.workers.iter().map(|w| w.ring_drops).sum()
     }
 
+    /// Records that never reached the log: dropped from a full ring, or for lack of space.
+    pub fn records_lost(&self) -> u64 {
+        self.ring_drops() + self.log_writer.frames_lost
+    }
+
     pub fn pps(&self) -> f64 {
         self.packets() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -106,6 +111,8 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     let pin = cores.len() >= opts.workers + 2;
     let mut consumers = Vec::new();
     let mut worker_handles = Vec::new();
+    // Set once the recorder thread has ended: workers stop waiting for room in their rings.
+    let recorder_gone = Arc::new(AtomicBool::new(false));
     let mut to_workers: Vec<Sender<Batch>> = Vec::new();
     let (recycle_tx, recycle_rx) = bounded::<Batch>(opts.workers * BATCHES_PER_WORKER);
     for _ in 0..opts.workers * BATCHES_PER_WORKER {
@@ -121,6 +128,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         // Worker w on core w + 1, core 0 left to the reader.
         let core = pin.then(|| cores[w + 1]);
         let mut worker = Worker::new(cfg, w as u16, opts.mode, producer);
+        worker.wait_for_recorder(Arc::clone(&recorder_gone));
         let recycle = recycle_tx.clone();
         let handle = thread::Builder::new()
             .name(format!("conntrail-w{w}"))
@@ -141,6 +149,15 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Progress::new(consumers.len(), logs.len());
     let recorder = recorder::thread::spawn(consumers, logs, Arc::clone(&stop), progress);
+    let gone = Arc::clone(&recorder_gone);
+    let recorder = thread::Builder::new()
+        .name("conntrail-recorder-watch".into())
+        .spawn(move || {
+            let ended = recorder.join();
+            gone.store(true, std::sync::atomic::Ordering::Release);
+            ended
+        })
+        .context("starting the recorder's watch")?;
 
     let read_result = read_all(cfg, opts, &to_workers, &recycle_rx);
     let reader_cpu = recorder::thread::thread_cpu_time().saturating_sub(cpu_at_start);
@@ -153,7 +170,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         );
     }
     stop.store(true, std::sync::atomic::Ordering::Release);
-    let rec_stats = match recorder.join() {
+    let rec_stats = match recorder.join().unwrap_or_else(Err) {
         Ok(Ok(stats)) => stats,
         failed => {
             // The rings may still hold records: leave them to a recovery.

@@ -48,7 +48,11 @@ pub fn euid() -> u32 {
 
 /// The configured directory with `%u` replaced by the effective uid.
 pub fn expand(configured: &str) -> PathBuf {
-    PathBuf::from(configured.replace("%u", &euid().to_string()))
+    expand_for(configured, euid())
+}
+
+fn expand_for(configured: &str, uid: u32) -> PathBuf {
+    PathBuf::from(configured.replace("%u", &uid.to_string()))
 }
 
 /// A ring directory checked and opened.
@@ -56,6 +60,9 @@ pub fn expand(configured: &str) -> PathBuf {
 pub struct RingDir {
     path: PathBuf,
     fd: OwnedFd,
+    /// The uid that owns it and its files: the engine's, or (started as root with
+    /// `--user NAME`) NAME's, the user the engine becomes.
+    owner: u32,
 }
 
 /// What [`check`] found of a configured ring directory.
@@ -79,7 +86,7 @@ pub fn check(configured: &str) -> Result<DirState> {
             Err(io::Error::from(e)).with_context(|| format!("ring directory {}", path.display()))
         }
         Ok(_) => {
-            open_dir(&parent_fd, name, &path)?;
+            open_dir(&parent_fd, name, &path, euid())?;
             Ok(DirState::Private(path))
         }
     }
@@ -89,18 +96,43 @@ impl RingDir {
     /// Opens the configured ring directory, creating it (mode 0700) when it is missing, and
     /// refuses it unless it is private (see the module docs).
     pub fn open(configured: &str) -> Result<RingDir> {
-        let path = expand(configured);
+        RingDir::open_for(configured, euid())
+    }
+
+    /// Opens the ring directory of an engine that will run as `owner` (root handing over
+    /// to `--user NAME`; `%u` is then NAME's uid): created for `owner` when missing, and
+    /// trusted, with its files, only when `owner`'s.
+    pub fn open_for(configured: &str, owner: u32) -> Result<RingDir> {
+        let path = expand_for(configured, owner);
         let (parent, name) = split(&path)?;
         let parent_fd = open_trusted_parent(&path, &parent)?;
         match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) if owner != euid() => {
+                rustix::fs::chownat(
+                    &parent_fd,
+                    name,
+                    Some(rustix::process::Uid::from_raw(owner)),
+                    None,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io::Error::from)
+                .with_context(|| {
+                    format!("handing ring directory {} to uid {owner}", path.display())
+                })?;
+            }
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => {
                 return Err(io::Error::from(e))
                     .with_context(|| format!("creating ring directory {}", path.display()))
             }
         }
-        let fd = open_dir(&parent_fd, name, &path)?;
-        Ok(RingDir { path, fd })
+        let fd = open_dir(&parent_fd, name, &path, owner)?;
+        Ok(RingDir { path, fd, owner })
+    }
+
+    /// The uid that owns the directory and every file it trusts there.
+    pub fn owner(&self) -> u32 {
+        self.owner
     }
 
     /// The directory's path (with `%u` expanded).
@@ -127,7 +159,8 @@ impl RingDir {
     }
 
     /// Opens `name` for reading if it can be trusted: a regular file with a single link,
-    /// owned by the engine's uid and not writable by group or others, not a symbolic link.
+    /// owned by the directory's owner (or the engine's own uid) and not writable by group or
+    /// others, not a symbolic link.
     /// The error says which of these it is not.
     pub fn open_trusted(&self, name: &str) -> Result<File> {
         let fd = rustix::fs::openat(
@@ -143,11 +176,10 @@ impl RingDir {
             .with_context(|| format!("reading the status of {}", self.join(name).display()))?;
         let why = if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             Some("it is not a regular file".to_string())
-        } else if st.st_uid != euid() {
+        } else if st.st_uid != self.owner && st.st_uid != euid() {
             Some(format!(
                 "it belongs to uid {}, not to uid {}",
-                st.st_uid,
-                euid()
+                st.st_uid, self.owner
             ))
         } else if st.st_mode & WRITABLE_BY_OTHERS != 0 {
             Some(format!(
@@ -163,6 +195,19 @@ impl RingDir {
             bail!("{}: not trusted: {why}", self.join(name).display());
         }
         Ok(File::from(fd))
+    }
+
+    /// Hands `file`, made by root for an engine that becomes the directory's owner, over to
+    /// that owner (nothing to do otherwise).
+    pub fn hand_over(&self, file: &File) -> io::Result<()> {
+        if self.owner == euid() {
+            return Ok(());
+        }
+        Ok(rustix::fs::fchown(
+            file,
+            Some(rustix::process::Uid::from_raw(self.owner)),
+            None,
+        )?)
     }
 
     /// Whether `file` (opened from this directory) is still what `name` names.
@@ -294,7 +339,7 @@ fn open_trusted_parent(dir: &Path, parent: &Path) -> Result<OwnedFd> {
 
 /// Opens the ring directory `name` in `parent`, not following a symbolic link, and checks
 /// that it is private.
-fn open_dir(parent: &impl AsFd, name: &OsStr, path: &Path) -> Result<OwnedFd> {
+fn open_dir(parent: &impl AsFd, name: &OsStr, path: &Path, owner: u32) -> Result<OwnedFd> {
     let fd = match rustix::fs::openat(
         parent,
         name,
@@ -322,7 +367,7 @@ fn open_dir(parent: &impl AsFd, name: &OsStr, path: &Path) -> Result<OwnedFd> {
     let st = rustix::fs::fstat(&fd)
         .map_err(io::Error::from)
         .with_context(|| format!("ring directory {}", path.display()))?;
-    let me = euid();
+    let me = owner;
     if st.st_uid != me {
         bail!(
             "ring directory {} belongs to uid {}, not to uid {me}, who runs the engine: refused \

@@ -1,6 +1,11 @@
 //! A worker: one flow table, one ring, fed frames by a source. The same code runs for
-//! replayed captures and live sockets; a worker never blocks on its ring (a full ring is
-//! counted) and allocates nothing per packet once warmed up.
+//! replayed captures and live sockets. A live worker never blocks on its ring (a full ring
+//! is counted); a replaying one waits for the recorder to make room, so replay loses no
+//! record. A worker allocates nothing per packet once warmed up.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use flowtable::config::Config;
 use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
@@ -36,21 +41,52 @@ impl WorkerStats {
     }
 }
 
-/// Hands records to the ring: encodes into a reused buffer, counts what does not fit.
+/// Hands records to the ring: encodes into a reused buffer. What does not fit is counted
+/// and dropped (live traffic: a worker never waits), or, with a recorder to wait for
+/// (replay), pushed again once the recorder has made room.
 struct RingSink {
     producer: Producer,
     buf: Vec<u8>,
     records: u64,
     drops: u64,
+    /// Set when the recorder is gone; `None`: never wait.
+    wait_for: Option<Arc<AtomicBool>>,
 }
 
 impl RingSink {
     fn emit(&mut self, rec: &Record<'_>) {
         codec::encode(rec, &mut self.buf);
-        match self.producer.push(&self.buf) {
-            Ok(()) => self.records += 1,
-            Err(_) => self.drops += 1,
+        if self.producer.push(&self.buf).is_ok() {
+            self.records += 1;
+            return;
         }
+        self.full();
+    }
+
+    /// The ring is full: wait for room while the recorder runs, else drop the record.
+    #[cold]
+    fn full(&mut self) {
+        if let Some(gone) = &self.wait_for {
+            let mut spins = 0u32;
+            while !gone.load(Ordering::Acquire) {
+                if self.producer.push(&self.buf).is_ok() {
+                    self.records += 1;
+                    return;
+                }
+                spins += 1;
+                if spins < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            // The push may have found room just as the recorder ended; a last try.
+            if self.producer.push(&self.buf).is_ok() {
+                self.records += 1;
+                return;
+            }
+        }
+        self.drops += 1;
     }
 }
 
@@ -116,6 +152,7 @@ impl Worker {
                 buf: Vec::with_capacity(64 * 1024),
                 records: 0,
                 drops: 0,
+                wait_for: None,
             },
             stats: WorkerStats {
                 worker,
@@ -128,6 +165,13 @@ impl Worker {
     /// Numbers this worker's records from `sequence` on (a run continuing a log).
     pub fn continue_ids(&mut self, sequence: u64) {
         self.table.set_next_sequence(sequence);
+    }
+
+    /// Waits for the recorder when the ring is full instead of dropping the record, until
+    /// `recorder_gone` is set (replay: a capture is not live traffic, nothing is lost by
+    /// waiting). Live workers never wait.
+    pub fn wait_for_recorder(&mut self, recorder_gone: Arc<AtomicBool>) {
+        self.sink.wait_for = Some(recorder_gone);
     }
 
     pub fn set_core(&mut self, core: Option<usize>) {
