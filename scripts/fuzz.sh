@@ -3,7 +3,8 @@
 # cargo-fuzz on the stable toolchain (no sanitizer: `--sanitizer none`). A crash fails the
 # script and leaves its input in fuzz/artifacts/TARGET/. Seeds: the capture corpus in
 # ../shared/corpus/real (packet frames), a log replayed from it (log reader), the default
-# configuration and fuzz/seeds/ (config, conntrace). Corpora grow in fuzz/corpus/ (ignored
+# configuration and fuzz/seeds/ (config, conntrace, ring_recover: ring files written by
+# `fuzz/seeds.py ring`). Corpora grow in fuzz/corpus/ (ignored
 # by git), so later runs start where earlier ones stopped.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
@@ -15,14 +16,15 @@ fi
 seconds=${1:-25}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(packet log_reader config conntrace)
+[ ${#targets[@]} -gt 0 ] || targets=(packet log_reader config conntrace ring_recover)
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: cargo-fuzz is missing (scripts/setup.sh installs it)" >&2
     exit 1
 fi
 
 corpus=../shared/corpus/real
-mkdir -p fuzz/corpus/packet fuzz/corpus/log_reader fuzz/corpus/config fuzz/corpus/conntrace
+mkdir -p fuzz/corpus/packet fuzz/corpus/log_reader fuzz/corpus/config fuzz/corpus/conntrace \
+    fuzz/corpus/ring_recover
 if [ -d "$corpus" ] && [ -z "$(ls -A fuzz/corpus/packet)" ]; then
     python3 fuzz/seeds.py fuzz/corpus/packet "$corpus"/*.pcap
 fi
@@ -37,6 +39,7 @@ fi
 cp -n flowtable/src/default.toml fuzz/corpus/config/default.toml
 cp -n fuzz/seeds/config/* fuzz/corpus/config/
 cp -n fuzz/seeds/conntrace/* fuzz/corpus/conntrace/
+cp -n fuzz/seeds/ring_recover/* fuzz/corpus/ring_recover/
 
 cd fuzz
 out=$(mktemp)

@@ -406,8 +406,27 @@ fn describe(r: &Recovered) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     };
+    let skipped: String = r
+        .recovery
+        .checksum_failures
+        .iter()
+        .map(|c| {
+            let frames = c.failures.frames;
+            format!(
+                "; {frames} {} {} checksum in {} at offset {}, skipped",
+                if frames == 1 { "frame" } else { "frames" },
+                if frames == 1 {
+                    "failed its"
+                } else {
+                    "failed their"
+                },
+                c.path.display(),
+                c.failures.first_offset
+            )
+        })
+        .collect();
     format!(
-        "recovered {}: {} records written to {logs}, {} already there{}",
+        "recovered {}: {} records written to {logs}, {} already there{}{skipped}",
         r.run_file.display(),
         r.recovery.written(),
         r.recovery.already_logged(),

@@ -10,9 +10,13 @@
 //! id, so two distinct records never compare equal). The rest is appended after the log's
 //! last intact frame; a frame torn by the crash is cut off first.
 //!
+//! A ring frame that fails its CRC is never written: the ring skips it, and the recovery
+//! reports it per ring ([`Recovery::checksum_failures`]) beside the rings whose framing broke
+//! ([`Recovery::corrupt_rings`]). So damage in a ring file loses records, it never changes one.
+//!
 //! Running recovery twice over the same rings writes nothing the second time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::reader::LogReader;
 use crate::thread::Route;
@@ -31,9 +35,22 @@ pub struct Recovery {
     /// Rings whose contents turned out corrupt part-way, with what is wrong; the frames
     /// before the corruption are recovered.
     pub corrupt_rings: Vec<(usize, ring::Corruption)>,
+    /// Rings holding frames that failed their CRC (skipped, not written), in ring order.
+    pub checksum_failures: Vec<RingChecksumFailures>,
     /// Each log's writer counters (frames lost to a full disk included), in the order
     /// given; a log nothing was recovered for has zeros.
     pub writers: Vec<WriterStats>,
+}
+
+/// Frames of one ring that failed their CRC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingChecksumFailures {
+    /// Index of the ring in the order given to [`recover`].
+    pub ring: usize,
+    /// The ring file.
+    pub path: PathBuf,
+    /// How many frames, and where the first one starts in the ring file.
+    pub failures: ring::ChecksumFailures,
 }
 
 impl Recovery {
@@ -83,6 +100,14 @@ pub fn recover_routed(
         while consumer.pop_unreleased(|frame| frames.push(frame.to_vec())) {}
         if let Some(corruption) = consumer.corruption() {
             recovery.corrupt_rings.push((index, corruption.clone()));
+        }
+        let failures = consumer.checksum_failures();
+        if failures.frames > 0 {
+            recovery.checksum_failures.push(RingChecksumFailures {
+                ring: index,
+                path: consumer.path().to_path_buf(),
+                failures,
+            });
         }
         left.push(frames);
     }
@@ -156,6 +181,145 @@ mod tests {
             .unwrap()
             .map(|item| item.expect("no damage").payload)
             .collect()
+    }
+
+    /// A record encoded as a worker encodes it, told apart by `id`.
+    fn engine_record(id: u64) -> Vec<u8> {
+        use flowtable::record::{
+            Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto,
+            Record,
+        };
+        use std::borrow::Cow;
+        let mut history = History::default();
+        for b in b"ShADadFf" {
+            history.push(*b);
+        }
+        let ip = |s: &str| Addr::from_ip(s.parse().unwrap());
+        let rec = Record {
+            id,
+            worker: 0,
+            context: 0,
+            proto: Proto::Tcp,
+            ip_version: 4,
+            client: Endpoint {
+                ip: ip("192.0.2.10"),
+                port: 40_000 + id as u16,
+            },
+            server: Endpoint {
+                ip: ip("198.51.100.7"),
+                port: 443,
+            },
+            midstream: false,
+            vlans: Cow::Owned(vec![]),
+            start_ns: 1_700_000_000_000_000_000 + id * 1_000_000,
+            end_ns: 1_700_000_001_000_000_000 + id * 1_000_000,
+            c2s: DirStats {
+                pkts: 6 + id,
+                bytes: 700 + id,
+                payload: 300,
+                ..Default::default()
+            },
+            s2c: DirStats {
+                pkts: 5,
+                bytes: 5_000 + id,
+                payload: 4_200,
+                ..Default::default()
+            },
+            close_reason: CloseReason::TcpFin,
+            conn_state: ConnState::SF,
+            history,
+            flags: Flags(0),
+            irregular_point: None,
+            latency: Latency {
+                syn_synack_ns: Some(1_500 + id),
+                ..Default::default()
+            },
+            points: Cow::Owned(vec![]),
+            points_dropped: 0,
+            icmp_type_code: 0,
+        };
+        let mut buf = Vec::new();
+        ring::codec::encode(&rec, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn bit_flips_in_pending_ring_frames_never_become_changed_records() {
+        let dir = TestDir::new("recover-flips");
+        let original = dir.path().join("ring");
+        let records: Vec<Vec<u8>> = (1..=8).map(engine_record).collect();
+        {
+            let (mut producer, _consumer) = ring::create(&original, 4096).unwrap();
+            for record in &records {
+                producer.push(record).unwrap();
+            }
+        }
+        // Where each frame starts in the file (ring/src/spsc.rs: a 512-byte header, then
+        // records of [len][check][payload][crc] padded to 8 bytes).
+        let mut starts = Vec::new();
+        let mut at = 512u64;
+        for record in &records {
+            starts.push(at);
+            at += ((8 + record.len() + 4 + 7) & !7) as u64;
+        }
+        // 40 flips in payloads, then 8 in frame headers (the framing).
+        let flips = (0..48usize).map(|i| {
+            let frame = i % records.len();
+            let within = if i < 40 {
+                8 + (i * 37) % records[frame].len()
+            } else {
+                i % 8
+            };
+            (frame, starts[frame] + within as u64, 1u8 << (i % 8))
+        });
+        let bytes = std::fs::read(&original).unwrap();
+        for (n, (frame, offset, bit)) in flips.enumerate() {
+            let copy = dir.path().join(format!("ring-{n}"));
+            let log = dir.path().join(format!("LOG-{n}"));
+            let mut damaged = bytes.clone();
+            damaged[offset as usize] ^= bit;
+            std::fs::write(&copy, &damaged).unwrap();
+            let recovery = recover(
+                &log,
+                Retention::rotate_at(u64::MAX),
+                vec![ring::open(&copy).unwrap()],
+            )
+            .unwrap();
+            // Nothing to write (a flip in the first frame's header) leaves no log.
+            let logged = if log.exists() {
+                payloads(&log)
+            } else {
+                Vec::new()
+            };
+            for record in &logged {
+                assert!(
+                    records.contains(record),
+                    "flip {n} at {offset}: a changed record reached the log"
+                );
+            }
+            let what = format!("flip {n} at byte {offset} of frame {frame}");
+            if n < 40 {
+                assert_eq!(
+                    recovery.checksum_failures,
+                    vec![RingChecksumFailures {
+                        ring: 0,
+                        path: copy.clone(),
+                        failures: ring::ChecksumFailures {
+                            frames: 1,
+                            first_offset: starts[frame],
+                        },
+                    }],
+                    "{what}"
+                );
+                assert!(recovery.corrupt_rings.is_empty(), "{what}");
+                let mut rest = records.clone();
+                rest.remove(frame);
+                assert_eq!(logged, rest, "{what}: every other record is written");
+            } else {
+                assert_eq!(recovery.corrupt_rings.len(), 1, "{what}");
+                assert_eq!(logged, records[..frame], "{what}: the records before it");
+            }
+        }
     }
 
     #[test]

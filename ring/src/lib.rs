@@ -2,13 +2,20 @@
 //! single-consumer ring of byte frames per worker, living in a shared-memory file.
 //!
 //! **Owns**: the ring file layout (header with magic, version, capacity and the head/tail
-//! positions; length-prefixed frames in the data area), the lock-free producer/consumer
-//! protocol, and recovery of frames left in a ring file by a crashed process ([`open`]).
+//! positions; length-prefixed, CRC-checked frames in the data area), the lock-free
+//! producer/consumer protocol, and recovery of frames left in a ring file by a crashed process
+//! ([`open`]).
 //!
-//! **Never does**: block, allocate, lock or make a system call in [`Producer::push`]; trust
-//! anything read from a ring file (every length is validated, a corrupt ring reports
-//! [`Corruption`] and looks empty, it never panics); interpret frame bytes (they are opaque
-//! encoded records); retry or wait when full (the worker counts [`Full`] and moves on).
+//! **Never does**: block, allocate, lock or make a system call in [`Producer::push`]; leave a
+//! ring file sparse ([`create`] reserves every block, so a full file system is a
+//! [`RingError::NoSpace`] at creation, never a fault later); create over, or follow, an
+//! existing path, or make a ring file anyone but its owner can read (mode 0600); open a file
+//! that is not a regular file of this user writable by no one else ([`RingError::Refused`]);
+//! trust anything read from a ring file (every length is validated, a corrupt ring reports
+//! [`Corruption`] and looks empty, a frame failing its CRC is skipped and counted in
+//! [`ChecksumFailures`], it never panics and never hands out changed bytes); interpret frame
+//! bytes (they are opaque encoded records); retry or wait when full (the worker counts
+//! [`Full`] and moves on).
 //!
 //! The layout, the wrap-around rule (a padding marker, never a split frame) and the memory
 //! ordering are described in the [`spsc`] module.
@@ -39,4 +46,4 @@ pub mod spsc;
 pub use spsc::heap;
 #[cfg(not(loom))]
 pub use spsc::{create, open};
-pub use spsc::{Consumer, Corruption, Full, Producer, RingError};
+pub use spsc::{ChecksumFailures, Consumer, Corruption, Full, Producer, Refusal, RingError};

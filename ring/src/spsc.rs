@@ -1,11 +1,11 @@
 //! The single-producer single-consumer byte-frame ring and its shared-memory file.
 //!
-//! # File layout (version 1, little-endian / native atomics)
+//! # File layout (version 2, little-endian / native atomics)
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic  b"CTRLRING"
-//!      8     4  version (1)
+//!      8     4  version (2)
 //!     12     4  header length (512): where the data area starts
 //!     16     8  capacity of the data area in bytes (power of two, 64 ..= 2 GiB)
 //!     24     8  creation time, ns since the Unix epoch (tells incarnations apart)
@@ -16,17 +16,32 @@
 //! ```
 //!
 //! `head` and `tail` only grow; `position & (capacity - 1)` is the index in the data area.
-//! Both are multiples of 8, `tail <= head <= tail + capacity`.
+//! Both are multiples of 8, `tail <= head <= tail + capacity`. Version 1 (frames without a
+//! CRC) is refused by [`open`].
 //!
 //! # Frames in the data area
 //!
-//! Every record starts at an 8-byte aligned index with an 8-byte frame header
-//! `[len: u32][check: u32 = len ^ CHECK_KEY]`, then `len` payload bytes, then padding up to
-//! the next multiple of 8. A record never wraps: when it does not fit between its index and
-//! the end of the data area, the producer writes a padding header (`len = u32::MAX`) there and
-//! puts the record at index 0. Hence the consumer always hands out one contiguous slice, and
-//! [`Producer::max_frame`] is `capacity / 2 - 8` (the largest frame that fits in an empty ring
-//! wherever its head stands).
+//! Every record starts at an 8-byte aligned index:
+//!
+//! ```text
+//! offset   size  field
+//!      0      4  len: payload bytes
+//!      4      4  check: len ^ CHECK_KEY (the framing: a bad length is never followed)
+//!      8    len  payload
+//!  8+len      4  crc: CRC-32 (IEEE, as crc32fast) of the 4 len bytes, then the payload
+//! 12+len  0..=7  padding up to the next multiple of 8
+//! ```
+//!
+//! A record never wraps: when it does not fit between its index and the end of the data
+//! area, the producer writes a padding header (`len = u32::MAX`, with its check word) there
+//! and puts the record at index 0. Hence the consumer always hands out one contiguous slice,
+//! and [`Producer::max_frame`] is `capacity / 2 - 12` (the largest frame that fits in an
+//! empty ring wherever its head stands).
+//!
+//! A record whose header fails its check word stops the consumer ([`Corruption`]): past a
+//! bad length nothing says where the next record starts. A record whose header is sound but
+//! whose CRC does not match is skipped: it is never handed out, the consumer counts it
+//! ([`ChecksumFailures`]) and goes on with the next record.
 //!
 //! # Memory ordering
 //!
@@ -38,8 +53,11 @@
 //! # Untrusted file contents
 //!
 //! After a crash the file is read by another process ([`open`]). The header is validated
-//! there, and every frame header is validated before its bytes are handed out; anything
-//! inconsistent turns the consumer into a [`Corruption`] state where it reports empty.
+//! there (and the file must be a regular file of this user, writable by no one else), every
+//! frame header is validated before its bytes are read, and every payload is checked against
+//! its CRC before it is handed out. An inconsistent position or frame header turns the
+//! consumer into a [`Corruption`] state where it reports empty; a payload that fails its CRC
+//! is skipped and counted.
 
 #[cfg(not(loom))]
 use std::path::Path;
@@ -53,8 +71,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// First 8 bytes of a ring file.
 pub const MAGIC: [u8; 8] = *b"CTRLRING";
-/// Layout version written by [`create`] and the only one [`open`] accepts.
-pub const VERSION: u32 = 1;
+/// Layout version written by [`create`] and the only one [`open`] accepts (2: frames carry a
+/// CRC).
+pub const VERSION: u32 = 2;
 /// Bytes before the data area.
 pub const HEADER_LEN: usize = 512;
 /// Smallest data area; smaller requests are rounded up to it.
@@ -81,6 +100,8 @@ const OFF_PRODUCER: usize = 384;
 
 /// Size of the per-frame header in the data area.
 const FRAME_HEADER: usize = 8;
+/// Size of the CRC after each frame's payload.
+const FRAME_CRC: usize = 4;
 /// Frame length value of a padding record (skip to index 0).
 const PAD: u32 = u32::MAX;
 /// XORed into a frame length to form its check word, so zeroed or stray bytes never pass.
@@ -110,6 +131,33 @@ pub enum RingError {
         /// What the caller asked for.
         requested: usize,
     },
+    /// [`create`] found a file (or a symbolic link) at the path: it never replaces one.
+    #[error("ring file {} already exists; a ring is only ever created as a new file", path.display())]
+    Exists {
+        /// The ring file.
+        path: PathBuf,
+    },
+    /// The file system of the ring file has not enough free space for the whole ring.
+    #[error(
+        "ring file {}: not enough space: the ring needs {needed} bytes, its file system has {available} bytes free",
+        path.display()
+    )]
+    NoSpace {
+        /// The ring file (removed again).
+        path: PathBuf,
+        /// Bytes of the whole file, header and data area.
+        needed: u64,
+        /// Bytes free for this user on its file system.
+        available: u64,
+    },
+    /// [`open`] will not read this file: its frames could have been put there by someone else.
+    #[error("ring file {} refused: {why}", path.display())]
+    Refused {
+        /// The ring file.
+        path: PathBuf,
+        /// Why.
+        why: Refusal,
+    },
     /// The file is not a ring this version can read, or its positions are inconsistent.
     #[error("ring file {}: {problem}", path.display())]
     Corrupt {
@@ -117,6 +165,28 @@ pub enum RingError {
         path: PathBuf,
         /// What is wrong with it.
         problem: Corruption,
+    },
+}
+
+/// Why [`open`] refuses a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A symbolic link, directory, FIFO, ...
+    #[error("it is {0}, not a regular file")]
+    NotRegular(&'static str),
+    /// Owned by another user.
+    #[error("it is owned by uid {owner}, not by this process's uid {euid}")]
+    Owner {
+        /// The file's owner.
+        owner: u32,
+        /// The effective uid of this process.
+        euid: u32,
+    },
+    /// Group or others may write it.
+    #[error("its mode {mode:04o} lets group or others write it")]
+    Writable {
+        /// Permission bits.
+        mode: u32,
     },
 }
 
@@ -132,8 +202,9 @@ pub enum Corruption {
     /// The magic bytes are not [`MAGIC`].
     #[error("not a conntrail ring file (bad magic)")]
     BadMagic,
-    /// A layout version this build does not know.
-    #[error("unsupported ring version {0} (this build reads {VERSION})")]
+    /// A layout version this build does not read (1: an older conntrail's ring, whose frames
+    /// carry no CRC).
+    #[error("ring format version {0}, this build reads only version {VERSION}")]
     Version(u32),
     /// The header length field is not [`HEADER_LEN`].
     #[error("bad header length {0}")]
@@ -167,10 +238,19 @@ pub enum Corruption {
     },
 }
 
-/// Bytes a frame of `len` payload bytes occupies in the data area (header and padding).
+/// Bytes a frame of `len` payload bytes occupies in the data area (header, CRC and padding).
 #[inline]
 const fn record_len(len: usize) -> usize {
-    (FRAME_HEADER + len + 7) & !7
+    (FRAME_HEADER + len + FRAME_CRC + 7) & !7
+}
+
+/// The CRC of a frame: over its 4 length bytes, then its payload.
+#[inline]
+fn frame_crc(len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 #[inline]
@@ -193,7 +273,7 @@ fn parse_frame_header(header: [u8; FRAME_HEADER]) -> Option<u32> {
 
 #[inline]
 fn max_frame_for(capacity: usize) -> usize {
-    capacity / 2 - FRAME_HEADER
+    capacity / 2 - FRAME_HEADER - FRAME_CRC
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,7 +433,7 @@ impl Region {
 // ---------------------------------------------------------------------------------------------
 
 /// The writing end of a ring, owned by one worker. `push` never blocks, allocates, locks or
-/// makes a system call.
+/// makes a system call; it computes the frame's CRC (once per record handed over).
 pub struct Producer {
     region: Arc<Region>,
     capacity: u64,
@@ -393,12 +473,16 @@ impl Producer {
             index = 0;
         }
         // `frame.len() <= max_frame < u32::MAX`, so the cast is lossless.
-        let header = frame_header(frame.len() as u32);
+        let len = frame.len() as u32;
+        let crc = frame_crc(len, frame);
         // SAFETY: index + need <= capacity (either need <= to_end, or index is 0 and need <=
-        // capacity / 2), and the range is free (checked by `fits` above).
+        // capacity / 2), need covers header, payload and CRC, and the range is free (checked
+        // by `fits` above).
         unsafe {
-            self.region.write(index, &header);
+            self.region.write(index, &frame_header(len));
             self.region.write(index + FRAME_HEADER, frame);
+            self.region
+                .write(index + FRAME_HEADER + frame.len(), &crc.to_le_bytes());
         }
         self.head += total;
         self.region.head().store(self.head, Ordering::Release);
@@ -413,7 +497,7 @@ impl Producer {
         used <= self.capacity && total <= self.capacity - used
     }
 
-    /// The largest frame that can ever be pushed: `capacity / 2 - 8`.
+    /// The largest frame that can ever be pushed: `capacity / 2 - 12`.
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
@@ -443,9 +527,20 @@ impl std::fmt::Debug for Producer {
 // Consumer
 // ---------------------------------------------------------------------------------------------
 
+/// Frames a consumer skipped because their payload did not match their CRC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChecksumFailures {
+    /// How many frames failed.
+    pub frames: u64,
+    /// Byte offset in the ring file of the first one's frame header.
+    pub first_offset: u64,
+}
+
 /// The reading end of a ring, owned by the recorder thread.
 pub struct Consumer {
     region: Arc<Region>,
+    /// The ring file (empty for a heap ring).
+    path: PathBuf,
     capacity: u64,
     mask: u64,
     max_frame: usize,
@@ -457,25 +552,39 @@ pub struct Consumer {
     /// Last `head` loaded from the producer.
     head_cache: u64,
     corruption: Option<Corruption>,
+    checksum_failures: ChecksumFailures,
+}
+
+/// Where a frame with a sound header lies in the data area.
+struct Located {
+    /// Index of its frame header.
+    index: usize,
+    /// Payload length.
+    len: usize,
+    /// Ring position after it.
+    next: u64,
 }
 
 impl Consumer {
-    fn new(region: Arc<Region>, tail: u64, head: u64) -> Consumer {
+    fn new(region: Arc<Region>, path: PathBuf, tail: u64, head: u64) -> Consumer {
         let capacity = region.capacity as u64;
         Consumer {
             max_frame: max_frame_for(region.capacity),
             region,
+            path,
             capacity,
             mask: capacity - 1,
             read: tail,
             released: tail,
             head_cache: head,
             corruption: None,
+            checksum_failures: ChecksumFailures::default(),
         }
     }
 
-    /// Takes the oldest frame, hands its bytes to `f` and frees its space. Returns `false`
-    /// (without calling `f`) when the ring is empty or corrupt (see [`corruption`](Self::corruption)).
+    /// Takes the oldest intact frame, hands its bytes to `f` and frees its space (and that of
+    /// the frames skipped before it for a bad CRC). Returns `false` (without calling `f`) when
+    /// the ring is empty or corrupt (see [`corruption`](Self::corruption)).
     #[inline]
     pub fn pop(&mut self, f: impl FnOnce(&[u8])) -> bool {
         let popped = self.pop_unreleased(f);
@@ -489,30 +598,48 @@ impl Consumer {
     /// [`open`]) until [`release`](Self::release). The recorder uses this to free ring space
     /// only once the frames are in the log file, so a crash in between loses nothing (frames
     /// read but not released are delivered again after [`open`]: at least once).
+    ///
+    /// A frame whose payload fails its CRC is not handed out: it is counted in
+    /// [`checksum_failures`](Self::checksum_failures), the next frame is taken instead, and
+    /// its space goes back with the next [`release`](Self::release).
     #[inline]
     pub fn pop_unreleased(&mut self, f: impl FnOnce(&[u8])) -> bool {
-        if self.corruption.is_some() {
-            return false;
-        }
-        if self.read == self.head_cache {
-            self.head_cache = self.region.head().load(Ordering::Acquire);
-            if self.read == self.head_cache {
+        let mut f = Some(f);
+        loop {
+            if self.corruption.is_some() {
                 return false;
             }
-        }
-        match self.locate_next() {
-            Ok((index, len, next)) => {
-                // SAFETY: `locate_next` checked index + len <= capacity and that the frame
-                // lies between the read position and the published head, which the producer
-                // does not write before we release it.
-                unsafe { self.region.with_slice(index, len, f) };
-                self.read = next;
-                true
+            if self.read == self.head_cache {
+                self.head_cache = self.region.head().load(Ordering::Acquire);
+                if self.read == self.head_cache {
+                    return false;
+                }
             }
-            Err(corruption) => {
-                self.corruption = Some(corruption);
-                false
+            let frame = match self.locate_next() {
+                Ok(frame) => frame,
+                Err(corruption) => {
+                    self.corruption = Some(corruption);
+                    return false;
+                }
+            };
+            // SAFETY: `locate_next` checked index + record_len(len) <= capacity, which covers
+            // header, payload and CRC, and that the frame lies between the read position and
+            // the published head, which the producer does not write before we release it.
+            let intact = unsafe {
+                self.region.with_slice(
+                    frame.index,
+                    FRAME_HEADER + frame.len + FRAME_CRC,
+                    |record| deliver_if_intact(record, frame.len, &mut f),
+                )
+            };
+            self.read = frame.next;
+            if intact {
+                return true;
             }
+            if self.checksum_failures.frames == 0 {
+                self.checksum_failures.first_offset = (HEADER_LEN + frame.index) as u64;
+            }
+            self.checksum_failures.frames += 1;
         }
     }
 
@@ -525,9 +652,9 @@ impl Consumer {
         }
     }
 
-    /// Finds the frame at the read position: returns its payload index and length and the
-    /// position after it. Validates everything read from the shared memory.
-    fn locate_next(&self) -> Result<(usize, usize, u64), Corruption> {
+    /// Finds the frame at the read position. Validates everything read from the shared
+    /// memory except the payload's CRC.
+    fn locate_next(&self) -> Result<Located, Corruption> {
         let bad = |position: u64, what: &'static str| Corruption::Frame { position, what };
         let mut position = self.read;
         let mut available = self.head_cache.wrapping_sub(position);
@@ -566,7 +693,11 @@ impl Consumer {
         if index + need > self.capacity as usize {
             return Err(bad(position, "frame crosses the end of the data area"));
         }
-        Ok((index + FRAME_HEADER, len, position + need as u64))
+        Ok(Located {
+            index,
+            len,
+            next: position + need as u64,
+        })
     }
 
     /// Reads and checks the frame header at `index` (8-aligned, at least 8 bytes published).
@@ -595,6 +726,16 @@ impl Consumer {
         self.corruption.as_ref()
     }
 
+    /// The frames skipped so far because they failed their CRC (`frames` is 0 when none did).
+    pub fn checksum_failures(&self) -> ChecksumFailures {
+        self.checksum_failures
+    }
+
+    /// The ring file this consumer reads (empty for a ring made by `heap`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Whether a producer is attached. `false` once the producer was dropped; `true` in a ring
     /// found by [`open`] means its producer died without detaching (a crash).
     pub fn producer_attached(&self) -> bool {
@@ -612,6 +753,26 @@ impl Consumer {
     }
 }
 
+/// Hands the payload of `record` (frame header, `len` payload bytes, CRC) to `f` when it
+/// matches its CRC; returns whether it did.
+#[inline]
+fn deliver_if_intact(record: &[u8], len: usize, f: &mut Option<impl FnOnce(&[u8])>) -> bool {
+    let (Some(payload), Some(crc)) = (
+        record.get(FRAME_HEADER..FRAME_HEADER + len),
+        record.get(FRAME_HEADER + len..FRAME_HEADER + len + FRAME_CRC),
+    ) else {
+        return false;
+    };
+    // The caller checked `len <= max_frame < u32::MAX`: the cast is lossless.
+    if frame_crc(len as u32, payload).to_le_bytes() != crc {
+        return false;
+    }
+    if let Some(f) = f.take() {
+        f(payload);
+    }
+    true
+}
+
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
@@ -619,6 +780,7 @@ impl std::fmt::Debug for Consumer {
             .field("read", &self.read)
             .field("released", &self.released)
             .field("corruption", &self.corruption)
+            .field("checksum_failures", &self.checksum_failures)
             .finish_non_exhaustive()
     }
 }
@@ -638,29 +800,40 @@ fn round_capacity(requested: usize) -> Result<usize, RingError> {
 /// Creates a ring file at `path` with a data area of `capacity_bytes` rounded up to a power of
 /// two (at least [`MIN_CAPACITY`]) and returns its two ends.
 ///
-/// An existing file at `path` is unlinked first and a new one made in its place, so a process
-/// still mapping the old file keeps its own copy instead of faulting on a truncated mapping.
-/// Drain an old ring with [`open`] *before* calling `create` on its path.
+/// The file is made new, mode 0600: an existing file or symbolic link at `path` is refused
+/// ([`RingError::Exists`]), never replaced or followed. Its blocks are reserved at once, so a
+/// full file system is a [`RingError::NoSpace`] here and never a fault on a later write into
+/// the mapping; a file that could not be made whole is removed again.
 #[cfg(not(loom))]
 pub fn create(path: &Path, capacity_bytes: usize) -> Result<(Producer, Consumer), RingError> {
+    use rustix::fs::{Mode, OFlags};
     let capacity = round_capacity(capacity_bytes)?;
     let io = |source| RingError::Io {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
-    file.set_len((HEADER_LEN + capacity) as u64).map_err(io)?;
-    let region = Region::map(&file, capacity).map_err(io)?;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::EXIST => RingError::Exists {
+            path: path.to_path_buf(),
+        },
+        e => io(e.into()),
+    })?;
+    let file = std::fs::File::from(fd);
+    let made = reserve(&file, path, (HEADER_LEN + capacity) as u64)
+        .and_then(|()| Region::map(&file, capacity).map_err(io));
+    let region = match made {
+        Ok(region) => region,
+        Err(e) => {
+            // Ours (O_EXCL): nothing half made is left behind.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
 
     let created_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -675,10 +848,50 @@ pub fn create(path: &Path, capacity_bytes: usize) -> Result<(Producer, Consumer)
     // The magic goes last: a file left by a crash during `create` is rejected by `open`.
     region.write_header(OFF_MAGIC, &MAGIC);
 
-    Ok(pair(Arc::new(region)))
+    Ok(pair(Arc::new(region), path.to_path_buf()))
 }
 
-fn pair(region: Arc<Region>) -> (Producer, Consumer) {
+/// Gives the new, empty `file` a length of `len` bytes, all of them allocated.
+#[cfg(not(loom))]
+fn reserve(file: &std::fs::File, path: &Path, len: u64) -> Result<(), RingError> {
+    use rustix::io::Errno;
+    let io = |source| RingError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let no_space = || RingError::NoSpace {
+        path: path.to_path_buf(),
+        needed: len,
+        available: rustix::fs::fstatvfs(file).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize)),
+    };
+    loop {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::NOSPC) | Err(Errno::DQUOT) => return Err(no_space()),
+            Err(Errno::OPNOTSUPP) => break,
+            Err(e) => return Err(io(e.into())),
+        }
+    }
+    // A file system without fallocate: writing zeros allocates the blocks just as well.
+    use std::os::unix::fs::FileExt;
+    let zeros = [0u8; 64 * 1024];
+    let mut offset = 0;
+    while offset < len {
+        let n = (len - offset).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset).map_err(|e| {
+            if e.raw_os_error() == Some(Errno::NOSPC.raw_os_error()) {
+                no_space()
+            } else {
+                io(e)
+            }
+        })?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn pair(region: Arc<Region>, path: PathBuf) -> (Producer, Consumer) {
     let capacity = region.capacity as u64;
     let producer = Producer {
         region: Arc::clone(&region),
@@ -688,17 +901,20 @@ fn pair(region: Arc<Region>) -> (Producer, Consumer) {
         head: 0,
         tail_cache: 0,
     };
-    (producer, Consumer::new(region, 0, 0))
+    (producer, Consumer::new(region, path, 0, 0))
 }
 
 /// Attaches to an existing ring file, typically one left behind by a crashed process, and
 /// returns a consumer over the frames still in it (published and not released), oldest first.
 ///
-/// The header is validated; frames are validated as they are popped. No producer may be
-/// attached to the file while it is opened this way (the ring is single-consumer; nothing
-/// enforces that across processes).
+/// Only a regular file owned by the effective uid of this process and writable by no one
+/// else is opened, and a symbolic link is never followed ([`RingError::Refused`]): the frames
+/// go into a log as they are. The header is validated; frames are validated as they are
+/// popped. No producer may be attached to the file while it is opened this way (the ring is
+/// single-consumer; nothing enforces that across processes).
 #[cfg(not(loom))]
 pub fn open(path: &Path) -> Result<Consumer, RingError> {
+    use rustix::fs::{FileType, Mode, OFlags};
     let io = |source| RingError::Io {
         path: path.to_path_buf(),
         source,
@@ -707,12 +923,41 @@ pub fn open(path: &Path) -> Result<Consumer, RingError> {
         path: path.to_path_buf(),
         problem,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
+    let refused = |why| RingError::Refused {
+        path: path.to_path_buf(),
+        why,
+    };
+    // NONBLOCK: a FIFO put in the ring's place must not hang the open.
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Say what is there when it is not a regular file (a symbolic link, a directory).
+            return Err(match rustix::fs::lstat(path) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+                    refused(Refusal::NotRegular(file_kind(st.st_mode)))
+                }
+                _ => io(e.into()),
+            });
+        }
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| io(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(refused(Refusal::NotRegular(file_kind(st.st_mode))));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(refused(Refusal::Owner {
+            owner: st.st_uid,
+            euid,
+        }));
+    }
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refused(Refusal::Writable { mode }));
+    }
+    let file = std::fs::File::from(fd);
+    let file_len = st.st_size as u64;
     if file_len < HEADER_LEN as u64 {
         return Err(corrupt(Corruption::TooShort { len: file_len }));
     }
@@ -751,7 +996,28 @@ pub fn open(path: &Path) -> Result<Consumer, RingError> {
     if tail > head || head - tail > capacity || head % 8 != 0 || tail % 8 != 0 {
         return Err(corrupt(Corruption::Positions { head, tail }));
     }
-    Ok(Consumer::new(Arc::new(region), tail, head))
+    Ok(Consumer::new(
+        Arc::new(region),
+        path.to_path_buf(),
+        tail,
+        head,
+    ))
+}
+
+/// What kind of file `mode` describes, in words.
+#[cfg(not(loom))]
+fn file_kind(mode: u32) -> &'static str {
+    use rustix::fs::FileType;
+    match FileType::from_raw_mode(mode) {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
+    }
 }
 
 /// A ring in ordinary memory for loom model checking (loom cannot see a mapped file).
@@ -767,7 +1033,7 @@ pub fn heap(capacity_bytes: usize) -> Result<(Producer, Consumer), RingError> {
             .collect(),
         capacity,
     };
-    Ok(pair(Arc::new(region)))
+    Ok(pair(Arc::new(region), PathBuf::new()))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -834,8 +1100,9 @@ mod tests {
         let (p, c) = create(&file.0, 1000).unwrap();
         assert_eq!(p.capacity(), 1024);
         assert_eq!(c.capacity(), 1024);
-        assert_eq!(p.max_frame(), 512 - 8);
-        let (p, _c) = create(&file.0, 1).unwrap();
+        assert_eq!(p.max_frame(), 512 - 12);
+        let small = TestFile::new("round-small");
+        let (p, _c) = create(&small.0, 1).unwrap();
         assert_eq!(p.capacity(), MIN_CAPACITY);
         assert!(matches!(
             create(&file.0, 0),
@@ -853,8 +1120,8 @@ mod tests {
         let (mut p, mut c) = create(&file.0, 64).unwrap();
         assert!(c.is_empty());
         for i in 0..1000u64 {
-            // Sizes 0..=24 make records of 8..=32 bytes that land at every index.
-            let frame = pattern(i, (i % 25) as usize);
+            // Sizes 0..=20 make records of 16..=32 bytes that land at every index.
+            let frame = pattern(i, (i % 21) as usize);
             p.push(&frame).unwrap();
             assert!(!c.is_empty());
             assert_eq!(pop_vec(&mut c), Some(frame));
@@ -867,16 +1134,16 @@ mod tests {
     fn padding_is_written_when_a_frame_does_not_fit_before_the_end() {
         let file = TestFile::new("pad");
         let (mut p, mut c) = create(&file.0, 64).unwrap();
-        p.push(&[1; 16]).unwrap(); // 24 bytes: [0, 24)
-        p.push(&[2; 16]).unwrap(); // [24, 48)
-        assert_eq!(pop_vec(&mut c), Some(vec![1; 16]));
+        p.push(&[1; 12]).unwrap(); // 24 bytes: [0, 24)
+        p.push(&[2; 12]).unwrap(); // [24, 48)
+        assert_eq!(pop_vec(&mut c), Some(vec![1; 12]));
         // 24 bytes do not fit in [48, 64): pad 16, frame at [0, 24); head 88, tail 24.
-        p.push(&[3; 16]).unwrap();
+        p.push(&[3; 12]).unwrap();
         assert_eq!(p.head, 88);
         // 40 bytes used of 64: a 24-byte record no longer fits.
-        assert_eq!(p.push(&[4; 16]), Err(Full));
-        assert_eq!(pop_vec(&mut c), Some(vec![2; 16]));
-        assert_eq!(pop_vec(&mut c), Some(vec![3; 16]));
+        assert_eq!(p.push(&[4; 12]), Err(Full));
+        assert_eq!(pop_vec(&mut c), Some(vec![2; 12]));
+        assert_eq!(pop_vec(&mut c), Some(vec![3; 12]));
         assert_eq!(pop_vec(&mut c), None);
     }
 
@@ -884,17 +1151,17 @@ mod tests {
     fn full_ring_rejects_and_recovers() {
         let file = TestFile::new("full");
         let (mut p, mut c) = create(&file.0, 1024).unwrap();
-        // 56-byte frames make 64-byte records: exactly 16 fit.
+        // 52-byte frames make 64-byte records: exactly 16 fit.
         for i in 0..16u8 {
-            p.push(&[i; 56]).unwrap();
+            p.push(&[i; 52]).unwrap();
         }
-        assert_eq!(p.push(&[99; 56]), Err(Full));
+        assert_eq!(p.push(&[99; 52]), Err(Full));
         assert_eq!(p.push(&[]), Err(Full));
-        assert_eq!(pop_vec(&mut c), Some(vec![0; 56]));
-        p.push(&[16; 56]).unwrap();
+        assert_eq!(pop_vec(&mut c), Some(vec![0; 52]));
+        p.push(&[16; 52]).unwrap();
         assert_eq!(p.push(&[]), Err(Full));
         for i in 1..=16u8 {
-            assert_eq!(pop_vec(&mut c), Some(vec![i; 56]));
+            assert_eq!(pop_vec(&mut c), Some(vec![i; 52]));
         }
         assert!(c.is_empty());
     }
@@ -916,13 +1183,32 @@ mod tests {
         let file = TestFile::new("sizes");
         let (mut p, mut c) = create(&file.0, 256).unwrap();
         let max = p.max_frame();
+        // Moves the head of the empty ring to index `start`: 16-byte records (empty frames)
+        // to index 0 of a lap (from an odd multiple of 8 one of them pads and lands at 16),
+        // then one 24-byte record (a frame of 12) if `start` is an odd multiple of 8, then
+        // 16-byte ones.
+        fn move_to(p: &mut Producer, c: &mut Consumer, start: u64) {
+            let mut step = |p: &mut Producer, len: usize| {
+                p.push(&vec![5; len]).unwrap();
+                assert_eq!(pop_vec(c), Some(vec![5; len]));
+            };
+            while p.head % 256 != 0 {
+                step(p, 0);
+            }
+            if start % 16 == 8 {
+                step(p, 12);
+            }
+            while p.head % 256 != start {
+                step(p, 0);
+            }
+        }
         for start in (0..256).step_by(8) {
+            if start == 8 {
+                // No record starts there: records are 16 bytes or more and never wrap.
+                continue;
+            }
             for len in 0..=max + 1 {
-                // Move the head to `start` with empty frames (8-byte records never pad).
-                while (p.head % 256) as usize != start {
-                    p.push(&[]).unwrap();
-                    assert_eq!(pop_vec(&mut c), Some(vec![]));
-                }
+                move_to(&mut p, &mut c, start as u64);
                 let frame = pattern((start * 1000 + len) as u64, len);
                 let pushed = p.push(&frame);
                 if len > max {
@@ -977,14 +1263,205 @@ mod tests {
     }
 
     #[test]
-    fn create_replaces_an_existing_file() {
-        let file = TestFile::new("replace");
+    fn create_refuses_an_existing_file_and_leaves_it_alone() {
+        let file = TestFile::new("exists");
         let (mut p, _c) = create(&file.0, 64).unwrap();
         p.push(b"old").unwrap();
-        let (_p, mut c) = create(&file.0, 64).unwrap();
-        assert_eq!(pop_vec(&mut c), None);
+        std::mem::forget(p);
+        match create(&file.0, 64) {
+            Err(e @ RingError::Exists { .. }) => {
+                assert!(e.to_string().contains("already exists"), "{e}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
         let mut reopened = open(&file.0).unwrap();
-        assert_eq!(pop_vec(&mut reopened), None);
+        assert_eq!(pop_vec(&mut reopened), Some(b"old".to_vec()));
+    }
+
+    #[test]
+    fn create_refuses_a_symlink_and_does_not_follow_it() {
+        let target = TestFile::new("link-target");
+        let link = TestFile::new("link");
+        std::os::unix::fs::symlink(&target.0, &link.0).unwrap();
+        assert!(matches!(create(&link.0, 64), Err(RingError::Exists { .. })));
+        assert!(!target.0.exists(), "the link's target was created");
+        std::fs::write(&target.0, b"precious").unwrap();
+        assert!(matches!(create(&link.0, 64), Err(RingError::Exists { .. })));
+        assert_eq!(std::fs::read(&target.0).unwrap(), b"precious");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn a_new_ring_file_is_readable_by_its_owner_only() {
+        let file = TestFile::new("mode");
+        let _ring = create(&file.0, 64).unwrap();
+        assert_eq!(mode_of(&file.0), 0o600);
+    }
+
+    fn refusal(result: Result<Consumer, RingError>) -> Refusal {
+        match result {
+            Err(RingError::Refused { why, .. }) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_symlink_even_to_a_good_ring() {
+        let ring_file = TestFile::new("good");
+        let link = TestFile::new("symlink");
+        let (mut p, _c) = create(&ring_file.0, 64).unwrap();
+        p.push(b"x").unwrap();
+        std::os::unix::fs::symlink(&ring_file.0, &link.0).unwrap();
+        let e = open(&link.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "ring file {} refused: it is a symbolic link, not a regular file",
+                link.0.display()
+            )
+        );
+    }
+
+    #[test]
+    fn open_refuses_a_fifo_and_a_directory_without_hanging() {
+        let fifo = TestFile::new("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo.0,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        assert_eq!(refusal(open(&fifo.0)), Refusal::NotRegular("a FIFO"));
+        let dir = TestFile::new("dir");
+        std::fs::create_dir(&dir.0).unwrap();
+        let refused = refusal(open(&dir.0));
+        std::fs::remove_dir(&dir.0).unwrap();
+        assert_eq!(refused, Refusal::NotRegular("a directory"));
+    }
+
+    #[test]
+    fn open_refuses_a_ring_others_may_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let file = TestFile::new("writable");
+        let (mut p, _c) = create(&file.0, 64).unwrap();
+        p.push(b"x").unwrap();
+        std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = open(&file.0).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("refused: its mode 0666 lets group or others write it"),
+            "{e}"
+        );
+        std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert_eq!(refusal(open(&file.0)), Refusal::Writable { mode: 0o620 });
+        std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(pop_vec(&mut open(&file.0).unwrap()), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn open_refuses_a_ring_of_another_user() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let file = TestFile::new("owner");
+        let (mut p, _c) = create(&file.0, 64).unwrap();
+        p.push(b"x").unwrap();
+        std::os::unix::fs::chown(&file.0, Some(65534), Some(65534)).unwrap();
+        assert_eq!(
+            refusal(open(&file.0)),
+            Refusal::Owner {
+                owner: 65534,
+                euid: 0
+            }
+        );
+    }
+
+    /// A tmpfs of `size` mounted on a fresh directory (mode 0700), unmounted and removed on
+    /// drop.
+    struct SmallTmpfs(PathBuf);
+
+    impl SmallTmpfs {
+        /// `None` (with a message) when not root or the mount fails.
+        fn mount(name: &str, size: &str) -> Option<SmallTmpfs> {
+            if !rustix::process::geteuid().is_root() {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return None;
+            }
+            let dir = std::env::temp_dir().join(format!(
+                "conntrail-ring-tmpfs-{}-{name}",
+                std::process::id()
+            ));
+            std::fs::create_dir(&dir).ok()?;
+            let mounted = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                let _ = std::fs::remove_dir(&dir);
+                eprintln!("skipped: could not mount a tmpfs on {}", dir.display());
+                return None;
+            }
+            Some(SmallTmpfs(dir))
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn create_on_a_full_file_system_fails_clearly_and_leaves_nothing() {
+        let Some(tmpfs) = SmallTmpfs::mount("full", "1m") else {
+            return;
+        };
+        let path = tmpfs.0.join("big.ring");
+        let e = create(&path, 4 << 20).unwrap_err();
+        match &e {
+            RingError::NoSpace {
+                needed, available, ..
+            } => {
+                assert_eq!(*needed, (HEADER_LEN + (4 << 20)) as u64);
+                assert!(*available <= 1 << 20, "{available}");
+            }
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        let message = e.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("needs 4194816 bytes"), "{message}");
+        assert!(message.contains("bytes free"), "{message}");
+        assert_eq!(
+            std::fs::read_dir(&tmpfs.0).unwrap().count(),
+            0,
+            "a file was left"
+        );
+        // What fits is made, and every byte of it can be written without a fault.
+        let (mut p, mut c) = create(&path, 256 << 10).unwrap();
+        let frame = vec![0xA5; p.max_frame()];
+        for _ in 0..8 {
+            p.push(&frame).unwrap();
+            assert_eq!(pop_vec(&mut c), Some(frame.clone()));
+        }
     }
 
     fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
@@ -1005,6 +1482,7 @@ mod tests {
     fn open_rejects_bad_headers() {
         let file = TestFile::new("badhdr");
         let fresh = |file: &TestFile| {
+            let _ = std::fs::remove_file(&file.0);
             let (mut p, _c) = create(&file.0, 64).unwrap();
             p.push(b"x").unwrap();
             std::mem::forget(p);
@@ -1068,8 +1546,8 @@ mod tests {
         p.push(b"first").unwrap();
         p.push(b"second").unwrap();
         std::mem::forget(p);
-        // Second frame starts at index 16: give it a huge length with a valid check word.
-        write_at(&file.0, (HEADER_LEN + 16) as u64, &frame_header(1 << 30));
+        // Second frame starts at index 24: give it a huge length with a valid check word.
+        write_at(&file.0, (HEADER_LEN + 24) as u64, &frame_header(1 << 30));
         let mut c = open(&file.0).unwrap();
         assert_eq!(pop_vec(&mut c), Some(b"first".to_vec()));
         assert_eq!(pop_vec(&mut c), None);
@@ -1077,9 +1555,66 @@ mod tests {
         assert_eq!(
             c.corruption(),
             Some(&Corruption::Frame {
-                position: 16,
+                position: 24,
                 what: "frame length above the ring's maximum"
             })
+        );
+    }
+
+    #[test]
+    fn a_frame_failing_its_crc_is_skipped_counted_and_the_next_one_delivered() {
+        let file = TestFile::new("crc");
+        let frames: Vec<Vec<u8>> = (0..6).map(|i| pattern(i, 20)).collect();
+        {
+            let (mut p, _c) = create(&file.0, 1024).unwrap();
+            for f in &frames {
+                p.push(f).unwrap();
+            }
+            std::mem::forget(p);
+        }
+        // 20-byte frames make 32-byte records. One bit of frame 1's payload, one of frame
+        // 3's CRC.
+        let mut byte = [0u8];
+        for offset in [HEADER_LEN + 32 + 8 + 5, HEADER_LEN + 3 * 32 + 8 + 20 + 2] {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&file.0).unwrap();
+            f.read_exact_at(&mut byte, offset as u64).unwrap();
+            write_at(&file.0, offset as u64, &[byte[0] ^ 0x10]);
+        }
+        let mut c = open(&file.0).unwrap();
+        let mut got = Vec::new();
+        while let Some(f) = pop_vec(&mut c) {
+            got.push(f);
+        }
+        let intact: Vec<Vec<u8>> = [0, 2, 4, 5].iter().map(|&i| frames[i].clone()).collect();
+        assert_eq!(got, intact);
+        assert!(c.corruption().is_none());
+        assert_eq!(
+            c.checksum_failures(),
+            ChecksumFailures {
+                frames: 2,
+                first_offset: (HEADER_LEN + 32) as u64
+            }
+        );
+        assert!(c.is_empty());
+        // The skipped frames' space was released with the rest.
+        assert_eq!(pop_vec(&mut open(&file.0).unwrap()), None);
+    }
+
+    #[test]
+    fn a_version_1_ring_is_refused_with_both_versions_named() {
+        let file = TestFile::new("v1");
+        let (mut p, _c) = create(&file.0, 64).unwrap();
+        p.push(b"x").unwrap();
+        std::mem::forget(p);
+        write_at(&file.0, 8, &1u32.to_le_bytes());
+        let e = open(&file.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "ring file {}: ring format version 1, this build reads only version 2",
+                file.0.display()
+            )
         );
     }
 
@@ -1151,7 +1686,7 @@ mod tests {
         ]
     }
 
-    /// The ring as documented: records of `align8(8 + len)`, padding to the end when a record
+    /// The ring as documented: records of `align8(8 + len + 4)`, padding to the end when a record
     /// does not fit before it, space freed only on release.
     #[derive(Default)]
     struct Model {
@@ -1167,7 +1702,7 @@ mod tests {
         const CAPACITY: u64 = 256;
 
         fn push(&mut self, frame: Vec<u8>) -> Result<(), Full> {
-            let max = Self::CAPACITY as usize / 2 - 8;
+            let max = Self::CAPACITY as usize / 2 - 12;
             if frame.len() > max {
                 return Err(Full);
             }
@@ -1262,7 +1797,7 @@ mod tests {
             if let Ok(mut c) = open(&file.0) {
                 // At most capacity / 8 frames can be in the ring.
                 let mut popped = 0;
-                while c.pop(|f| assert!(f.len() <= 120)) {
+                while c.pop(|f| assert!(f.len() <= 116)) {
                     popped += 1;
                     prop_assert!(popped <= 256 / 8);
                 }
