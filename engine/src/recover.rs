@@ -351,7 +351,7 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
             log::error!("{e:#}; its records cannot be recovered");
             continue;
         }
-        match ring::open(&path) {
+        match ring::open_owned_by(&path, writer) {
             Ok(consumer) => {
                 consumers.push(consumer);
                 present.push(path);

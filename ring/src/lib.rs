@@ -45,5 +45,5 @@ pub mod spsc;
 #[cfg(loom)]
 pub use spsc::heap;
 #[cfg(not(loom))]
-pub use spsc::{create, open};
+pub use spsc::{create, open, open_owned_by};
 pub use spsc::{ChecksumFailures, Consumer, Corruption, Full, Producer, Refusal, RingError};

@@ -914,6 +914,13 @@ fn pair(region: Arc<Region>, path: PathBuf) -> (Producer, Consumer) {
 /// single-consumer; nothing enforces that across processes).
 #[cfg(not(loom))]
 pub fn open(path: &Path) -> Result<Consumer, RingError> {
+    open_owned_by(path, rustix::process::geteuid().as_raw())
+}
+
+/// [`open`], for a ring that must belong to `owner` instead of this process's effective uid
+/// (root recovering the rings of an engine that became an unprivileged user).
+#[cfg(not(loom))]
+pub fn open_owned_by(path: &Path, owner: u32) -> Result<Consumer, RingError> {
     use rustix::fs::{FileType, Mode, OFlags};
     let io = |source| RingError::Io {
         path: path.to_path_buf(),
@@ -945,11 +952,10 @@ pub fn open(path: &Path) -> Result<Consumer, RingError> {
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(refused(Refusal::NotRegular(file_kind(st.st_mode))));
     }
-    let euid = rustix::process::geteuid().as_raw();
-    if st.st_uid != euid {
+    if st.st_uid != owner {
         return Err(refused(Refusal::Owner {
             owner: st.st_uid,
-            euid,
+            euid: owner,
         }));
     }
     let mode = st.st_mode & 0o7777;
