@@ -43,6 +43,7 @@ pub mod privilege;
 pub mod query;
 pub mod recover;
 pub mod replay;
+pub mod serve;
 pub mod show;
 pub mod source;
 pub mod stats;
