@@ -3,7 +3,17 @@
 //!
 //! The socket is a Unix stream socket (by default `LOG.ctl`, mode 0600: only its owner may
 //! talk to it). A client writes one request as a line of JSON and reads one reply, then the
-//! connection closes. One control thread answers, one client at a time.
+//! connection closes. One control thread answers every client over nonblocking sockets
+//! ([`crate::serve`]), so an idle or slow client keeps no other waiting, within [`LIMITS`]:
+//! a request line of at most 64 KiB (longer: refused, the rest unread), complete within 2 s
+//! of the connect (a deadline, not a per-read timeout), the reply taken within 10 s, at most
+//! 16 clients at once (one more closes the oldest still sending its request). Requests are
+//! answered one after the other, as they complete.
+//!
+//! A run holds at most [`watch::MAX_WATCHES`] watches, and `watch add` is refused (nothing
+//! changes) once they are that many or once a worker measures them at
+//! [`watch::BUDGET_NS`] or more per new connection; the refusal gives the cap, the budget
+//! and the cost measured.
 //!
 //! Workers are never locked and never wait for the control thread. What the control thread
 //! has for them is announced by one atomic generation counter on a shared [`Board`]; a
@@ -33,7 +43,7 @@
 //! }
 //! ```
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -53,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::expr::{self, Expr};
+use crate::serve::{self, Limits, Server};
 use crate::show;
 use crate::watch::{self, Watch, WatchCost, WorkerWatches};
 
@@ -406,7 +417,7 @@ pub fn ask(path: &Path, request: &Request) -> Result<Reply> {
 }
 
 /// Longest request accepted (bytes).
-const MAX_MESSAGE: u64 = 64 * 1024;
+const MAX_MESSAGE: usize = 64 * 1024;
 /// Longest reply read (bytes): a million sessions.
 const MAX_REPLY: u64 = 1 << 30;
 
@@ -421,9 +432,17 @@ pub struct ControlOptions {
     pub now_ns: Box<dyn Fn() -> u64 + Send>,
 }
 
+/// The bounds of a client: its request line, its time, and how many are served at once.
+pub const LIMITS: Limits = Limits {
+    max_request: MAX_MESSAGE,
+    request_deadline: Duration::from_secs(2),
+    reply_deadline: Duration::from_secs(10),
+    max_connections: 16,
+};
+
 /// A bound control socket, before its thread starts.
 pub struct ControlSocket {
-    listener: UnixListener,
+    server: Server<UnixListener>,
     path: PathBuf,
 }
 
@@ -457,9 +476,10 @@ impl ControlSocket {
             bound.with_context(|| format!("binding the control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
-        listener.set_nonblocking(true)?;
+        let server = Server::new(listener, LIMITS, line_end)
+            .with_context(|| format!("serving the control socket {}", path.display()))?;
         Ok(ControlSocket {
-            listener,
+            server,
             path: path.to_path_buf(),
         })
     }
@@ -467,7 +487,7 @@ impl ControlSocket {
     /// Starts the control thread; it answers until `stop`. The socket file is removed when
     /// the thread ends (or when an unspawned socket is dropped).
     pub fn spawn(
-        self,
+        mut self,
         workers: Workers,
         opts: ControlOptions,
         stop: Arc<AtomicBool>,
@@ -492,16 +512,8 @@ impl ControlSocket {
                         }
                     }
                     state.prune();
-                    match self.listener.accept() {
-                        Ok((stream, _)) => state.answer(stream),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            log::warn!("control socket {}: {e}", self.path.display());
-                            thread::sleep(Duration::from_millis(20));
-                        }
-                    }
+                    self.server
+                        .turn(Duration::from_millis(20), &mut |r| state.answer(r));
                 }
             })
     }
@@ -522,27 +534,31 @@ struct State {
     buffers: Vec<Vec<OpenFlow>>,
 }
 
+/// A request is one line; at the client's close, whatever came.
+fn line_end(bytes: &[u8], eof: bool) -> Option<usize> {
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(i) => Some(i + 1),
+        None => (eof && !bytes.is_empty()).then_some(bytes.len()),
+    }
+}
+
 impl State {
-    fn answer(&mut self, stream: UnixStream) {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        let reply = match BufReader::new((&stream).take(MAX_MESSAGE)).read_line(&mut line) {
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
+    /// The reply line to one client's request.
+    fn answer(&mut self, request: serve::Request<'_>) -> Vec<u8> {
+        let reply = match request {
+            serve::Request::Complete(line) => match serde_json::from_slice::<Request>(line) {
                 Ok(r) => self.handle(r),
                 Err(e) => Reply::Error {
                     message: format!("not a control request: {e}"),
                 },
             },
-            Err(e) => Reply::Error {
-                message: format!("reading the request: {e}"),
+            serve::Request::TooLarge => Reply::Error {
+                message: format!("the request is longer than {MAX_MESSAGE} bytes"),
             },
         };
-        if let Ok(mut text) = serde_json::to_vec(&reply) {
-            text.push(b'\n');
-            let _ = (&stream).write_all(&text);
-        }
+        let mut text = serde_json::to_vec(&reply).unwrap_or_default();
+        text.push(b'\n');
+        text
     }
 
     fn handle(&mut self, request: Request) -> Reply {
@@ -578,6 +594,11 @@ impl State {
                 }
             }
         };
+        if let Some(why) = refusal(self.watches.len(), &self.costs()) {
+            return Reply::Error {
+                message: format!("watch `{text}` refused: {why}"),
+            };
+        }
         let now = (self.opts.now_ns)();
         let id = self.next_id;
         self.next_id += 1;
@@ -608,8 +629,20 @@ impl State {
         }
     }
 
+    /// What the watches cost each worker that answered.
+    fn costs(&mut self) -> Vec<(usize, Vec<WatchCost>)> {
+        self.workers
+            .ask(|_| Some(AskKind::Costs))
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                AnswerKind::Costs(c) => Some((a.worker, c)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn watch_reply(&mut self, message: String) -> Reply {
-        let answers = self.workers.ask(|_| Some(AskKind::Costs));
+        let answers = self.costs();
         let answered = answers.len();
         let watches = self
             .watches
@@ -621,11 +654,8 @@ impl State {
                 until_ns: w.until_ns,
                 costs: answers
                     .iter()
-                    .filter_map(|a| match &a.kind {
-                        AnswerKind::Costs(c) => {
-                            c.iter().find(|c| c.id == w.id).map(|c| (a.worker, *c))
-                        }
-                        _ => None,
+                    .filter_map(|(worker, c)| {
+                        c.iter().find(|c| c.id == w.id).map(|c| (*worker, *c))
                     })
                     .collect(),
             })
@@ -801,6 +831,44 @@ impl State {
             ),
         }
     }
+}
+
+/// Why one more watch is refused, with `active` watches that cost the workers `costs`: the
+/// cap [`watch::MAX_WATCHES`] is reached, or a worker measured them at
+/// [`watch::BUDGET_NS`] or more per new connection.
+fn refusal(active: usize, costs: &[(usize, Vec<WatchCost>)]) -> Option<String> {
+    let costliest = costs
+        .iter()
+        .map(|(worker, c)| (*worker, watch::cost_per_connection_ns(c)))
+        .max_by_key(|(_, ns)| *ns);
+    let measured = match costliest {
+        Some((worker, ns)) if ns > 0 => format!(
+            "they cost worker {worker} {} per new connection as it measures them",
+            micros(ns)
+        ),
+        _ => "their cost is not measured yet (no new connection since they were added)".into(),
+    };
+    let budget = micros(watch::BUDGET_NS);
+    if active >= watch::MAX_WATCHES {
+        return Some(format!(
+            "{active} watches are active, the most a run takes is {}; {measured} (budget \
+             {budget}); delete one first (`conntrail watch del ID`)",
+            watch::MAX_WATCHES
+        ));
+    }
+    match costliest {
+        Some((worker, ns)) if ns >= watch::BUDGET_NS => Some(format!(
+            "the {active} active watches cost worker {worker} {} per new connection as it \
+             measures them, the budget is {budget}; delete one first (`conntrail watch del ID`)",
+            micros(ns)
+        )),
+        _ => None,
+    }
+}
+
+/// `ns` as microseconds: `3.2 µs`.
+fn micros(ns: u64) -> String {
+    format!("{}.{} µs", ns / 1000, ns % 1000 / 100)
 }
 
 fn session_row(f: &OpenFlow, now_ns: u64) -> SessionRow {
@@ -1197,6 +1265,46 @@ mod tests {
         for h in handles {
             assert!(h.join().expect("joins"));
         }
+    }
+
+    #[test]
+    fn watch_add_is_refused_at_the_cap_or_the_budget_with_the_measured_cost() {
+        let cost = |id, evaluations, ns| WatchCost {
+            id,
+            evaluations,
+            matches: 0,
+            ns,
+        };
+        // Two workers: 0 measured 1.5 µs + 0.2 µs per new connection, 1 nothing yet.
+        let cheap = vec![
+            (0, vec![cost(1, 10, 15_000), cost(2, 10, 2_000)]),
+            (1, Vec::new()),
+        ];
+        assert_eq!(refusal(2, &cheap), None);
+        let at_cap = refusal(watch::MAX_WATCHES, &cheap).expect("refused at the cap");
+        assert!(
+            at_cap.starts_with(
+                "64 watches are active, the most a run takes is 64; they cost \
+                 worker 0 1.7 µs per new connection as it measures them (budget 10.0 µs)"
+            ),
+            "{at_cap}"
+        );
+        let unmeasured = refusal(watch::MAX_WATCHES, &[(0, Vec::new())]).expect("refused");
+        assert!(unmeasured.contains("not measured yet"), "{unmeasured}");
+        let costly = vec![
+            (0, vec![cost(1, 10, 15_000)]),
+            (3, vec![cost(1, 4, 40_000)]),
+        ];
+        let over = refusal(2, &costly).expect("refused over the budget");
+        assert!(
+            over.starts_with(
+                "the 2 active watches cost worker 3 10.0 µs per new connection \
+                 as it measures them, the budget is 10.0 µs"
+            ),
+            "{over}"
+        );
+        let under = vec![(0, vec![cost(1, 4, 39_996)])];
+        assert_eq!(refusal(2, &under), None, "9.999 µs is within the budget");
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod query;
 pub mod recover;
 pub mod replay;
 pub mod ringdir;
+pub mod serve;
 pub mod show;
 pub mod source;
 pub mod stats;

@@ -11,7 +11,12 @@
 //! and the recorder publish; a scrape never touches a worker.
 //!
 //! The responder answers `GET /metrics` (and `GET /`) with the exposition, anything else
-//! with 404, one connection at a time, and closes each connection after its reply.
+//! with 404, and closes each connection after its reply. It serves every connection from
+//! one thread over nonblocking sockets ([`crate::serve`]), so no client holds up another,
+//! within [`LIMITS`]: the request line and headers at most 8 KiB (larger: 431, the rest
+//! unread), complete within 2 s of the accept (a deadline, not a per-read timeout), the
+//! reply taken within 5 s, at most 64 connections open (one more closes the oldest still
+//! sending its request).
 //!
 //! ```
 //! use engine::metrics::{render, ContextSample, WorkerSample};
@@ -25,8 +30,8 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -35,6 +40,7 @@ use std::time::Duration;
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
 
+use crate::serve::{Limits, Request, Server};
 use crate::source::xdp::KernelStats;
 use crate::worker::WorkerStats;
 
@@ -221,98 +227,111 @@ pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
     out
 }
 
+/// The bounds of a scrape: the request line and headers, their time, open connections.
+pub const LIMITS: Limits = Limits {
+    max_request: 8 * 1024,
+    request_deadline: Duration::from_secs(2),
+    reply_deadline: Duration::from_secs(5),
+    max_connections: 64,
+};
+
 /// A bound metrics listener, before its thread starts.
 pub struct MetricsListener {
-    listener: TcpListener,
+    server: Server<TcpListener>,
 }
 
 impl MetricsListener {
     /// Binds `addr` (port 0: any free port).
     pub fn bind(addr: SocketAddr) -> io::Result<MetricsListener> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(MetricsListener { listener })
+        let server = Server::new(TcpListener::bind(addr)?, LIMITS, headers_end)?;
+        Ok(MetricsListener { server })
     }
 
     /// The address bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.server.listener().local_addr()
     }
 
     /// Serves scrapes until `stop`, with the samples `source` gives at each.
     pub fn spawn(
-        self,
+        mut self,
         source: impl Fn() -> (Vec<WorkerSample>, Vec<ContextSample>) + Send + 'static,
         stop: Arc<AtomicBool>,
     ) -> io::Result<JoinHandle<()>> {
         thread::Builder::new()
             .name("conntrail-metrics".into())
             .spawn(move || {
+                let mut answer = |request: Request<'_>| respond(request, &source);
                 while !stop.load(Ordering::Acquire) {
-                    match self.listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = respond(stream, &source) {
-                                log::debug!("metrics: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            log::warn!("metrics listener: {e}");
-                            thread::sleep(Duration::from_millis(20));
-                        }
-                    }
+                    self.server.turn(Duration::from_millis(50), &mut answer);
                 }
             })
     }
 }
 
-fn respond(
-    stream: TcpStream,
-    source: &impl Fn() -> (Vec<WorkerSample>, Vec<ContextSample>),
-) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(&stream);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // The headers up to the empty line (capped), unread otherwise.
-    let mut header = String::new();
-    for _ in 0..100 {
-        header.clear();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
+/// The end of an HTTP request's headers (the empty line); at the client's close, whatever
+/// came.
+fn headers_end(bytes: &[u8], eof: bool) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (Some(a), None) | (None, Some(a)) => Some(a),
+        (None, None) => (eof && !bytes.is_empty()).then_some(bytes.len()),
     }
-    let mut parts = request.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, kind, body) = match (method, path) {
-        ("GET", "/metrics" | "/") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", {
-            let (workers, contexts) = source();
-            render(&workers, &contexts)
-        }),
-        _ => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "conntrail serves GET /metrics\n".to_string(),
+}
+
+/// The whole reply to one request.
+fn respond(
+    request: Request<'_>,
+    source: &impl Fn() -> (Vec<WorkerSample>, Vec<ContextSample>),
+) -> Vec<u8> {
+    let plain = "text/plain; charset=utf-8";
+    let (status, kind, body) = match request {
+        Request::TooLarge => (
+            "431 Request Header Fields Too Large",
+            plain,
+            format!(
+                "the request line and headers are longer than {} bytes\n",
+                LIMITS.max_request
+            ),
         ),
+        Request::Complete(bytes) => {
+            let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            match (method, path) {
+                ("GET", "/metrics" | "/") => {
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", {
+                        let (workers, contexts) = source();
+                        render(&workers, &contexts)
+                    })
+                }
+                _ => (
+                    "404 Not Found",
+                    plain,
+                    "conntrail serves GET /metrics\n".to_string(),
+                ),
+            }
+        }
     };
-    let mut w = &stream;
-    write!(
-        w,
+    format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
-    w.flush()
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     fn sample() -> WorkerSample {
         let mut s = WorkerSample {
