@@ -261,7 +261,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             ConfigAction::Check { file } => {
-                load_config(Some(&file))?;
+                let cfg = load_config(Some(&file))?;
+                for warning in engine::preflight::check_config(&cfg)? {
+                    eprintln!("conntrail: warning: {warning}");
+                }
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }
