@@ -196,10 +196,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             print_summary(&summary)?;
-            match shipping {
-                Some(shipping) => shipping.finish(),
-                None => Ok(ExitCode::SUCCESS),
-            }
+            let shipped = match shipping {
+                Some(shipping) => shipping.finish()?,
+                None => ExitCode::SUCCESS,
+            };
+            let damaged = summary.captures.iter().any(|(_, c)| c.is_damaged());
+            Ok(if damaged && shipped == ExitCode::SUCCESS {
+                ExitCode::from(engine::exit::DAMAGE)
+            } else {
+                shipped
+            })
         }
         Command::Show(a) => engine::show::run(a),
         Command::Synth {
@@ -372,12 +378,15 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
                 c.unsupported_link
             )?;
         }
-        if let Some(d) = &c.damage {
-            writeln!(
-                out,
-                "{}: capture damaged {d}; read up to there",
-                path.display()
-            )?;
+        for d in &c.damage {
+            eprintln!("conntrail: {}: capture damaged {d}", path.display());
+        }
+        if c.damage_unlisted > 0 {
+            eprintln!(
+                "conntrail: {}: {} more damaged places",
+                path.display(),
+                c.damage_unlisted
+            );
         }
     }
     for w in &s.workers {
