@@ -135,7 +135,7 @@ impl Chunk {
 /// `read` copied is still in the reader's cache when the walk gets there.
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Largest block read whole: a damaged length field claiming more ends the walk there
+/// Largest block read whole: a length field claiming more is taken as damage (and skipped)
 /// rather than reading the rest of a pipe into memory.
 const MAX_BLOCK_BYTES: usize = 256 << 20;
 
@@ -316,8 +316,9 @@ impl Capture {
     /// Walks every frame in file order and calls `frame` with it and the chunk its bytes
     /// are in; `progress(bytes_walked)` is called now and then. Frames say which interface
     /// they were captured on by the number `interface_id` gives its name (pcapng `if_name`;
-    /// `None` for a pcap file or an unnamed interface). A damaged or cut-short file ends
-    /// the walk at the damage, which the stats describe.
+    /// `None` for a pcap file or an unnamed interface). The walk goes on past a damaged
+    /// record or block where it finds a plausible one after it; the stats list each damaged
+    /// place.
     pub fn frames(
         self,
         interface_id: impl Fn(Option<&str>) -> u16,
