@@ -39,6 +39,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod nats;
+pub mod preflight;
 pub mod privilege;
 pub mod query;
 pub mod recover;

@@ -319,6 +319,8 @@ pub fn live(
     mut say: impl FnMut(String),
 ) -> Result<LiveSummary> {
     let started = Instant::now();
+    let (workers, umem_bytes) = crate::preflight::live_workers(cfg);
+    crate::preflight::check_memory(cfg, workers, umem_bytes)?;
     let plans = plan(cfg, &opts.config_name)?;
     let control_socket = opts
         .control

@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(shipping) => shipping.finish()?,
                 None => ExitCode::SUCCESS,
             };
-            let damaged = summary.captures.iter().any(|(_, c)| c.damage.is_some());
+            let damaged = summary.captures.iter().any(|(_, c)| c.is_damaged());
             Ok(exit::worst([
                 if shipped == ExitCode::SUCCESS {
                     exit::OK
@@ -276,7 +276,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             ConfigAction::Check { file } => {
-                load_config(Some(&file))?;
+                let cfg = load_config(Some(&file))?;
+                for warning in engine::preflight::check_config(&cfg)? {
+                    eprintln!("conntrail: warning: {warning}");
+                }
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -384,12 +387,15 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
                 c.unsupported_link
             )?;
         }
-        if let Some(d) = &c.damage {
-            writeln!(
-                out,
-                "{}: capture damaged {d}; read up to there",
-                path.display()
-            )?;
+        for d in &c.damage {
+            eprintln!("conntrail: {}: capture damaged {d}", path.display());
+        }
+        if c.damage_unlisted > 0 {
+            eprintln!(
+                "conntrail: {}: {} more damaged places",
+                path.display(),
+                c.damage_unlisted
+            );
         }
     }
     for w in &s.workers {

@@ -95,6 +95,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     if opts.workers == 0 || opts.workers > 256 {
         bail!("--workers must be between 1 and 256");
     }
+    crate::preflight::check_memory(cfg, opts.workers, 0)?;
     let started = Instant::now();
     let cpu_at_start = recorder::thread::thread_cpu_time();
     let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;

@@ -72,7 +72,7 @@ fn frames(path: &Path) -> Vec<(u64, Vec<u8>)> {
     )
     .expect("readable capture");
     assert!(
-        stats.damage.is_none(),
+        stats.damage.is_empty(),
         "{}: {:?}",
         path.display(),
         stats.damage

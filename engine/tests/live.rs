@@ -80,7 +80,7 @@ fn frames_of(path: &Path) -> Option<(u64, u64, usize)> {
         |_| {},
     )
     .expect("capture reads");
-    (!other_link && stats.damage.is_none()).then_some((stats.frames, total, largest))
+    (!other_link && stats.damage.is_empty()).then_some((stats.frames, total, largest))
 }
 
 /// `show --json` of a log, as records keyed by endpoints, each normalised (see the module

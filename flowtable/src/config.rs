@@ -234,6 +234,47 @@ pub struct Triggers {
     pub path: PathTriggers,
 }
 
+/// Longest time any duration key may give (timeouts, latency thresholds, durations): 30
+/// days. More is a typo, and (in ns) would come close to overflowing the clocks' 64 bits.
+pub const MAX_SECONDS: f64 = 30.0 * 86400.0;
+
+/// Largest `[ring] bytes`: the ring's largest data area (`ring::spsc::MAX_CAPACITY`, 2 GiB),
+/// so every length in it fits a `u32` with room for its padding marker.
+pub const MAX_RING_BYTES: u64 = 1 << 31;
+
+/// Checks a duration key: a finite number from 0 (or from just above 0 when `zero_is_off`
+/// is false) to [`MAX_SECONDS`], given in `unit`s (`per_s` of them to a second).
+fn check_duration(v: f64, unit: &str, per_s: f64, zero_is_off: bool) -> Result<(), String> {
+    let max = MAX_SECONDS * per_s;
+    let in_range = v.is_finite() && v >= 0.0 && v <= max && (zero_is_off || v > 0.0);
+    if in_range {
+        return Ok(());
+    }
+    let what = if zero_is_off {
+        format!("0 (off) or a positive number of {unit}")
+    } else {
+        format!("a positive number of {unit}")
+    };
+    Err(format!("must be {what} up to {max} (30 days), not {v}"))
+}
+
+impl Triggers {
+    /// Checks the duration thresholds: finite, from 0 (off) to 30 days.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let l = &self.latency;
+        for (key, v) in [
+            ("syn_synack_ms", l.syn_synack_ms),
+            ("synack_ack_ms", l.synack_ack_ms),
+            ("ttfb_ms", l.ttfb_ms),
+            ("stall_ms", l.stall_ms),
+        ] {
+            check_duration(v, "milliseconds", 1000.0, true).map_err(|m| (key, m))?;
+        }
+        check_duration(self.resource.max_duration_s, "seconds", 1.0, true)
+            .map_err(|m| ("max_duration_s", m))
+    }
+}
+
 /// `[export]`: shipping every record of the log to a NATS JetStream stream (see the `fleet`
 /// crate). Off while `servers` is empty (the command line's `--export URL` fills it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -338,12 +379,7 @@ impl ExportConfig {
             ("ack_timeout_s", self.ack_timeout_s),
             ("drain_timeout_s", self.drain_timeout_s),
         ] {
-            if !(v.is_finite() && v > 0.0 && v <= 30.0 * 86400.0) {
-                return Err((
-                    key,
-                    format!("must be a positive number of seconds (at most 30 days), not {v}"),
-                ));
-            }
+            check_duration(v, "seconds", 1.0, false).map_err(|m| (key, m))?;
         }
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
             let key = if self.tls_cert.is_empty() {
@@ -815,7 +851,7 @@ impl Config {
             ConfigError {
                 origin: origin.to_string(),
                 line,
-                message: e.message().trim().to_string(),
+                message: with_key(text, line, e.message().trim()),
             }
         })?;
         let raw: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
@@ -891,15 +927,19 @@ impl Config {
             ("icmp_s", t.icmp_s),
             ("fragment_s", t.fragment_s),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err((
-                    key,
-                    format!("must be a positive number of seconds, not {v}"),
-                ));
-            }
+            check_duration(v, "seconds", 1.0, false).map_err(|m| (key, m))?;
         }
-        if self.ring.bytes < 4096 {
-            return Err(("bytes", "the ring needs at least 4096 bytes".into()));
+        if self.ring.bytes < 4096 || self.ring.bytes > MAX_RING_BYTES {
+            return Err((
+                "bytes",
+                format!(
+                    "a ring holds from 4096 bytes to {MAX_RING_BYTES} (2 GiB), not {}",
+                    self.ring.bytes
+                ),
+            ));
+        }
+        if self.ring.dir.is_empty() {
+            return Err(("dir", "name the directory of the rings".into()));
         }
         if self.log.rotate_bytes < 4096 {
             return Err(("rotate_bytes", "must be at least 4096".into()));
@@ -915,21 +955,7 @@ impl Config {
                 ),
             ));
         }
-        let l = &self.triggers.latency;
-        for (key, v) in [
-            ("syn_synack_ms", l.syn_synack_ms),
-            ("synack_ack_ms", l.synack_ack_ms),
-            ("ttfb_ms", l.ttfb_ms),
-            ("stall_ms", l.stall_ms),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err((
-                    key,
-                    format!("must be 0 (off) or a positive number, not {v}"),
-                ));
-            }
-        }
-        Ok(())
+        self.triggers.validate()
     }
 }
 
@@ -989,6 +1015,52 @@ struct OverrideFile {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// A parse error's `message` with the table and key of its `line` in front (`[table] key
+/// `capacity`: ...`) when the line holds a `key = value` the message does not name, and
+/// with the Rust type names of serde's "expected" part put in words.
+fn with_key(text: &str, line: Option<usize>, message: &str) -> String {
+    let message = [
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0 to 2^64 - 1"),
+        ("expected usize", "expected a whole number from 0"),
+        ("expected f64", "expected a number"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, words)| {
+        m.replace(rust, words)
+    });
+    let Some(line) = line else {
+        return message;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let key = lines
+        .get(line.wrapping_sub(1))
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let Some(key) = key else {
+        return message;
+    };
+    if message.contains(&format!("`{key}`")) {
+        return message;
+    }
+    let table = lines
+        .get(..line.saturating_sub(1))
+        .unwrap_or(&[])
+        .iter()
+        .rev()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with('['));
+    match table {
+        Some(table) => format!("{table} key `{key}`: {message}"),
+        None => format!("key `{key}`: {message}"),
+    }
 }
 
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
@@ -1112,9 +1184,13 @@ fn patched(base: &Triggers, patch: Option<&toml::Value>) -> Result<Triggers, Str
     };
     let mut merged = toml::Value::try_from(base).map_err(|e| e.to_string())?;
     merge(&mut merged, patch);
-    merged
+    let triggers: Triggers = merged
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    triggers
+        .validate()
+        .map_err(|(key, m)| format!("key `{key}`: {m}"))?;
+    Ok(triggers)
 }
 
 /// The overrides `specs` applied over `base`, in order.
@@ -1287,6 +1363,86 @@ mod tests {
         let e = Config::parse("[timeouts]\nudp_s = -1\n", "c.toml").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("udp_s"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_table_and_the_key() {
+        let e = Config::parse("[table]\ncapacity = \"big\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "c.toml line 2: [table] key `capacity`: invalid type: string \"big\", \
+                 expected a whole number"
+            ),
+            "{e}"
+        );
+        let text = "# rings\n[ring] # shared memory\nbytes = 1.5\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml line 3: [ring] key `bytes`: invalid type: floating point"),
+            "{e}"
+        );
+        assert!(!e.message.contains("u64"), "{e}");
+        let e = Config::parse("[[capture]]\ninterface = 7\n", "c.toml").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("[[capture]] key `interface`: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_duration_key_is_finite_not_negative_and_at_most_30_days() {
+        for (table, key) in [
+            ("[triggers.resource]", "max_duration_s"),
+            ("[triggers.latency]", "stall_ms"),
+            ("[triggers.latency]", "syn_synack_ms"),
+            ("[timeouts]", "tcp_syn_s"),
+            ("[timeouts]", "fragment_s"),
+            ("[export]", "ack_timeout_s"),
+        ] {
+            let month = if key.ends_with("_ms") {
+                "2592000001"
+            } else {
+                "2592001"
+            };
+            for bad in ["-1", "nan", "inf", "-inf", month] {
+                let text = format!("\n{table}\n{key} = {bad}\n");
+                let e = Config::parse(&text, "c.toml").expect_err(&text);
+                assert_eq!(e.line, Some(3), "{text}: {e}");
+                assert!(e.message.contains(&format!("key `{key}`")), "{text}: {e}");
+                assert!(e.message.contains("30 days"), "{text}: {e}");
+            }
+            let text = format!("{table}\n{key} = 1.5\n");
+            Config::parse(&text, "c.toml").expect(&text);
+        }
+        let cfg = Config::parse("[triggers.resource]\nmax_duration_s = 2592000\n", "c.toml")
+            .expect("30 days is allowed");
+        assert_eq!(cfg.triggers.resource.max_duration_s, 2_592_000.0);
+        // The same rules inside overrides and contexts.
+        let text =
+            "[[override]]\nports = [443]\n[override.triggers.resource]\nmax_duration_s = -1\n";
+        let e = Config::parse(text, "c.toml").expect_err("override");
+        assert!(e.message.contains("key `max_duration_s`"), "{e}");
+        let text =
+            "[[context]]\nname = \"a\"\nvlans = [1]\n[context.triggers.latency]\nttfb_ms = nan\n";
+        let e = Config::parse(text, "c.toml").expect_err("context");
+        assert!(e.message.contains("key `ttfb_ms`"), "{e}");
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn ring_bytes_are_at_most_what_a_ring_can_hold() {
+        let cfg = Config::parse("[ring]\nbytes = 2147483648\n", "c.toml").expect("2 GiB");
+        assert_eq!(cfg.ring.bytes, MAX_RING_BYTES);
+        let e = Config::parse("[ring]\n\nbytes = 2147483649\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.starts_with("key `bytes`: a ring holds"), "{e}");
+        let e = Config::parse("[ring]\nbytes = 4095\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[ring]\ndir = \"\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

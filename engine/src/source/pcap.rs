@@ -6,6 +6,14 @@
 //! file instead costs it a page fault, a page-table entry and an unmap per 4 KiB page,
 //! measured at about 1.6 times as much for a 750 MB capture in the page cache
 //! (benches/RESULTS.md). Blocks are decoded with the `pcap-parser` crate's slice parsers.
+//!
+//! A damaged length field does not end the read where the format lets us find our feet
+//! again. Each record or block header is checked before it is parsed (a legacy record's
+//! captured length against the snapshot length; a pcapng block's type, its total length at
+//! both ends); past a bad one the walk scans forward for the next plausible record (two
+//! in a row whose lengths and timestamps make sense) or block (a known type whose lengths
+//! agree at both ends). Every skipped stretch is a [`Damage`]: byte offset, bytes skipped
+//! and why, in our own words and of bounded length.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,7 +26,7 @@ use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{
     parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
-    LegacyPcapBlock, PcapError,
+    LegacyPcapBlock,
 };
 
 use crate::worker::Frame;
@@ -41,9 +49,63 @@ pub struct CaptureStats {
     pub frames: u64,
     /// Frames of link types we do not decode.
     pub unsupported_link: u64,
-    /// The file ended in the middle of a block, or a block was damaged: where and why.
-    pub damage: Option<String>,
+    /// The damaged places, in file order (the first [`MAX_DAMAGE_REPORTS`]).
+    pub damage: Vec<Damage>,
+    /// Damaged places past the first [`MAX_DAMAGE_REPORTS`], counted only.
+    pub damage_unlisted: u64,
 }
+
+impl CaptureStats {
+    fn damaged(&mut self, d: Damage) {
+        if self.damage.len() < MAX_DAMAGE_REPORTS {
+            self.damage.push(d);
+        } else {
+            self.damage_unlisted += 1;
+        }
+    }
+
+    /// Whether any place of the capture was damaged.
+    pub fn is_damaged(&self) -> bool {
+        !self.damage.is_empty()
+    }
+}
+
+/// Damaged places of one capture listed one by one; the rest are counted.
+pub const MAX_DAMAGE_REPORTS: usize = 100;
+
+/// A damaged place of a capture: where it starts, how many bytes were skipped (to the next
+/// plausible record or block, or to the end of the file when none was found) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset in the file of the damaged record or block.
+    pub offset: u64,
+    /// Bytes not read from there on.
+    pub skipped: u64,
+    /// Whether the walk found a plausible record or block after the damage and went on.
+    pub resumed: bool,
+    /// What was wrong, in a few words.
+    pub what: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at byte {}: {}", self.offset, self.what)?;
+        if self.resumed {
+            write!(
+                f,
+                "; skipped {} bytes to the next plausible one",
+                self.skipped
+            )
+        } else if self.what == CUT_SHORT {
+            Ok(())
+        } else {
+            write!(f, "; the last {} bytes were not read", self.skipped)
+        }
+    }
+}
+
+/// Why the walk stopped at a record running past the end of the file.
+const CUT_SHORT: &str = "the last block is cut short";
 
 /// A stretch of a capture read into memory, shared by the batches whose frames lie in it.
 /// The walk takes a chunk again once nobody else holds it.
@@ -73,7 +135,7 @@ impl Chunk {
 /// `read` copied is still in the reader's cache when the walk gets there.
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Largest block read whole: a damaged length field claiming more ends the walk there
+/// Largest block read whole: a length field claiming more is taken as damage (and skipped)
 /// rather than reading the rest of a pipe into memory.
 const MAX_BLOCK_BYTES: usize = 256 << 20;
 
@@ -240,8 +302,12 @@ impl Capture {
                     big_endian: hdr.is_bigendian(),
                     modified: hdr.is_modified_format(),
                     header_len: 24,
+                    snaplen: hdr.snaplen,
                 }),
-                Err(e) => Err(format_err(format!("{e:?}"))),
+                Err(_) => Err(format_err(format!(
+                    "it starts with {:02x?} rather than a pcap or pcapng magic number",
+                    b.get(..4).unwrap_or(b)
+                ))),
             },
             None => Err(format_err("shorter than a file header".into())),
         }
@@ -250,8 +316,9 @@ impl Capture {
     /// Walks every frame in file order and calls `frame` with it and the chunk its bytes
     /// are in; `progress(bytes_walked)` is called now and then. Frames say which interface
     /// they were captured on by the number `interface_id` gives its name (pcapng `if_name`;
-    /// `None` for a pcap file or an unnamed interface). A damaged or cut-short file ends
-    /// the walk at the damage, which the stats describe.
+    /// `None` for a pcap file or an unnamed interface). The walk goes on past a damaged
+    /// record or block where it finds a plausible one after it; the stats list each damaged
+    /// place.
     pub fn frames(
         self,
         interface_id: impl Fn(Option<&str>) -> u16,
@@ -273,7 +340,16 @@ impl Capture {
         let format = match self.format() {
             Ok(f) => f,
             Err(e) => {
-                stats.damage = Some(e.to_string());
+                let what = match e {
+                    CaptureError::Format { what, .. } => what,
+                    CaptureError::Open { source, .. } => source.to_string(),
+                };
+                stats.damaged(Damage {
+                    offset: 0,
+                    skipped: 0,
+                    resumed: false,
+                    what,
+                });
                 return stats;
             }
         };
@@ -282,7 +358,12 @@ impl Capture {
         let mut chunk = match chunks.next(&self.head, 0, &mut self.file, &mut eof) {
             Ok(c) => c,
             Err(e) => {
-                stats.damage = Some(format!("at byte 0: {e}"));
+                stats.damaged(Damage {
+                    offset: 0,
+                    skipped: 0,
+                    resumed: false,
+                    what: e.to_string(),
+                });
                 return stats;
             }
         };
@@ -293,173 +374,551 @@ impl Capture {
         let mut interfaces: Vec<Interface> = Vec::new();
         let unnamed = interface_id(None);
         let mut ng_big_endian = false;
+        // The damaged place being skipped over, and the seconds of the last good record.
+        let mut pending: Option<Damage> = None;
+        let mut last_s: Option<u32> = None;
         if let Format::Legacy { header_len, .. } = format {
             pos = header_len.min(chunk.len());
         }
         loop {
             let rest = chunk.get(pos..).unwrap_or(&[]);
+            let at = base + pos as u64;
             if rest.is_empty() && eof {
+                if let Some(mut d) = pending.take() {
+                    d.skipped = at - d.offset;
+                    stats.damaged(d);
+                }
                 break;
             }
-            let at = base + pos as u64;
-            let offset_of = |s: &[u8]| (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32;
-            let next = match format {
-                Format::Legacy {
-                    link,
-                    nanos,
-                    big_endian,
-                    modified,
-                    ..
-                } => {
-                    let parsed = if modified {
-                        parse_pcap_frame_modified(rest)
-                    } else if big_endian {
-                        parse_pcap_frame_be(rest)
-                    } else {
-                        parse_pcap_frame(rest)
-                    };
-                    parsed.map(|(next, b)| {
-                        stats.frames += 1;
-                        match link {
-                            Some(link) => frame(
-                                FrameRef {
-                                    interface: unnamed,
-                                    ..legacy_frame(link, nanos, &b, offset_of)
-                                },
-                                &chunk,
-                            ),
-                            None => stats.unsupported_link += 1,
+            let step = if let Some(d) = pending.as_mut() {
+                let found = match format {
+                    Format::Legacy { .. } => scan_legacy(&format, rest, eof, last_s),
+                    Format::PcapNg => scan_ng(rest, eof, ng_big_endian),
+                };
+                match found {
+                    Scan::Found(i) => {
+                        d.skipped = at + i as u64 - d.offset;
+                        d.resumed = true;
+                        if d.what == CUT_SHORT {
+                            d.what = "a record runs past the end of the file".into();
                         }
-                        next
-                    })
+                        if let Some(d) = pending.take() {
+                            stats.damaged(d);
+                        }
+                        Step::Skip(i)
+                    }
+                    Scan::More { from, need } if !eof => Step::Refill { from, need },
+                    Scan::More { .. } | Scan::None => {
+                        d.skipped = base + chunk.len() as u64 - d.offset;
+                        if let Some(d) = pending.take() {
+                            stats.damaged(d);
+                        }
+                        break;
+                    }
                 }
-                Format::PcapNg => {
-                    let parsed = if ng_big_endian {
-                        parse_block_be(rest)
-                    } else {
-                        parse_block_le(rest)
-                    };
-                    parsed.map(|(next, block)| {
-                        match block {
-                            Block::SectionHeader(shb) => {
-                                ng_big_endian = shb.big_endian();
-                                interfaces.clear();
-                            }
-                            Block::InterfaceDescription(idb) => interfaces.push(Interface {
-                                link: LinkType::from_linktype(idb.linktype.0),
-                                id: interface_id(idb.if_name().and_then(Result::ok)),
-                                resolution: idb.ts_resolution().unwrap_or(1_000_000),
-                                offset_s: idb.ts_offset(),
-                            }),
-                            Block::EnhancedPacket(epb) => {
-                                stats.frames += 1;
-                                match interfaces.get(epb.if_id as usize) {
-                                    Some(Interface {
-                                        link: Some(link),
-                                        id,
-                                        resolution,
-                                        offset_s,
-                                    }) => {
-                                        let data = epb.packet_data();
-                                        frame(
+            } else {
+                match format {
+                    Format::Legacy {
+                        link,
+                        nanos,
+                        big_endian,
+                        modified,
+                        ..
+                    } => match check_legacy(&format, rest, eof) {
+                        Check::Good => {
+                            let parsed = if modified {
+                                parse_pcap_frame_modified(rest)
+                            } else if big_endian {
+                                parse_pcap_frame_be(rest)
+                            } else {
+                                parse_pcap_frame(rest)
+                            };
+                            match parsed {
+                                Ok((next, b)) => {
+                                    stats.frames += 1;
+                                    last_s = Some(b.ts_sec);
+                                    let offset_of = |s: &[u8]| {
+                                        (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32
+                                    };
+                                    match link {
+                                        Some(link) => frame(
                                             FrameRef {
-                                                link: *link,
-                                                ts_ns: ng_ts_ns(
-                                                    epb.ts_high,
-                                                    epb.ts_low,
-                                                    *resolution,
-                                                    *offset_s,
-                                                ),
-                                                wire_len: epb.origlen,
-                                                offset: offset_of(data),
-                                                caplen: data.len() as u32,
-                                                interface: *id,
+                                                interface: unnamed,
+                                                ..legacy_frame(link, nanos, &b, offset_of)
                                             },
                                             &chunk,
-                                        );
+                                        ),
+                                        None => stats.unsupported_link += 1,
                                     }
-                                    _ => stats.unsupported_link += 1,
+                                    Step::Skip(rest.len() - next.len())
                                 }
+                                Err(_) => Step::Damaged(1, "the record is malformed".into()),
                             }
-                            Block::SimplePacket(spb) => {
-                                stats.frames += 1;
-                                match interfaces.first() {
-                                    Some(Interface {
-                                        link: Some(link),
-                                        id,
-                                        ..
-                                    }) => {
-                                        let data = spb.packet_data();
-                                        frame(
-                                            FrameRef {
-                                                link: *link,
-                                                ts_ns: 0,
-                                                wire_len: spb.origlen,
-                                                offset: offset_of(data),
-                                                caplen: data.len() as u32,
-                                                interface: *id,
-                                            },
-                                            &chunk,
-                                        );
-                                    }
-                                    _ => stats.unsupported_link += 1,
-                                }
-                            }
-                            _ => {}
                         }
-                        next
-                    })
+                        Check::More(need) => Step::Refill { from: 0, need },
+                        Check::Bad(what) => Step::Damaged(1, what),
+                    },
+                    Format::PcapNg => match check_ng(rest, eof, ng_big_endian) {
+                        Check::Good => {
+                            let parsed = if ng_big_endian {
+                                parse_block_be(rest)
+                            } else {
+                                parse_block_le(rest)
+                            };
+                            match parsed {
+                                Ok((next, block)) => {
+                                    let offset_of = |s: &[u8]| {
+                                        (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32
+                                    };
+                                    match block {
+                                        Block::SectionHeader(shb) => {
+                                            ng_big_endian = shb.big_endian();
+                                            interfaces.clear();
+                                        }
+                                        Block::InterfaceDescription(idb) => {
+                                            interfaces.push(Interface {
+                                                link: LinkType::from_linktype(idb.linktype.0),
+                                                id: interface_id(
+                                                    idb.if_name().and_then(Result::ok),
+                                                ),
+                                                resolution: idb
+                                                    .ts_resolution()
+                                                    .unwrap_or(1_000_000),
+                                                offset_s: idb.ts_offset(),
+                                            })
+                                        }
+                                        Block::EnhancedPacket(epb) => {
+                                            stats.frames += 1;
+                                            match interfaces.get(epb.if_id as usize) {
+                                                Some(Interface {
+                                                    link: Some(link),
+                                                    id,
+                                                    resolution,
+                                                    offset_s,
+                                                }) => {
+                                                    let data = epb.packet_data();
+                                                    frame(
+                                                        FrameRef {
+                                                            link: *link,
+                                                            ts_ns: ng_ts_ns(
+                                                                epb.ts_high,
+                                                                epb.ts_low,
+                                                                *resolution,
+                                                                *offset_s,
+                                                            ),
+                                                            wire_len: epb.origlen,
+                                                            offset: offset_of(data),
+                                                            caplen: data.len() as u32,
+                                                            interface: *id,
+                                                        },
+                                                        &chunk,
+                                                    );
+                                                }
+                                                _ => stats.unsupported_link += 1,
+                                            }
+                                        }
+                                        Block::SimplePacket(spb) => {
+                                            stats.frames += 1;
+                                            match interfaces.first() {
+                                                Some(Interface {
+                                                    link: Some(link),
+                                                    id,
+                                                    ..
+                                                }) => {
+                                                    let data = spb.packet_data();
+                                                    frame(
+                                                        FrameRef {
+                                                            link: *link,
+                                                            ts_ns: 0,
+                                                            wire_len: spb.origlen,
+                                                            offset: offset_of(data),
+                                                            caplen: data.len() as u32,
+                                                            interface: *id,
+                                                        },
+                                                        &chunk,
+                                                    );
+                                                }
+                                                _ => stats.unsupported_link += 1,
+                                            }
+                                        }
+                                        _ => {}
+                                    }
+                                    Step::Skip(rest.len() - next.len())
+                                }
+                                Err(_) => {
+                                    // Both ends agree on its length: only this block is lost.
+                                    let len = ng_header(rest, ng_big_endian).map_or(4, |h| h.1);
+                                    stats.damaged(Damage {
+                                        offset: at,
+                                        skipped: len as u64,
+                                        resumed: true,
+                                        what: format!(
+                                            "block of type {:#x} ({len} bytes) is malformed",
+                                            ng_header(rest, ng_big_endian).map_or(0, |h| h.0)
+                                        ),
+                                    });
+                                    Step::Skip(len)
+                                }
+                            }
+                        }
+                        Check::More(need) => Step::Refill { from: 0, need },
+                        Check::Bad(what) => Step::Damaged(4, what),
+                    },
                 }
             };
-            match next {
-                Ok(next) => {
-                    let step = rest.len() - next.len();
-                    pos += step;
-                    since_progress += step as u64;
+            match step {
+                Step::Skip(n) => {
+                    pos += n;
+                    since_progress += n as u64;
                     if since_progress > PROGRESS_BYTES {
                         progress(base + pos as u64);
                         since_progress = 0;
                     }
                 }
-                Err(pcap_parser::nom::Err::Incomplete(needed)) if !eof => {
-                    // The block goes on past the chunk: carried over to the start of the
-                    // next one, which holds it whole (growing if it must).
-                    let more = match needed {
-                        pcap_parser::nom::Needed::Size(n) => n.get(),
-                        pcap_parser::nom::Needed::Unknown => 1,
-                    };
-                    let need = rest.len().saturating_add(more);
-                    if need > MAX_BLOCK_BYTES {
-                        stats.damage = Some(format!(
-                            "at byte {at}: a block of more than {MAX_BLOCK_BYTES} bytes"
-                        ));
-                        break;
-                    }
-                    match chunks.next(rest, need, &mut self.file, &mut eof) {
+                Step::Damaged(n, what) => {
+                    pending = Some(Damage {
+                        offset: at,
+                        skipped: 0,
+                        resumed: false,
+                        what,
+                    });
+                    pos += n.min(rest.len());
+                }
+                Step::Refill { from, need } => {
+                    // What is left from `from` is carried over to the start of the next chunk,
+                    // which holds `need` bytes from there (growing if it must).
+                    let keep = rest.get(from..).unwrap_or(&[]);
+                    let need = need.max(keep.len() + 1);
+                    let from_at = at + from as u64;
+                    match chunks.next(keep, need, &mut self.file, &mut eof) {
                         Ok(next) => {
-                            base = at;
+                            base = from_at;
                             pos = 0;
                             chunk = next;
                         }
                         Err(e) => {
-                            stats.damage = Some(format!("at byte {at}: {e}"));
+                            stats.damaged(Damage {
+                                offset: from_at,
+                                skipped: 0,
+                                resumed: false,
+                                what: format!("reading stopped: {e}"),
+                            });
                             break;
                         }
                     }
-                }
-                Err(pcap_parser::nom::Err::Incomplete(_)) => {
-                    stats.damage = Some(format!("at byte {at}: the last block is cut short"));
-                    break;
-                }
-                Err(pcap_parser::nom::Err::Error(e) | pcap_parser::nom::Err::Failure(e)) => {
-                    let e: PcapError<&[u8]> = e;
-                    stats.damage = Some(format!("at byte {at}: {:?}", e.to_owned_vec()));
-                    break;
                 }
             }
         }
         progress(base + pos as u64);
         stats
+    }
+}
+
+/// What the walk does next.
+enum Step {
+    /// Past a record or block of this many bytes.
+    Skip(usize),
+    /// A damaged record or block: scan for the next plausible one from this many bytes on.
+    Damaged(usize, String),
+    /// Read on, keeping the chunk's bytes from `from`: `need` bytes from there.
+    Refill { from: usize, need: usize },
+}
+
+/// A record or block header at the walk's place, checked before it is parsed.
+enum Check {
+    Good,
+    /// Its header or body goes on past the chunk: this many bytes from its start.
+    More(usize),
+    Bad(String),
+}
+
+/// Where a scan past damage found its feet.
+enum Scan {
+    /// A plausible record or block starts this many bytes on.
+    Found(usize),
+    /// The candidate at `from` needs `need` bytes from there to be judged.
+    More { from: usize, need: usize },
+    /// Nothing plausible up to the end of the file.
+    None,
+}
+
+/// Largest captured length when a pcap file header says 0 (tcpdump's largest snapshot).
+const MAX_SNAPLEN: u32 = 262_144;
+
+/// Seconds within which the record after a damaged place must be stamped, from the last good
+/// one, to be taken as the place to go on from.
+const RESYNC_WINDOW_S: u32 = 86_400;
+
+/// A legacy record header: seconds, fraction, captured and original length.
+#[derive(Clone, Copy)]
+struct RecordHeader {
+    secs: u32,
+    frac: u32,
+    caplen: u32,
+    origlen: u32,
+}
+
+/// The record header at the start of `b`, if it holds one.
+fn record_header(format: &Format, b: &[u8]) -> Option<RecordHeader> {
+    let Format::Legacy { big_endian, .. } = *format else {
+        return None;
+    };
+    let word = |i: usize| {
+        let w: [u8; 4] = b.get(i..i + 4)?.try_into().ok()?;
+        Some(if big_endian {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    Some(RecordHeader {
+        secs: word(0)?,
+        frac: word(4)?,
+        caplen: word(8)?,
+        origlen: word(12)?,
+    })
+}
+
+/// Bytes of a legacy record header, the largest captured length and fraction units.
+fn legacy_limits(format: &Format) -> (usize, u32, u32) {
+    match *format {
+        Format::Legacy {
+            nanos,
+            modified,
+            snaplen,
+            ..
+        } => (
+            if modified { 24 } else { 16 },
+            if snaplen == 0 { MAX_SNAPLEN } else { snaplen },
+            if nanos { 1_000_000_000 } else { 1_000_000 },
+        ),
+        Format::PcapNg => (16, MAX_SNAPLEN, 1_000_000),
+    }
+}
+
+/// Checks the legacy record at the start of `rest` before it is parsed.
+fn check_legacy(format: &Format, rest: &[u8], eof: bool) -> Check {
+    let (header_len, max_caplen, units) = legacy_limits(format);
+    let Some(h) = record_header(format, rest).filter(|_| rest.len() >= header_len) else {
+        return if eof {
+            Check::Bad(CUT_SHORT.into())
+        } else {
+            Check::More(header_len)
+        };
+    };
+    if h.caplen > max_caplen {
+        return Check::Bad(format!(
+            "record length {} is over the snapshot length {max_caplen}",
+            h.caplen
+        ));
+    }
+    if h.frac >= units {
+        return Check::Bad(format!(
+            "record time fraction {} is not below {units}",
+            h.frac
+        ));
+    }
+    let len = header_len + h.caplen as usize;
+    if rest.len() < len {
+        return if eof {
+            Check::Bad(CUT_SHORT.into())
+        } else {
+            Check::More(len)
+        };
+    }
+    Check::Good
+}
+
+/// Whether `h` could be a record header stamped near `near_s`.
+fn plausible_record(h: &RecordHeader, max_caplen: u32, units: u32, near_s: Option<u32>) -> bool {
+    h.caplen <= max_caplen
+        && h.caplen <= h.origlen
+        && h.origlen <= MAX_SNAPLEN.max(max_caplen)
+        && h.frac < units
+        && near_s.is_none_or(|s| h.secs.abs_diff(s) <= RESYNC_WINDOW_S)
+}
+
+/// The first place in `rest` where a plausible legacy record starts that is followed by
+/// another plausible one (or by the end of the file).
+fn scan_legacy(format: &Format, rest: &[u8], eof: bool, last_s: Option<u32>) -> Scan {
+    let (header_len, max_caplen, units) = legacy_limits(format);
+    for i in 0..rest.len() {
+        let here = rest.get(i..).unwrap_or(&[]);
+        let Some(h) = record_header(format, here).filter(|_| here.len() >= header_len) else {
+            return if eof {
+                Scan::None
+            } else {
+                Scan::More {
+                    from: i,
+                    need: header_len,
+                }
+            };
+        };
+        if !plausible_record(&h, max_caplen, units, last_s) {
+            continue;
+        }
+        let end = header_len + h.caplen as usize;
+        if here.len() == end && eof {
+            return Scan::Found(i);
+        }
+        let next = here.get(end..).unwrap_or(&[]);
+        match record_header(format, next).filter(|_| next.len() >= header_len) {
+            Some(n) if plausible_record(&n, max_caplen, units, Some(h.secs)) => {
+                return Scan::Found(i)
+            }
+            Some(_) => {}
+            None if eof => {}
+            None => {
+                return Scan::More {
+                    from: i,
+                    need: end + header_len,
+                }
+            }
+        }
+    }
+    if eof {
+        Scan::None
+    } else {
+        Scan::More {
+            from: rest.len(),
+            need: header_len,
+        }
+    }
+}
+
+/// Block types of pcapng we know (section, interface, packets, names, statistics, journal,
+/// secrets, custom).
+const NG_BLOCK_TYPES: [u32; 11] = [
+    0x0A0D_0D0A,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    9,
+    10,
+    0x0000_0BAD,
+    0x4000_0BAD,
+];
+
+/// Largest block taken as the place to go on from after damage.
+const MAX_RESYNC_BLOCK: usize = 1 << 20;
+
+/// The type and total length of the pcapng block at the start of `b` (a section header
+/// says its own byte order), if `b` holds its first 12 bytes.
+fn ng_header(b: &[u8], big_endian: bool) -> Option<(u32, usize, bool)> {
+    let word = |i: usize, be: bool| {
+        let w: [u8; 4] = b.get(i..i + 4)?.try_into().ok()?;
+        Some(if be {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    let kind = word(0, big_endian)?;
+    let be = if kind == 0x0A0D_0D0A {
+        match word(8, false)? {
+            0x1A2B_3C4D => false,
+            0x4D3C_2B1A => true,
+            _ => return None,
+        }
+    } else {
+        big_endian
+    };
+    Some((kind, word(4, be)? as usize, be))
+}
+
+/// The total length at the end of the block of `len` bytes at the start of `b`.
+fn ng_trailer(b: &[u8], len: usize, big_endian: bool) -> Option<usize> {
+    let w: [u8; 4] = b.get(len.checked_sub(4)?..len)?.try_into().ok()?;
+    Some(if big_endian {
+        u32::from_be_bytes(w)
+    } else {
+        u32::from_le_bytes(w)
+    } as usize)
+}
+
+/// Checks the pcapng block at the start of `rest` before it is parsed.
+fn check_ng(rest: &[u8], eof: bool, big_endian: bool) -> Check {
+    let Some((kind, len, be)) = ng_header(rest, big_endian) else {
+        return if rest.len() >= 12 {
+            Check::Bad("section header with an unknown byte-order magic".into())
+        } else if eof {
+            Check::Bad(format!(
+                "the file ends inside a block header ({} bytes left)",
+                rest.len()
+            ))
+        } else {
+            Check::More(12)
+        };
+    };
+    if len < 12 || len % 4 != 0 {
+        return Check::Bad(format!(
+            "block of type {kind:#x}: total length {len} is not a multiple of 4 of at least 12"
+        ));
+    }
+    if len > MAX_BLOCK_BYTES {
+        return Check::Bad(format!(
+            "block of type {kind:#x}: total length {len} is over the largest block read \
+             ({MAX_BLOCK_BYTES} bytes)"
+        ));
+    }
+    if rest.len() < len {
+        return if eof {
+            Check::Bad(format!(
+                "block of type {kind:#x}: total length {len} runs past the end of the file ({} \
+                 bytes left)",
+                rest.len()
+            ))
+        } else {
+            Check::More(len)
+        };
+    }
+    match ng_trailer(rest, len, be) {
+        Some(end) if end == len => Check::Good,
+        end => Check::Bad(format!(
+            "block of type {kind:#x}: total length {len} at its start but {} at its end",
+            end.unwrap_or(0)
+        )),
+    }
+}
+
+/// The first 4-byte aligned place in `rest` where a block of a known type starts whose
+/// lengths agree at both ends.
+fn scan_ng(rest: &[u8], eof: bool, big_endian: bool) -> Scan {
+    for i in (0..rest.len()).step_by(4) {
+        let here = rest.get(i..).unwrap_or(&[]);
+        let Some((kind, len, be)) = ng_header(here, big_endian) else {
+            if here.len() >= 12 {
+                continue;
+            }
+            return if eof {
+                Scan::None
+            } else {
+                Scan::More { from: i, need: 12 }
+            };
+        };
+        if !NG_BLOCK_TYPES.contains(&kind) || len < 12 || len % 4 != 0 || len > MAX_RESYNC_BLOCK {
+            continue;
+        }
+        if here.len() < len {
+            if eof {
+                continue;
+            }
+            return Scan::More { from: i, need: len };
+        }
+        if ng_trailer(here, len, be) == Some(len) {
+            return Scan::Found(i);
+        }
+    }
+    if eof {
+        Scan::None
+    } else {
+        Scan::More {
+            from: rest.len() - rest.len() % 4,
+            need: 12,
+        }
     }
 }
 
@@ -471,6 +930,8 @@ enum Format {
         big_endian: bool,
         modified: bool,
         header_len: usize,
+        /// The file header's snapshot length: the largest captured length (0: unknown).
+        snaplen: u32,
     },
     PcapNg,
 }
@@ -564,7 +1025,7 @@ mod tests {
         )
         .expect("reads");
         assert_eq!(stats.frames, 2);
-        assert!(stats.damage.is_none());
+        assert!(stats.damage.is_empty());
         assert_eq!(
             seen,
             vec![
@@ -579,9 +1040,10 @@ mod tests {
         let stats = read_capture(&path, |_, _, _, _| n += 1, |_| {}).expect("reads");
         assert_eq!((n, stats.frames), (1, 1));
         let second_at = 24 + 16 + 4;
+        let damage: Vec<String> = stats.damage.iter().map(ToString::to_string).collect();
         assert_eq!(
-            stats.damage.as_deref(),
-            Some(format!("at byte {second_at}: the last block is cut short").as_str())
+            damage,
+            vec![format!("at byte {second_at}: the last block is cut short")]
         );
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -597,7 +1059,152 @@ mod tests {
             |f, chunk| seen.push((f.link, f.ts_ns, f.wire_len, f.bytes(chunk).to_vec())),
             |_| {},
         );
-        (seen, stats.frames, stats.damage)
+        let damage: Vec<String> = stats.damage.iter().map(ToString::to_string).collect();
+        (
+            seen,
+            stats.frames,
+            (!damage.is_empty()).then(|| damage.join(" / ")),
+        )
+    }
+
+    /// The frames of `path` and its damaged places, walked with chunks of `chunk_bytes`.
+    fn walked_damage(path: &Path, chunk_bytes: usize) -> (Vec<Vec<u8>>, Vec<Damage>) {
+        let mut seen = Vec::new();
+        let stats = Capture::open(path).expect("opens").walk(
+            chunk_bytes,
+            |_| 0,
+            |f, chunk| seen.push(f.bytes(chunk).to_vec()),
+            |_| {},
+        );
+        (seen, stats.damage)
+    }
+
+    /// A capture of the shared corpus: each record's offset and bytes (a little-endian
+    /// microsecond pcap).
+    fn corpus_records(name: &str) -> (Vec<u8>, Vec<(usize, Vec<u8>)>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/corpus/real")
+            .join(name);
+        let bytes = std::fs::read(&path).expect("corpus capture");
+        assert_eq!(bytes[..4], 0xa1b2_c3d4u32.to_le_bytes());
+        let mut records = Vec::new();
+        let mut at = 24;
+        while at < bytes.len() {
+            let caplen = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+            records.push((at, bytes[at + 16..at + 16 + caplen].to_vec()));
+            at += 16 + caplen;
+        }
+        (bytes, records)
+    }
+
+    #[test]
+    fn a_bad_record_length_in_a_pcap_is_skipped_and_the_rest_is_read() {
+        let dir = std::env::temp_dir().join(format!("conntrail-resync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("damaged.pcap");
+        let (intact, records) = corpus_records("zeek_http_methods.pcap");
+        let k = records.len() / 2;
+        let (at, _) = records[k];
+        for bad in [0xffff_fff0u32, 70_000, 1_000_000] {
+            let mut bytes = intact.clone();
+            bytes[at + 8..at + 12].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&path, &bytes).expect("write");
+            for chunk_bytes in [1000, 4096, 1 << 20] {
+                let (seen, damage) = walked_damage(&path, chunk_bytes);
+                let mut expected: Vec<Vec<u8>> = records.iter().map(|r| r.1.clone()).collect();
+                expected.remove(k);
+                assert_eq!(
+                    seen.len(),
+                    expected.len(),
+                    "length {bad}, chunks {chunk_bytes}"
+                );
+                assert!(seen == expected, "length {bad}, chunks {chunk_bytes}");
+                let next = records[k + 1].0;
+                assert_eq!(
+                    damage,
+                    vec![Damage {
+                        offset: at as u64,
+                        skipped: (next - at) as u64,
+                        resumed: true,
+                        what: format!("record length {bad} is over the snapshot length 65535"),
+                    }],
+                    "chunks {chunk_bytes}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_bad_block_length_in_a_pcapng_is_skipped_and_reported_briefly() {
+        let dir = std::env::temp_dir().join(format!("conntrail-ngsync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("damaged.pcapng");
+        let (_, records) = corpus_records("zeek_http_methods.pcap");
+        let frames: Vec<Vec<u8>> = records.iter().map(|r| r.1.clone()).collect();
+        let intact = pcapng(&frames);
+        // Where each enhanced packet block starts: after the section and interface blocks.
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < intact.len() {
+            starts.push(at);
+            at += u32::from_le_bytes(intact[at + 4..at + 8].try_into().unwrap()) as usize;
+        }
+        let blocks = &starts[2..];
+        assert_eq!(blocks.len(), frames.len());
+        let k = frames.len() / 2;
+        let at = blocks[k];
+        let len = blocks[k + 1] - at;
+        for (bad, what) in [
+            (
+                0xffff_fff0u32,
+                "block of type 0x6: total length 4294967280 is over the largest block read"
+                    .to_string(),
+            ),
+            (
+                len as u32 + 8,
+                format!(
+                    "block of type 0x6: total length {} at its start but ",
+                    len + 8
+                ),
+            ),
+            (
+                7,
+                "block of type 0x6: total length 7 is not a multiple of 4 of at least 12".into(),
+            ),
+        ] {
+            let mut bytes = intact.clone();
+            bytes[at + 4..at + 8].copy_from_slice(&bad.to_le_bytes());
+            std::fs::write(&path, &bytes).expect("write");
+            for chunk_bytes in [1000, 1 << 20] {
+                let (seen, damage) = walked_damage(&path, chunk_bytes);
+                let mut expected = frames.clone();
+                expected.remove(k);
+                assert!(seen == expected, "length {bad}, chunks {chunk_bytes}");
+                assert_eq!(damage.len(), 1, "{damage:?}");
+                assert_eq!(damage[0].offset, at as u64);
+                assert_eq!(damage[0].skipped, len as u64);
+                assert!(damage[0].what.starts_with(&what), "{}", damage[0]);
+            }
+        }
+        // A last block claiming more than the file holds: one short message, our words.
+        let mut bytes = intact[..blocks[k + 1]].to_vec();
+        bytes[at + 4..at + 8].copy_from_slice(&0x0100_0000u32.to_le_bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        let (seen, damage) = walked_damage(&path, 1 << 20);
+        assert_eq!(seen, frames[..k]);
+        let message = damage[0].to_string();
+        assert_eq!(
+            message,
+            format!(
+                "at byte {at}: block of type 0x6: total length 16777216 runs past the end of \
+                 the file ({len} bytes left); the last {len} bytes were not read"
+            )
+        );
+        assert!(
+            message.len() < 300 && !message.contains("Error(") && !message.contains("Incomplete")
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// `frames` as a pcapng file: a section, one interface (nanosecond stamps), one
