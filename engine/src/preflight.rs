@@ -203,8 +203,10 @@ pub fn live_workers(cfg: &Config) -> (usize, u64) {
 pub fn check_config(cfg: &Config) -> Result<Vec<String>> {
     let (workers, umem) = live_workers(cfg);
     check_memory(cfg, workers, umem)?;
-    let dir = Path::new(&cfg.ring.dir);
-    let existing = existing_ancestor(dir)?;
+    let dir = crate::ringdir::expand(&cfg.ring.dir);
+    let existing = existing_ancestor(&dir)?;
+    // Private, in a directory nobody else can change (see `ringdir`).
+    crate::ringdir::check(&cfg.ring.dir)?;
     let mut warnings = Vec::new();
     let rings = need(cfg, workers, 0).ring.saturating_mul(workers as u64);
     if let Ok(vfs) = rustix::fs::statvfs(&existing) {
