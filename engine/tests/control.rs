@@ -629,12 +629,23 @@ fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
     // The log's directory belongs to the user on an appliance; here anyone may write.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .expect("chmod");
+    // The ring directory is the user's: conntrail makes it for nobody (0700), in a parent
+    // nobody else can change.
+    let rings = std::env::temp_dir().join(format!("conntrail-user-rings-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&rings);
     let lab = Lab::up(&format!("cu{}", std::process::id() % 100_000_000), &[]);
     let config = dir.join("live.toml");
-    std::fs::write(&config, config_text(&dir, &lab, "")).expect("config");
+    std::fs::write(&config, config_text(&rings, &lab, "")).expect("config");
     let log = dir.join("live.log");
     let stats = dir.join("live.log.stats.json");
     let (mut running, _) = Running::start(&dir, &config, &log, &["--user", "nobody"], &[]);
+    let made = std::fs::metadata(&rings).expect("the ring directory");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&made),
+        nobody.uid,
+        "the ring directory is the user's"
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&made) & 0o7777, 0o700);
     assert!(
         running
             .stdout()
@@ -684,6 +695,9 @@ fn a_run_that_drops_to_an_unprivileged_user_keeps_recording() {
         .filter(|n| n.ends_with(".ring") || n.ends_with(".ctl"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    let rings_left = std::fs::read_dir(&rings).expect("ring dir").count();
+    assert_eq!(rings_left, 0, "the run left files in its ring directory");
+    let _ = std::fs::remove_dir_all(&rings);
     let o = Command::new(bin())
         .args(["show", "--json"])
         .arg(&log)
