@@ -66,7 +66,9 @@ impl RingSink {
     /// The ring is full: wait for room while the recorder runs, else drop the record.
     #[cold]
     fn full(&mut self) {
-        if let Some(gone) = &self.wait_for {
+        // A record larger than the ring can ever hold is dropped at once.
+        let fits = self.buf.len() <= self.producer.max_frame();
+        if let (Some(gone), true) = (&self.wait_for, fits) {
             let mut spins = 0u32;
             while !gone.load(Ordering::Acquire) {
                 if self.producer.push(&self.buf).is_ok() {

@@ -32,6 +32,8 @@ fn frames(path: &Path) -> Frames {
 
 /// Records (encoded) of a worker fed the frames in batches of `batch`.
 fn through_worker(cfg: &Config, frames: &Frames, batch: usize, ring_path: &Path) -> Vec<Vec<u8>> {
+    // A ring is only ever made new.
+    let _ = std::fs::remove_file(ring_path);
     let (producer, mut consumer) = ring::create(ring_path, 1 << 22).expect("ring");
     let mut worker = Worker::new(cfg, 0, RecordMode::All, producer);
     let mut out = Vec::new();

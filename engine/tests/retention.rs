@@ -53,7 +53,15 @@ impl Scene {
             s(log),
             s(&self.capture),
         ]);
-        assert!(out.status.success(), "replay: {}", text(&out.stderr));
+        let lost = text(&out.stdout).contains("log full: ");
+        // Records lost for lack of space give exit status 4, said on stderr.
+        assert_eq!(
+            out.status.code(),
+            Some(if lost { 4 } else { 0 }),
+            "replay: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(lost, text(&out.stderr).contains("record(s) lost"));
         let stdout = text(&out.stdout);
         let summary = stdout
             .lines()
