@@ -63,29 +63,24 @@ impl RingSink {
         self.full();
     }
 
-    /// The ring is full: wait for room while the recorder runs, else drop the record.
+    /// The ring is full: wait for room while the recorder runs, else drop the record (as
+    /// at once when the record is larger than the ring can ever hold).
     #[cold]
     fn full(&mut self) {
-        // A record larger than the ring can ever hold is dropped at once.
         let fits = self.buf.len() <= self.producer.max_frame();
         if let (Some(gone), true) = (&self.wait_for, fits) {
             let mut spins = 0u32;
             while !gone.load(Ordering::Acquire) {
-                if self.producer.push(&self.buf).is_ok() {
-                    self.records += 1;
-                    return;
-                }
-                spins += 1;
                 if spins < 64 {
+                    spins += 1;
                     std::thread::yield_now();
                 } else {
                     std::thread::sleep(Duration::from_micros(50));
                 }
-            }
-            // The push may have found room just as the recorder ended; a last try.
-            if self.producer.push(&self.buf).is_ok() {
-                self.records += 1;
-                return;
+                if self.producer.push(&self.buf).is_ok() {
+                    self.records += 1;
+                    return;
+                }
             }
         }
         self.drops += 1;

@@ -22,12 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flowtable::packet::LinkType;
+use pcap_parser::parse_pcap_header;
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
-use pcap_parser::{
-    parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
-    LegacyPcapBlock,
-};
 
 use crate::worker::Frame;
 
@@ -377,6 +374,8 @@ impl Capture {
         // The damaged place being skipped over, and the seconds of the last good record.
         let mut pending: Option<Damage> = None;
         let mut last_s: Option<u32> = None;
+        // Read once: the record header's length, the largest captured length, time units.
+        let limits = legacy_limits(&format);
         if let Format::Legacy { header_len, .. } = format {
             pos = header_len.min(chunk.len());
         }
@@ -418,48 +417,38 @@ impl Capture {
                 }
             } else {
                 match format {
-                    Format::Legacy {
-                        link,
-                        nanos,
-                        big_endian,
-                        modified,
-                        ..
-                    } => match check_legacy(&format, rest, eof) {
-                        Check::Good => {
-                            let parsed = if modified {
-                                parse_pcap_frame_modified(rest)
-                            } else if big_endian {
-                                parse_pcap_frame_be(rest)
-                            } else {
-                                parse_pcap_frame(rest)
-                            };
-                            match parsed {
-                                Ok((next, b)) => {
-                                    stats.frames += 1;
-                                    last_s = Some(b.ts_sec);
-                                    let offset_of = |s: &[u8]| {
-                                        (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32
-                                    };
-                                    match link {
-                                        Some(link) => frame(
-                                            FrameRef {
-                                                interface: unnamed,
-                                                ..legacy_frame(link, nanos, &b, offset_of)
-                                            },
-                                            &chunk,
-                                        ),
-                                        None => stats.unsupported_link += 1,
-                                    }
-                                    Step::Skip(rest.len() - next.len())
+                    Format::Legacy { link, nanos, .. } => {
+                        match check_legacy(&format, limits, rest, eof) {
+                            // The header is checked and the record is whole in the chunk: the
+                            // frame is taken from what the check read, without parsing again.
+                            Check::Good(h) => {
+                                stats.frames += 1;
+                                last_s = Some(h.secs);
+                                let (header_len, _, _) = limits;
+                                let start = rest.as_ptr() as usize - chunk.as_ptr() as usize;
+                                match link {
+                                    Some(link) => frame(
+                                        FrameRef {
+                                            interface: unnamed,
+                                            ..legacy_frame(
+                                                link,
+                                                nanos,
+                                                &h,
+                                                (start + header_len) as u32,
+                                            )
+                                        },
+                                        &chunk,
+                                    ),
+                                    None => stats.unsupported_link += 1,
                                 }
-                                Err(_) => Step::Damaged(1, "the record is malformed".into()),
+                                Step::Skip(header_len + h.caplen as usize)
                             }
+                            Check::More(need) => Step::Refill { from: 0, need },
+                            Check::Bad(what) => Step::Damaged(1, what),
                         }
-                        Check::More(need) => Step::Refill { from: 0, need },
-                        Check::Bad(what) => Step::Damaged(1, what),
-                    },
+                    }
                     Format::PcapNg => match check_ng(rest, eof, ng_big_endian) {
-                        Check::Good => {
+                        Check::Good(()) => {
                             let parsed = if ng_big_endian {
                                 parse_block_be(rest)
                             } else {
@@ -625,8 +614,9 @@ enum Step {
 }
 
 /// A record or block header at the walk's place, checked before it is parsed.
-enum Check {
-    Good,
+enum Check<T = ()> {
+    /// It is whole and sound; what the check read of it.
+    Good(T),
     /// Its header or body goes on past the chunk: this many bytes from its start.
     More(usize),
     Bad(String),
@@ -697,8 +687,13 @@ fn legacy_limits(format: &Format) -> (usize, u32, u32) {
 }
 
 /// Checks the legacy record at the start of `rest` before it is parsed.
-fn check_legacy(format: &Format, rest: &[u8], eof: bool) -> Check {
-    let (header_len, max_caplen, units) = legacy_limits(format);
+#[inline]
+fn check_legacy(
+    format: &Format,
+    (header_len, max_caplen, units): (usize, u32, u32),
+    rest: &[u8],
+    eof: bool,
+) -> Check<RecordHeader> {
     let Some(h) = record_header(format, rest).filter(|_| rest.len() >= header_len) else {
         return if eof {
             Check::Bad(CUT_SHORT.into())
@@ -726,7 +721,7 @@ fn check_legacy(format: &Format, rest: &[u8], eof: bool) -> Check {
             Check::More(len)
         };
     }
-    Check::Good
+    Check::Good(h)
 }
 
 /// Whether `h` could be a record header stamped near `near_s`.
@@ -876,7 +871,7 @@ fn check_ng(rest: &[u8], eof: bool, big_endian: bool) -> Check {
         };
     }
     match ng_trailer(rest, len, be) {
-        Some(end) if end == len => Check::Good,
+        Some(end) if end == len => Check::Good(()),
         end => Check::Bad(format!(
             "block of type {kind:#x}: total length {len} at its start but {} at its end",
             end.unwrap_or(0)
@@ -937,24 +932,18 @@ enum Format {
 }
 
 #[inline]
-fn legacy_frame(
-    link: LinkType,
-    nanos: bool,
-    b: &LegacyPcapBlock<'_>,
-    offset_of: impl Fn(&[u8]) -> u32,
-) -> FrameRef {
+fn legacy_frame(link: LinkType, nanos: bool, h: &RecordHeader, offset: u32) -> FrameRef {
     let frac = if nanos {
-        u64::from(b.ts_usec)
+        u64::from(h.frac)
     } else {
-        u64::from(b.ts_usec) * 1000
+        u64::from(h.frac) * 1000
     };
-    let data = b.data.get(..b.caplen as usize).unwrap_or(b.data);
     FrameRef {
         link,
-        ts_ns: u64::from(b.ts_sec) * 1_000_000_000 + frac,
-        wire_len: b.origlen,
-        offset: offset_of(data),
-        caplen: data.len() as u32,
+        ts_ns: u64::from(h.secs) * 1_000_000_000 + frac,
+        wire_len: h.origlen,
+        offset,
+        caplen: h.caplen,
         interface: 0,
     }
 }
