@@ -72,6 +72,7 @@ use flowtable::table::RecordMode;
 use recorder::thread::Progress;
 
 use crate::control::{self, ControlOptions, ControlSocket};
+use crate::exit;
 use crate::metrics::{ContextSample, MetricsListener, WorkerSample};
 use crate::privilege;
 use crate::source::xdp::{
@@ -160,6 +161,10 @@ pub struct LiveSummary {
     pub records_written: u64,
     pub log_bytes: u64,
     pub log_segments: u32,
+    /// Records lost for lack of space on the log's file system.
+    pub frames_lost: u64,
+    /// Records skipped by the recorder because their ring frame failed its checksum.
+    pub ring_checksum_failures: u64,
     pub elapsed: Duration,
 }
 
@@ -177,6 +182,12 @@ impl LiveSummary {
 
     pub fn ring_drops(&self) -> u64 {
         self.sockets.iter().map(|s| s.worker.ring_drops).sum()
+    }
+
+    /// Records that never reached the log: dropped from a full ring, damaged in a ring, or
+    /// lost for lack of space.
+    pub fn records_lost(&self) -> u64 {
+        self.ring_drops() + self.ring_checksum_failures + self.frames_lost
     }
 }
 
@@ -245,10 +256,22 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     print_summary(&summary, &opts)?;
-    match shipping {
-        Some(shipping) => shipping.finish(),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    let shipped = match shipping {
+        Some(shipping) => shipping.finish()?,
+        None => ExitCode::SUCCESS,
+    };
+    Ok(exit::worst([
+        if shipped == ExitCode::SUCCESS {
+            exit::OK
+        } else {
+            exit::EXPORT_PENDING
+        },
+        if summary.records_lost() > 0 {
+            exit::RECORDS_LOST
+        } else {
+            exit::OK
+        },
+    ]))
 }
 
 /// One planned socket: which entry, which queue, which core, which worker.
@@ -694,6 +717,7 @@ pub fn live(
                         kernel: p.kernel,
                         stats: p.worker,
                         records_written: progress.written_from_ring(ring),
+                        ring_checksum_failures: progress.checksum_failures_in_ring(ring),
                     }
                 })
                 .collect();
@@ -810,6 +834,12 @@ pub fn live(
         records_written: total.frames,
         log_bytes: total.file_bytes,
         log_segments: total.segments,
+        frames_lost: total.frames_lost,
+        ring_checksum_failures: rec
+            .checksum_failures_per_ring
+            .iter()
+            .map(|f| f.frames)
+            .sum(),
         elapsed: started.elapsed(),
     })
 }
@@ -1129,6 +1159,15 @@ fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
         s.log_segments,
         opts.stats.display()
     )?;
+    if s.records_lost() > 0 {
+        eprintln!(
+            "conntrail: {} record(s) lost: {} dropped from full rings, {} damaged in a ring (failed their checksum), {} for lack of space on the log's file system",
+            s.records_lost(),
+            s.ring_drops(),
+            s.ring_checksum_failures,
+            s.frames_lost
+        );
+    }
     Ok(())
 }
 

@@ -435,9 +435,10 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
     }
     if s.records_lost() > 0 {
         eprintln!(
-            "conntrail: {} record(s) lost: {} dropped from full rings, {} for lack of space on the log's file system",
+            "conntrail: {} record(s) lost: {} dropped from full rings, {} damaged in a ring (failed their checksum), {} for lack of space on the log's file system",
             s.records_lost(),
             s.ring_drops(),
+            s.ring_checksum_failures,
             w.frames_lost
         );
     }

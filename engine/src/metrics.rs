@@ -57,6 +57,8 @@ pub struct WorkerSample {
     pub stats: WorkerStats,
     /// Records from this worker's ring the recorder has written to the logs.
     pub records_written: u64,
+    /// Records from this worker's ring the recorder skipped: their frame failed its checksum.
+    pub ring_checksum_failures: u64,
 }
 
 /// Records written to one context's log.
@@ -110,7 +112,7 @@ fn escape(s: &str) -> String {
 pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
-    let simple: [Simple; 7] = [
+    let simple: [Simple; 8] = [
         (
             "conntrail_packets_total",
             "counter",
@@ -151,6 +153,13 @@ pub fn render(samples: &[WorkerSample], contexts: &[ContextSample]) -> String {
             "counter",
             "Records of this worker the recorder wrote to the logs.",
             |s| s.records_written,
+        ),
+        (
+            "conntrail_ring_checksum_failures_total",
+            "counter",
+            "Records of this worker lost because their ring frame failed its checksum \
+             (damaged in the ring's memory).",
+            |s| s.ring_checksum_failures,
         ),
         (
             "conntrail_untracked_packets_total",
@@ -347,6 +356,7 @@ mod tests {
         s.stats.table.fragments_evicted = 8;
         s.stats.ring_drops = 4;
         s.records_written = 7;
+        s.ring_checksum_failures = 9;
         s.stats.malformed[0] = 2;
         s.kernel.rx_ring_full = 6;
         s
@@ -376,6 +386,7 @@ mod tests {
             format!("conntrail_drops_total{{{labels},cause=\"ring-full\"}} 4"),
             format!("conntrail_drops_total{{{labels},cause=\"fragment-table-full\"}} 8"),
             format!("conntrail_records_written_total{{{labels}}} 7"),
+            format!("conntrail_ring_checksum_failures_total{{{labels}}} 9"),
             "conntrail_context_records_written_total{context=\"dmz\"} 2".to_string(),
             format!(
                 "conntrail_malformed_total{{{labels},reason=\"{}\"}} 2",

@@ -26,6 +26,7 @@ use recorder::writer::{LogWriter, Retention};
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
+use crate::exit;
 use crate::ringdir::{self, RingDir};
 
 /// Environment variable: a pause in microseconds after every record the recorder appends.
@@ -449,8 +450,9 @@ pub struct RecoverArgs {
     pub ring_dir: Option<PathBuf>,
 }
 
-/// Runs `conntrail recover`: one line per dead engine recovered; exit status 1 when one
-/// could not be.
+/// Runs `conntrail recover`: one line per dead engine recovered. The status is
+/// [`exit::DAMAGE`] when a ring was damaged (frames failing their checksum, a ring that could
+/// not be recovered) and [`exit::RECORDS_LOST`] when records could not be written.
 pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let ring_dir = match (&args.ring_dir, &args.config) {
         (Some(dir), _) => dir
@@ -469,19 +471,23 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     if outcomes.is_empty() {
         println!("nothing to recover in {}", dir.path().display());
     }
-    let mut failed = false;
+    let mut codes = vec![exit::OK];
     for outcome in outcomes {
         match outcome {
-            Ok(r) => println!("{}", describe(&r)),
+            Ok(r) => {
+                println!("{}", describe(&r));
+                if !r.recovery.checksum_failures.is_empty() {
+                    codes.push(exit::DAMAGE);
+                }
+                if r.recovery.frames_lost() > 0 {
+                    codes.push(exit::RECORDS_LOST);
+                }
+            }
             Err(e) => {
                 eprintln!("conntrail: {e:#}");
-                failed = true;
+                codes.push(exit::DAMAGE);
             }
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit::worst(codes))
 }

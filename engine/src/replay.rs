@@ -52,6 +52,8 @@ pub struct ReplaySummary {
     pub log_segments: u32,
     /// The log writer's counters: retention deletions, records lost to a full disk.
     pub log_writer: recorder::WriterStats,
+    /// Records skipped by the recorder because their ring frame failed its checksum.
+    pub ring_checksum_failures: u64,
     pub elapsed: Duration,
     /// CPU time of the thread that read the captures (from the start of the replay, the
     /// workers' set-up included) and of the recorder thread (each worker's is in its stats).
@@ -76,9 +78,10 @@ impl ReplaySummary {
         self.workers.iter().map(|w| w.ring_drops).sum()
     }
 
-    /// Records that never reached the log: dropped from a full ring, or for lack of space.
+    /// Records that never reached the log: dropped from a full ring, damaged in a ring, or
+    /// lost for lack of space.
     pub fn records_lost(&self) -> u64 {
-        self.ring_drops() + self.log_writer.frames_lost
+        self.ring_drops() + self.ring_checksum_failures + self.log_writer.frames_lost
     }
 
     pub fn pps(&self) -> f64 {
@@ -194,6 +197,11 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         log_bytes: total.file_bytes,
         log_segments: total.segments,
         log_writer: total,
+        ring_checksum_failures: rec_stats
+            .checksum_failures_per_ring
+            .iter()
+            .map(|f| f.frames)
+            .sum(),
         elapsed: started.elapsed(),
         reader_cpu,
         recorder_cpu: rec_stats.cpu,

@@ -190,4 +190,5 @@ fn recover_skips_a_damaged_ring_frame_and_says_where_it_was() {
         "stdout: {said}\nstderr: {}",
         text(&out.stderr)
     );
+    assert_eq!(out.status.code(), Some(1), "damage found: exit status 1");
 }

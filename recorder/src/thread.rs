@@ -79,6 +79,7 @@ impl Logs {
 pub struct Progress {
     per_ring: Vec<AtomicU64>,
     per_log: Vec<AtomicU64>,
+    checksum_failures_per_ring: Vec<AtomicU64>,
 }
 
 impl Progress {
@@ -87,6 +88,7 @@ impl Progress {
         Arc::new(Progress {
             per_ring: (0..rings).map(|_| AtomicU64::new(0)).collect(),
             per_log: (0..logs).map(|_| AtomicU64::new(0)).collect(),
+            checksum_failures_per_ring: (0..rings).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -104,12 +106,26 @@ impl Progress {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Frames of ring `ring` skipped so far because they failed their checksum.
+    pub fn checksum_failures_in_ring(&self, ring: usize) -> u64 {
+        self.checksum_failures_per_ring
+            .get(ring)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     fn publish(&self, stats: &RecorderStats) {
         for (counter, n) in self.per_ring.iter().zip(&stats.frames_per_ring) {
             counter.store(*n, Ordering::Relaxed);
         }
         for (counter, n) in self.per_log.iter().zip(&stats.frames_per_log) {
             counter.store(*n, Ordering::Relaxed);
+        }
+        for (counter, f) in self
+            .checksum_failures_per_ring
+            .iter()
+            .zip(&stats.checksum_failures_per_ring)
+        {
+            counter.store(f.frames, Ordering::Relaxed);
         }
     }
 }
@@ -124,6 +140,9 @@ pub struct RecorderStats {
     /// Frames taken from a ring but not written because they exceed the log's maximum
     /// payload, per ring.
     pub rejected_per_ring: Vec<u64>,
+    /// Frames skipped because they failed their checksum (damaged in the ring's memory),
+    /// per ring: how many, and where the first was.
+    pub checksum_failures_per_ring: Vec<ring::ChecksumFailures>,
     /// Rings that stopped delivering because their contents are corrupt, with what is wrong.
     pub corrupt_rings: Vec<(usize, ring::Corruption)>,
     /// Each log writer's counters (frames, bytes, segments), in the order of [`Logs`].
@@ -209,6 +228,7 @@ pub fn run(
         frames_per_ring: vec![0; consumers.len()],
         frames_per_log: vec![0; logs.len()],
         rejected_per_ring: vec![0; consumers.len()],
+        checksum_failures_per_ring: vec![ring::ChecksumFailures::default(); consumers.len()],
         ..RecorderStats::default()
     };
     let mut idle_passes = 0u32;
@@ -244,7 +264,9 @@ pub fn run(
     Ok(stats)
 }
 
-/// Takes up to [`BATCH_FRAMES`] from each ring in turn; returns how many frames it took.
+/// Takes up to [`BATCH_FRAMES`] from each ring in turn; returns how many frames it took,
+/// those skipped for a failed checksum included (their space is released too). Each ring's
+/// new checksum failures are reported on the log as they are found.
 fn drain_pass(
     consumers: &mut [ring::Consumer],
     logs: &mut Logs,
@@ -281,6 +303,22 @@ fn drain_pass(
                 break;
             }
             moved += 1;
+        }
+        let failures = consumer.checksum_failures();
+        let known = &mut stats.checksum_failures_per_ring[ring_index];
+        if failures.frames > known.frames {
+            let new = failures.frames - known.frames;
+            log::error!(
+                "ring {}: {new} {} failed {} checksum (damaged in memory), skipped; {} so far, \
+                 the first at offset {}",
+                consumer.path().display(),
+                if new == 1 { "frame" } else { "frames" },
+                if new == 1 { "its" } else { "their" },
+                failures.frames,
+                failures.first_offset
+            );
+            moved += usize::try_from(new).unwrap_or(usize::MAX);
+            *known = failures;
         }
     }
     Ok(moved)
@@ -388,6 +426,57 @@ mod tests {
         assert_eq!(payloads, (0..10u8).map(|i| vec![i; 30]).collect::<Vec<_>>());
         // Released after the flush: nothing is left to recover.
         assert!(ring::open(&ring_path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_frame_damaged_in_the_ring_is_skipped_counted_and_published() {
+        use std::os::unix::fs::FileExt;
+        let dir = TestDir::new("checksum");
+        let log = dir.path().join("LOG");
+        let ring_path = dir.path().join("ring");
+        let (mut producer, consumer) = ring::create(&ring_path, 4096).unwrap();
+        for i in 0..10u8 {
+            producer.push(&[i; 30]).unwrap();
+        }
+        // Frames of 30 bytes take 48 (8 header, 30 payload, 4 CRC, padded to 8), from the
+        // data area at ring::spsc::HEADER_LEN: flip a bit in the payload of frame 3 in the file,
+        // which the ring's shared mapping sees.
+        let frame3 = (ring::spsc::HEADER_LEN + 3 * 48) as u64;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ring_path)
+            .unwrap();
+        file.write_all_at(&[3 ^ 0x10], frame3 + 8 + 5).unwrap();
+        drop(file);
+        let progress = Progress::new(1, 1);
+        let stats = spawn(
+            vec![consumer],
+            Logs::one(LogWriter::create(&log, u64::MAX).unwrap()),
+            Arc::new(AtomicBool::new(true)),
+            Arc::clone(&progress),
+        )
+        .join()
+        .unwrap()
+        .unwrap();
+        assert_eq!(stats.frames_per_ring, vec![9]);
+        assert_eq!(
+            stats.checksum_failures_per_ring,
+            vec![ring::ChecksumFailures {
+                frames: 1,
+                first_offset: frame3
+            }]
+        );
+        assert_eq!(progress.checksum_failures_in_ring(0), 1);
+        let payloads: Vec<_> = LogReader::open(&log)
+            .unwrap()
+            .map(|item| item.unwrap().payload)
+            .collect();
+        let intact: Vec<_> = (0..10u8).filter(|&i| i != 3).map(|i| vec![i; 30]).collect();
+        assert_eq!(
+            payloads, intact,
+            "the damaged record is not written changed"
+        );
+        drop(producer);
     }
 
     #[test]
