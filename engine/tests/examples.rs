@@ -771,3 +771,33 @@ fn context_records_match_the_oracles() {
     }
     assert!(replays >= 1, "the README shows a replay with contexts");
 }
+
+/// Every example with a `$` prompt is in a ` ```console ` block, so the harness runs it: no
+/// indented block or block of another kind shows a prompt, and every fence names its kind
+/// (trycmd would run a bare one without the checks above seeing it).
+#[test]
+fn every_prompted_example_runs() {
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).expect("a document");
+        let mut lang: Option<&str> = None;
+        for (n, line) in text.lines().enumerate() {
+            let at = format!("{}:{}", doc.display(), n + 1);
+            if let Some(info) = line.strip_prefix("```") {
+                lang = match lang {
+                    Some(_) => None,
+                    None => {
+                        assert!(!info.trim().is_empty(), "{at}: a fence without a kind");
+                        Some(info.trim())
+                    }
+                };
+                continue;
+            }
+            if lang != Some("console") {
+                assert!(
+                    !line.trim_start().starts_with("$ "),
+                    "{at}: an example with a prompt outside a ```console block is never run: {line}"
+                );
+            }
+        }
+    }
+}
