@@ -11,7 +11,8 @@
 //!   block whose first line is `# NAME.toml` is written there as `NAME.toml` first, so an
 //!   example runs with the very configuration the text shows.
 //! - The figures of the recorded outputs that tshark's oracle files also give (connections,
-//!   close kinds, packets, bytes and payload each way of a connection) are compared with
+//!   close kinds, packets, bytes, payload and retransmissions each way of a connection, the
+//!   handshake's SYN->SYN-ACK and SYN->ACK times) are compared with
 //!   those oracles (`../shared/corpus/real/*.oracle.json`): a recorded output has to be true,
 //!   not only what the code printed once.
 //!
@@ -443,6 +444,20 @@ fn counters(line: &str) -> BTreeMap<String, u64> {
     counters
 }
 
+/// A duration as conntrail prints it (`281.0 us`, `1.094 ms`, `5.057 s`), in seconds; none
+/// for `-` (not measured).
+fn seconds(value: &str, unit: &str) -> Option<f64> {
+    let value: f64 = value.trim_start_matches('+').parse().ok()?;
+    let scale = match unit.trim_end_matches(',') {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        other => panic!("unit {other:?}"),
+    };
+    Some(value * scale)
+}
+
 /// Checks packets, bytes and payload each way and the close reason of a TCP connection.
 fn check_connection(what: &str, oracle: &Value, client: &str, server: &str, fields: &Fields) {
     let conn = oracle_tcp(oracle, client, server);
@@ -456,6 +471,17 @@ fn check_connection(what: &str, oracle: &Value, client: &str, server: &str, fiel
                 );
             }
         }
+    }
+    if let Some((syn_synack, synack_ack)) = fields.handshake_s {
+        let close = |shown: f64, oracle: &Value, name: &str| {
+            let expected = oracle.as_f64().unwrap_or(f64::NAN);
+            assert!(
+                (shown - expected).abs() <= expected * 1e-3 + 1e-9,
+                "{what}: {name} {shown:.9} s, oracle {expected:.9} s"
+            );
+        };
+        close(syn_synack, &conn["syn_to_synack_s"], "syn->syn-ack");
+        close(syn_synack + synack_ack, &conn["initial_rtt_s"], "syn->ack");
     }
     if let Some(reason) = &fields.reason {
         let kind = conn["close_kind"].as_str().unwrap_or_default();
@@ -472,6 +498,8 @@ fn check_connection(what: &str, oracle: &Value, client: &str, server: &str, fiel
 struct Fields {
     counters: BTreeMap<String, u64>,
     reason: Option<String>,
+    /// SYN to SYN-ACK and SYN-ACK to ACK, in seconds.
+    handshake_s: Option<(f64, f64)>,
 }
 
 impl Fields {
@@ -506,6 +534,12 @@ fn shown_records_match_the_oracles() {
             };
             for line in &step.output {
                 let line = line.trim_start();
+                if let Some(latency) = line.strip_prefix("latency ") {
+                    let words: Vec<&str> = latency.split_whitespace().collect();
+                    if let ["syn->syn-ack", a, a_unit, "syn-ack->ack", b, b_unit, ..] = words[..] {
+                        fields.handshake_s = seconds(a, a_unit).zip(seconds(b, b_unit));
+                    }
+                }
                 for dir in ["c2s", "s2c"] {
                     if line.starts_with(&format!("{dir} ")) {
                         for (name, n) in counters(line) {
@@ -519,7 +553,15 @@ fn shown_records_match_the_oracles() {
                 "{}: no counters",
                 step.text()
             );
-            check_connection(&step.text(), &oracle(capture), client, server, &fields);
+            let oracle = oracle(capture);
+            let complete = oracle_tcp(&oracle, client, server)["handshake"] == "complete";
+            assert_eq!(
+                fields.handshake_s.is_some(),
+                complete,
+                "{}: handshake latencies shown when the oracle's handshake completed",
+                step.text()
+            );
+            check_connection(&step.text(), &oracle, client, server, &fields);
             records += 1;
         }
     }
@@ -605,6 +647,12 @@ fn diffed_records_match_the_oracles() {
                 let (client, server) = tcp_endpoints(&connection);
                 let (_, capture) = replay_of(&steps, at, log);
                 let mut fields = Fields::default();
+                let latency = |name: &str| {
+                    let row = step.output.iter().find_map(|row| row.strip_prefix(name))?;
+                    let words: Vec<&str> = row.split_whitespace().collect();
+                    seconds(words.get(2 * column)?, words.get(2 * column + 1)?)
+                };
+                fields.handshake_s = latency("syn -> syn-ack").zip(latency("syn-ack -> ack"));
                 for row in &step.output {
                     if let Some(values) = row.strip_prefix("close reason") {
                         fields.reason = values.split_whitespace().nth(column).map(String::from);
@@ -685,6 +733,10 @@ fn ecs_records_match_the_oracles() {
                         ("s2c bytes".to_string(), count(&ecs["destination"]["bytes"])),
                     ]),
                     reason: ecs["event"]["reason"].as_str().map(String::from),
+                    handshake_s: ecs["conntrail"]["latency_ns"]["syn_synack"]
+                        .as_f64()
+                        .zip(ecs["conntrail"]["latency_ns"]["synack_ack"].as_f64())
+                        .map(|(a, b)| (a * 1e-9, b * 1e-9)),
                 };
                 let (client, server) = (endpoint(&ecs["source"]), endpoint(&ecs["destination"]));
                 check_connection(&step.text(), &oracle(capture), &client, &server, &fields);
