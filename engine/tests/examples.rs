@@ -136,7 +136,7 @@ impl Step {
 fn steps(doc: &Path) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for block in blocks(doc).into_iter().filter(|b| b.lang == "console") {
-        let mut in_block = 0;
+        let mut prompted = false;
         for line in block.lines {
             if let Some(command) = line.strip_prefix("$ ") {
                 let args = command
@@ -147,8 +147,8 @@ fn steps(doc: &Path) -> Vec<Step> {
                     args,
                     output: Vec::new(),
                 });
-                in_block += 1;
-            } else if in_block > 0 && !line.starts_with("? ") {
+                prompted = true;
+            } else if prompted && !line.starts_with("? ") {
                 if let Some(step) = steps.last_mut() {
                     step.output.push(line);
                 }
@@ -190,6 +190,7 @@ fn examples_run_as_documented() {
             std::env::temp_dir().join(format!("conntrail-examples-{}-{n}", std::process::id())),
         );
         let clone = scratch.0.join("repo");
+        let _ = std::fs::remove_dir_all(&scratch.0);
         std::fs::create_dir_all(&clone).expect("the scratch directory");
         std::os::unix::fs::symlink(&shared, scratch.0.join("shared")).expect("../shared");
         for (name, text) in shown_files(doc) {
@@ -198,6 +199,8 @@ fn examples_run_as_documented() {
         std::env::set_current_dir(&clone).expect("into the scratch directory");
         trycmd::TestCases::new()
             .register_bin("conntrail", trycmd::cargo::cargo_bin!("conntrail"))
+            // The documented output is the default's (warnings only), whatever the caller's.
+            .env("RUST_LOG", "warn")
             .timeout(std::time::Duration::from_secs(120))
             .case(doc)
             .run();
