@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use engine::exit;
 use engine::replay::{replay, ReplayOptions, ReplaySummary};
 use engine::synth::{self, SynthOptions};
@@ -139,6 +139,59 @@ enum ConfigAction {
     Default,
 }
 
+/// What every command's exit status means: the scheme of `engine::exit`.
+const EXIT_STATUS: &str = "Exit status:
+  0  done, nothing lost and no damage seen
+  1  damage found in an input (output complete up to it; each place reported on stderr)
+  2  usage or configuration error, or a refusal (nothing written)
+  3  records written to the log but not all shipped to NATS (--export)
+  4  records lost (full ring, or no space left for the log); the highest that applies wins";
+
+/// One example invocation of each subcommand, for its `--help`.
+fn example(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "replay" => "conntrail replay --record all --log trace.log capture.pcap",
+        "show" => "conntrail show trace.log 3",
+        "synth" => "conntrail synth -o synth.pcap --flows 100 --packets 2000",
+        "query" => "conntrail query trace.log reason=tcp-rst-server and port 443",
+        "diff" => "conntrail diff trace.log:1 trace.log:3",
+        "correlate" => "conntrail correlate --conntrace proxy.conntrace.jsonl front.log back.log",
+        "filter" => "conntrail filter trace.log:3",
+        "extract" => "conntrail extract --pcap capture.pcap -o conn3.pcap trace.log:3",
+        "run" => "conntrail run --config conntrail.toml --log tracker.log",
+        "export" => "conntrail export --config conntrail.toml tracker.log",
+        "stats" => "conntrail stats tracker.log.stats.json",
+        "recover" => "conntrail recover --config conntrail.toml",
+        "watch" => "conntrail watch --log tracker.log list",
+        "sessions" => "conntrail sessions --log tracker.log port 443",
+        "session" => "conntrail session --log tracker.log 17",
+        "reload" => "conntrail reload --log tracker.log",
+        "config" => "conntrail config check conntrail.toml",
+        _ => return None,
+    })
+}
+
+/// Each subcommand's `--help` ends with an example and the exit statuses.
+fn with_help(cli: clap::Command) -> clap::Command {
+    let names: Vec<String> = cli
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.iter().fold(cli, |cli, name| {
+        cli.mut_subcommand(name, |sub| {
+            let mut text = sub
+                .get_after_help()
+                .map(|h| format!("{h}\n\n"))
+                .unwrap_or_default();
+            if let Some(e) = example(sub.get_name()) {
+                text.push_str(&format!("Example:\n  {e}\n\n"));
+            }
+            text.push_str(EXIT_STATUS);
+            sub.after_help(text)
+        })
+    })
+}
+
 fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         None => Ok(Config::default()),
@@ -152,7 +205,10 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&with_help(Cli::command()).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

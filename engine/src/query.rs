@@ -61,8 +61,9 @@ pub struct QueryArgs {
     /// JSON Lines: the `show --json` object of each record, plus `"log"`.
     #[arg(long)]
     pub json: bool,
-    /// JSON Lines with Elastic Common Schema field names (the log in `log.file.path`).
-    #[arg(long, conflicts_with = "count_by")]
+    /// JSON Lines with Elastic Common Schema field names (the log in `log.file.path`; not
+    /// with `--json`).
+    #[arg(long, conflicts_with_all = ["count_by", "json"])]
     pub ecs: bool,
     /// Instead of the records, how many records have each value of this field, most
     /// frequent first, with the total (`port` is the server's port).

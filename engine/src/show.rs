@@ -47,8 +47,8 @@ pub struct ShowArgs {
     /// JSON Lines, one object per record.
     #[arg(long)]
     pub json: bool,
-    /// JSON with Elastic Common Schema field names.
-    #[arg(long)]
+    /// JSON with Elastic Common Schema field names (not with `--json`).
+    #[arg(long, conflicts_with = "json")]
     pub ecs: bool,
     /// Colour warn (yellow) and error (red) points of the text timeline.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
