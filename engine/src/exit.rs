@@ -23,6 +23,20 @@ pub const EXPORT_PENDING: u8 = 3;
 /// Records lost (ring full, disk full).
 pub const RECORDS_LOST: u8 = 4;
 
+/// The status of a run that wrote a log: export not drained (`shipped` is not success),
+/// records lost, damage found in an input, the worst of them.
+pub fn of_run(shipped: ExitCode, records_lost: u64, damaged: bool) -> ExitCode {
+    worst([
+        if shipped == ExitCode::SUCCESS {
+            OK
+        } else {
+            EXPORT_PENDING
+        },
+        if records_lost > 0 { RECORDS_LOST } else { OK },
+        if damaged { DAMAGE } else { OK },
+    ])
+}
+
 /// The status for the worst of `codes`.
 pub fn worst(codes: impl IntoIterator<Item = u8>) -> ExitCode {
     ExitCode::from(codes.into_iter().max().unwrap_or(OK))

@@ -260,18 +260,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Some(shipping) => shipping.finish()?,
         None => ExitCode::SUCCESS,
     };
-    Ok(exit::worst([
-        if shipped == ExitCode::SUCCESS {
-            exit::OK
-        } else {
-            exit::EXPORT_PENDING
-        },
-        if summary.records_lost() > 0 {
-            exit::RECORDS_LOST
-        } else {
-            exit::OK
-        },
-    ]))
+    Ok(exit::of_run(shipped, summary.records_lost(), false))
 }
 
 /// One planned socket: which entry, which queue, which core, which worker.

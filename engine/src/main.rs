@@ -258,19 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::SUCCESS,
             };
             let damaged = summary.captures.iter().any(|(_, c)| c.is_damaged());
-            Ok(exit::worst([
-                if shipped == ExitCode::SUCCESS {
-                    exit::OK
-                } else {
-                    exit::EXPORT_PENDING
-                },
-                if summary.records_lost() > 0 {
-                    exit::RECORDS_LOST
-                } else {
-                    exit::OK
-                },
-                if damaged { exit::DAMAGE } else { exit::OK },
-            ]))
+            Ok(exit::of_run(shipped, summary.records_lost(), damaged))
         }
         Command::Show(a) => engine::show::run(a),
         Command::Synth {
