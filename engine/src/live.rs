@@ -342,9 +342,12 @@ pub fn live(
     let ring_dir = crate::ringdir::RingDir::open_for(&cfg.ring.dir, ring_owner)?;
     // A crashed run's log, just completed from its rings, is continued rather than replaced.
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
-    for log in &log_paths {
-        crate::recover::check_log_target(log)?;
-    }
+    crate::evidence::check_logs(
+        "run",
+        &log_paths,
+        &crate::evidence::Inputs::default(),
+        crate::evidence::LogTarget::Continue,
+    )?;
     crate::recover::recover_at_start(&ring_dir);
     let run_file = crate::recover::RunFile::create(
         ring_dir,
