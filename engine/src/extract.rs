@@ -18,6 +18,9 @@
 //! length); otherwise pcapng, with one interface per input interface that contributed a
 //! frame, keeping its link type, snap length, name, timestamp resolution and offset.
 //! Timestamps and frame bytes are copied unchanged.
+//!
+//! The output is never one of the captures read nor the log, and an existing file is replaced only with
+//! `--overwrite` ([`crate::evidence::check_outputs`]).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -62,6 +65,9 @@ pub struct ExtractArgs {
     /// Output capture: pcap when every input is pcap of one link type, else pcapng.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
+    /// Replace OUT if it exists (never one of the captures read, nor the log).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Read every capture to its end, even when it looks time-ordered.
     #[arg(long)]
     pub read_all: bool,
@@ -104,18 +110,17 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
         damaged += 1;
         eprintln!("conntrail: damaged log: {d}");
     })?;
-    for p in &args.pcaps {
-        if same_file(p, &args.output) {
-            bail!(
-                "the output {} is one of the input captures",
-                args.output.display()
-            );
-        }
-    }
+    let mut read = args.pcaps.clone();
+    read.push(args.record.log.clone());
+    crate::evidence::check_outputs(
+        "extract",
+        &[&args.output],
+        &crate::evidence::Inputs::of_paths(&read),
+        args.overwrite,
+    )?;
     let format = output_format(&args.pcaps)?;
     let sel = Selection::of(&rec);
-    let file = File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    let file = crate::evidence::create_output(&args.output)?;
     let mut out = Output::new(BufWriter::new(file), format)
         .with_context(|| format!("writing {}", args.output.display()))?;
     let mut reports = Vec::new();
@@ -143,13 +148,6 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     };
     summary.push('\n');
     crate::logs::print_and_exit(&summary, damaged > 0)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// Looks at the first block of every capture: pcap out when all are legacy pcap of one

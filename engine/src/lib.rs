@@ -19,6 +19,7 @@
 //!     captures: vec!["capture.pcap".into()],
 //!     progress: false,
 //!     interface: None,
+//!     log_target: engine::evidence::LogTarget::New,
 //! };
 //! let summary = replay(&Config::default(), &opts).expect("replay");
 //! println!("{} packets, {} records", summary.packets(), summary.records());
@@ -30,6 +31,7 @@ pub mod control;
 pub mod correlate;
 pub mod diff;
 pub mod ecs;
+pub mod evidence;
 pub mod exit;
 pub mod expr;
 pub mod extract;

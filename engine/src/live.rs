@@ -331,6 +331,15 @@ pub fn live(
     mut say: impl FnMut(String),
 ) -> Result<LiveSummary> {
     let started = Instant::now();
+    // A run continues its logs (a crashed run's, just completed from its rings, too), but
+    // never writes onto a file that is not one: checked before anything is opened.
+    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
+    crate::evidence::check_logs(
+        "run",
+        &log_paths,
+        &crate::evidence::Inputs::default(),
+        crate::evidence::LogTarget::Continue,
+    )?;
     let (workers, umem_bytes) = crate::preflight::live_workers(cfg);
     crate::preflight::check_memory(cfg, workers, umem_bytes)?;
     let plans = plan(cfg, &opts.config_name)?;
@@ -352,11 +361,6 @@ pub fn live(
         None => crate::ringdir::euid(),
     };
     let ring_dir = crate::ringdir::RingDir::open_for(&cfg.ring.dir, ring_owner)?;
-    // A crashed run's log, just completed from its rings, is continued rather than replaced.
-    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
-    for log in &log_paths {
-        crate::recover::check_log_target(log)?;
-    }
     crate::recover::recover_at_start(&ring_dir);
     let run_file = crate::recover::RunFile::create(
         ring_dir,

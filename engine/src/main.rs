@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use engine::evidence::LogTarget;
 use engine::exit;
-use engine::replay::{replay, ReplayOptions, ReplaySummary};
+use engine::replay::{ReplayOptions, ReplaySummary};
 use engine::synth::{self, SynthOptions};
 use engine::synth_proxy::{write_proxy, ProxyOptions};
 use flowtable::config::{Config, DEFAULT_TOML};
@@ -47,14 +48,24 @@ enum Command {
         /// Which connections to record.
         #[arg(long, value_enum, default_value_t = Record::Anomalous)]
         record: Record,
-        /// The log to write (rotated segments are LOG.1, LOG.2, ...).
+        /// The log to write (rotated segments are LOG.1, LOG.2, ...): a new one, unless
+        /// `--overwrite` or `--append` says what to do with an existing one. Never one of
+        /// the captures, nor a file that is not a conntrail log.
         #[arg(long)]
         log: PathBuf,
+        /// Replace the log if it exists (only a conntrail log: its old segments are
+        /// removed).
+        #[arg(long, conflicts_with = "append")]
+        overwrite: bool,
+        /// Add to the log if it exists, after its last intact record; record ids go on from
+        /// where it stopped.
+        #[arg(long)]
+        append: bool,
         /// The interface the captures were taken on, for those that do not name it (pcap
         /// files; pcapng interfaces without a name): `[[context]]` interfaces match it.
         #[arg(long)]
         interface: Option<String>,
-        /// Capture files, replayed in order.
+        /// Capture files, replayed in order; `-` reads one from standard input.
         #[arg(required = true)]
         pcaps: Vec<PathBuf>,
         #[command(flatten)]
@@ -69,6 +80,9 @@ enum Command {
         /// PREFIX.conntrace.jsonl (the proxy's log) and PREFIX.truth.jsonl.
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// Replace the files it writes if they exist.
+        #[arg(long)]
+        overwrite: bool,
         #[arg(long, default_value_t = 1000, conflicts_with = "proxy")]
         flows: u64,
         #[arg(long, default_value_t = 20000, conflicts_with = "proxy")]
@@ -225,13 +239,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             workers,
             record,
             log,
+            overwrite,
+            append,
             interface,
             pcaps,
             export,
         } => {
             let cfg = load_config(config.as_deref())?;
-            let shipping =
-                engine::nats::start(&cfg, &export, &engine::contexts::log_paths(&cfg, &log)?)?;
             let opts = ReplayOptions {
                 workers,
                 mode: match record {
@@ -242,8 +256,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 captures: pcaps,
                 progress: io::stderr().is_terminal(),
                 interface,
+                log_target: match (overwrite, append) {
+                    (true, _) => LogTarget::Overwrite,
+                    (_, true) => LogTarget::Continue,
+                    _ => LogTarget::New,
+                },
             };
-            let summary = match replay(&cfg, &opts) {
+            let prepared = engine::replay::prepare(&cfg, &opts)?;
+            let shipping = engine::nats::start(
+                &cfg,
+                &export,
+                &engine::contexts::log_paths(&cfg, &opts.log)?,
+            )?;
+            let summary = match prepared.run(&cfg, &opts) {
                 Ok(summary) => summary,
                 Err(e) => {
                     if let Some(shipping) = shipping {
@@ -263,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(a) => engine::show::run(a),
         Command::Synth {
             output,
+            overwrite,
             flows,
             packets,
             seed,
@@ -281,9 +307,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     failure_share,
                     v6_share,
                 };
-                return synth_proxy(&opts, &output);
+                return synth_proxy(&opts, &output, overwrite);
             }
             let truth = truth_path(&output);
+            let inputs = engine::evidence::Inputs::default();
+            engine::evidence::check_outputs("synth", &[&output, &truth], &inputs, overwrite)?;
             let opts = SynthOptions {
                 flows,
                 packets,
@@ -332,7 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `synth --proxy -o PREFIX`: the four files beside each other, and what they hold.
-fn synth_proxy(opts: &ProxyOptions, prefix: &Path) -> Result<ExitCode> {
+fn synth_proxy(opts: &ProxyOptions, prefix: &Path, overwrite: bool) -> Result<ExitCode> {
     let with = |suffix: &str| {
         let mut name = prefix.as_os_str().to_owned();
         name.push(suffix);
@@ -340,6 +368,9 @@ fn synth_proxy(opts: &ProxyOptions, prefix: &Path) -> Result<ExitCode> {
     };
     let (front, back) = (with(".front.pcap"), with(".back.pcap"));
     let (conntrace, truth) = (with(".conntrace.jsonl"), with(".truth.jsonl"));
+    let outputs: [&Path; 4] = [&front, &back, &conntrace, &truth];
+    let inputs = engine::evidence::Inputs::default();
+    engine::evidence::check_outputs("synth", &outputs, &inputs, overwrite)?;
     let s = write_proxy(opts, &front, &back, &conntrace, &truth)?;
     println!(
         "front capture: {} ({} packets)",

@@ -55,33 +55,6 @@ pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> 
     Ok(writer)
 }
 
-/// Refuses to write to `path` when it exists and is not a conntrail log (a capture, say, or
-/// any other file): only an empty file or one that starts with the log's magic is one.
-pub fn check_log_target(path: &Path) -> Result<()> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("opening log {}", path.display())),
-    };
-    let mut head = [0u8; 8];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("reading log {}", path.display())),
-        }
-    }
-    if head[..got] != recorder::format::MAGIC[..got] {
-        bail!(
-            "{} is not a conntrail log: refusing to write to it (nothing was changed)",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 /// For each worker that has records in `logs`, the sequence number its next record must
 /// take so that no record id repeats in them: one more than the highest it left (an id is
 /// the worker in its top 16 bits and the sequence below). Damage is skipped: the reader
@@ -329,7 +302,7 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
     // new file where root may write and that user may not.
     let writer = rustix::fs::fstat(&file).map_or(u32::MAX, |st| st.st_uid);
     for log in &logs {
-        check_log_target(log)?;
+        crate::evidence::check_continuable(log)?;
         if writer != ringdir::euid() {
             let owner = std::fs::symlink_metadata(log).map(|m| m.uid()).ok();
             if owner != Some(writer) {

@@ -6,6 +6,13 @@
 //! machine has a core for every thread); the recorder thread drains the rings into the log.
 //! At the end of the captures every worker closes its open flows (`shutdown`), the recorder
 //! drains and flushes, and the summary is returned.
+//!
+//! Before any of that ([`prepare`]) every capture is opened and checked to be one, and the
+//! logs are checked with [`crate::evidence`]: a log is never written onto a capture of the
+//! replay, an existing one is replaced or continued only when [`ReplayOptions::log_target`]
+//! says so, and a file that is not a log is never replaced. A replay that fails there has
+//! created nothing: no ring, run file, lock file or segment. A capture named `-` is read
+//! from standard input, as a stream.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -20,6 +27,7 @@ use flowtable::key::{FlowKey, KeyKind};
 use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 
+use crate::evidence::{self, Inputs, LogTarget};
 use crate::source::pcap::{Capture, CaptureStats};
 use recorder::thread::Progress;
 
@@ -38,6 +46,9 @@ pub struct ReplayOptions {
     /// The interface the captures were taken on, for those that do not name it (pcap
     /// files, pcapng interfaces without `if_name`): it chooses the contexts.
     pub interface: Option<String>,
+    /// What to do with a log that exists already: refuse, replace it, or continue it (record
+    /// ids then go on from the highest each worker left in it).
+    pub log_target: LogTarget,
 }
 
 /// The outcome of a replay.
@@ -93,17 +104,72 @@ impl ReplaySummary {
 /// wait for anything but work).
 const BATCHES_PER_WORKER: usize = 8;
 
-/// Replays `opts.captures` under `cfg` into `opts.log`.
-pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
+/// A replay ready to start: its captures open and its logs checked, nothing created yet.
+pub struct Prepared {
+    captures: Vec<Capture>,
+    log_paths: Vec<PathBuf>,
+}
+
+/// Checks what a replay of `opts` under `cfg` would read and write, creating nothing: the
+/// options, the memory it needs, every capture (opened, and checked to start like one) and
+/// every log (see [`crate::evidence::check_logs`]).
+pub fn prepare(cfg: &Config, opts: &ReplayOptions) -> Result<Prepared> {
     if opts.workers == 0 || opts.workers > 256 {
         bail!("--workers must be between 1 and 256");
     }
     crate::preflight::check_memory(cfg, opts.workers, 0)?;
+    let stdin = opts
+        .captures
+        .iter()
+        .filter(|p| p.as_os_str() == evidence::STDIN);
+    if stdin.count() > 1 {
+        bail!("standard input (-) can be read once: give it as one capture only");
+    }
+    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
+    let mut captures = Vec::with_capacity(opts.captures.len());
+    let mut inputs = Inputs::default();
+    for path in &opts.captures {
+        let capture = Capture::open(path)?;
+        if let Ok(meta) = capture.metadata() {
+            inputs.add(&meta, path);
+        }
+        captures.push(capture);
+    }
+    evidence::check_logs("replay", &log_paths, &inputs, opts.log_target)?;
+    Ok(Prepared {
+        captures,
+        log_paths,
+    })
+}
+
+/// Replays `opts.captures` under `cfg` into `opts.log`: [`prepare`], then [`Prepared::run`].
+pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
+    prepare(cfg, opts)?.run(cfg, opts)
+}
+
+impl Prepared {
+    /// Runs the replay [`prepare`] checked, with the same `cfg` and `opts`.
+    pub fn run(self, cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
+        run(cfg, opts, self)
+    }
+}
+
+fn run(cfg: &Config, opts: &ReplayOptions, prepared: Prepared) -> Result<ReplaySummary> {
+    let Prepared {
+        captures,
+        log_paths,
+    } = prepared;
     let started = Instant::now();
     let cpu_at_start = recorder::thread::thread_cpu_time();
     let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;
-    let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
     crate::recover::recover_at_start(&ring_dir);
+    let resume = opts.log_target == LogTarget::Continue;
+    // Continuing a log, record ids go on from the highest each worker left in it.
+    let sequences = if resume {
+        crate::recover::next_sequences(&log_paths)
+    } else {
+        Default::default()
+    };
     let run_file =
         crate::recover::RunFile::create(ring_dir, &log_paths, 0..opts.workers, &cfg.log)?;
     let ring_paths = run_file.rings().to_vec();
@@ -132,6 +198,9 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         // Worker w on core w + 1, core 0 left to the reader.
         let core = pin.then(|| cores[w + 1]);
         let mut worker = Worker::new(cfg, w as u16, opts.mode, producer);
+        if let Some(sequence) = sequences.get(&(w as u16)) {
+            worker.continue_ids(*sequence);
+        }
         worker.wait_for_recorder(Arc::clone(&recorder_gone));
         let recycle = recycle_tx.clone();
         let handle = thread::Builder::new()
@@ -149,7 +218,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
     drop(recycle_tx);
 
-    let logs = crate::contexts::open_logs(cfg, &log_paths, |_| false)?;
+    let logs = crate::contexts::open_logs(cfg, &log_paths, |_| resume)?;
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Progress::new(consumers.len(), logs.len());
     let recorder = recorder::thread::spawn(consumers, logs, Arc::clone(&stop), progress);
@@ -163,7 +232,7 @@ pub fn replay(cfg: &Config, opts: &ReplayOptions) -> Result<ReplaySummary> {
         })
         .context("starting the recorder's watch")?;
 
-    let read_result = read_all(cfg, opts, &to_workers, &recycle_rx);
+    let read_result = read_all(cfg, opts, captures, &to_workers, &recycle_rx);
     let reader_cpu = recorder::thread::thread_cpu_time().saturating_sub(cpu_at_start);
     drop(to_workers);
     let mut workers = Vec::new();
@@ -282,16 +351,20 @@ impl Spreader {
 fn read_all(
     cfg: &Config,
     opts: &ReplayOptions,
+    captures: Vec<Capture>,
     to_workers: &[Sender<Batch>],
     recycle: &Receiver<Batch>,
 ) -> Result<Vec<(PathBuf, CaptureStats)>> {
     let n = to_workers.len();
-    let total_bytes: u64 = opts
-        .captures
+    // The bytes of each capture, for the progress bar (0 for a pipe).
+    let sizes: Vec<u64> = captures
         .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+        .map(|c| {
+            c.metadata()
+                .map_or(0, |m| if m.is_file() { m.len() } else { 0 })
+        })
+        .collect();
+    let total_bytes: u64 = sizes.iter().sum();
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::new(total_bytes);
         bar.set_style(
@@ -309,15 +382,8 @@ fn read_all(
     let mut current: Vec<Option<Batch>> = (0..n).map(|_| None).collect();
     let mut results = Vec::new();
     let mut done_bytes = 0u64;
-    let mut failure = None;
-    for path in &opts.captures {
-        let capture = match Capture::open(path) {
-            Ok(c) => c,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        };
+    for (capture, size) in captures.into_iter().zip(sizes) {
+        let path = capture.path().to_path_buf();
         let mut send_failed = false;
         let interface_id = |name: Option<&str>| {
             name.or(opts.interface.as_deref())
@@ -363,8 +429,8 @@ fn read_all(
                 }
             }
         }
-        done_bytes += std::fs::metadata(path).map_or(0, |m| m.len());
-        results.push((path.clone(), stats));
+        done_bytes += size;
+        results.push((path, stats));
         if send_failed {
             bail!("a worker stopped early");
         }
@@ -372,8 +438,5 @@ fn read_all(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(results),
-    }
+    Ok(results)
 }

@@ -437,10 +437,8 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
         opts.duration_s
     );
 
-    let pcap_file =
-        File::create(pcap).with_context(|| format!("creating capture {}", pcap.display()))?;
-    let truth_file =
-        File::create(truth).with_context(|| format!("creating truth file {}", truth.display()))?;
+    let pcap_file = crate::evidence::create_output(pcap)?;
+    let truth_file = crate::evidence::create_output(truth)?;
     let header = PcapHeader {
         version_major: 2,
         version_minor: 4,

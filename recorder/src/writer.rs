@@ -47,7 +47,7 @@ pub fn segment_path(base: &Path, index: u32) -> PathBuf {
 
 /// The numbered segments (`base.N`, N >= 1) that exist beside `base`, sorted by N.
 /// Only canonical names count (`LOG.2`, not `LOG.02` or `LOG.2.tmp`).
-pub(crate) fn numbered_segments(base: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
+pub fn numbered_segments(base: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
     let Some(file_name) = base.file_name().and_then(|n| n.to_str()) else {
         return Ok(Vec::new());
     };

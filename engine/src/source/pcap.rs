@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::ops::Deref;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use crate::worker::Frame;
 /// Reading a capture failed before any packet could be delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("{path}: {source}")]
+    #[error("opening capture {path}")]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -262,14 +263,30 @@ const PROGRESS_BYTES: u64 = 1 << 20;
 const HEAD_BYTES: usize = 24;
 
 impl Capture {
-    /// Opens `path` (a file, or anything `read` works on: a pipe, say) and checks that it
-    /// starts like a pcap or pcapng file.
+    /// Opens `path` (a file, or anything `read` works on: a pipe, say; `-` is standard
+    /// input, named `<stdin>` in messages) and checks that it starts like a pcap or pcapng
+    /// file. The capture is read as a stream, front to back, never sought in: a pipe is
+    /// read like a file.
     pub fn open(path: &Path) -> Result<Capture, CaptureError> {
+        let stdin = path.as_os_str() == crate::evidence::STDIN;
+        let path = if stdin {
+            Path::new(crate::evidence::STDIN_NAME)
+        } else {
+            path
+        };
         let open_err = |source| CaptureError::Open {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(open_err)?;
+        let file = if stdin {
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .map_err(open_err)?
+        } else {
+            File::open(path).map_err(open_err)?
+        };
         let mut head = Vec::with_capacity(HEAD_BYTES);
         (&file)
             .take(HEAD_BYTES as u64)
@@ -282,6 +299,16 @@ impl Capture {
         };
         capture.format()?;
         Ok(capture)
+    }
+
+    /// The capture's name in messages: its path, or `<stdin>`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the file system says of the capture's file (of a pipe, for standard input).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
     }
 
     fn format(&self) -> Result<Format, CaptureError> {
