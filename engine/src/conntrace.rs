@@ -128,11 +128,11 @@ impl fmt::Display for Place {
 #[derive(Debug, thiserror::Error)]
 pub enum ConntraceError {
     /// The file cannot be opened or read.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Io {
         file: String,
-        #[source]
-        source: io::Error,
+        /// What the OS said (in the message, so not a `source`).
+        error: io::Error,
     },
     /// Not JSON at this place (and, in a file that is not JSON Lines, nothing after it read).
     #[error("{at}: not JSON: {problem}")]
@@ -171,9 +171,9 @@ pub struct ReadSummary {
 /// [`Event::Invalid`].
 pub fn read_file(path: &Path, each: impl FnMut(Event)) -> Result<ReadSummary, ConntraceError> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|source| ConntraceError::Io {
+    let file = File::open(path).map_err(|error| ConntraceError::Io {
         file: name.clone(),
-        source,
+        error,
     })?;
     read_from(BufReader::with_capacity(1 << 16, file), &name, each)
 }
@@ -202,9 +202,9 @@ pub fn read_from(
             each(Event::Invalid(e));
         }
     };
-    let io_err = |source| ConntraceError::Io {
+    let io_err = |error| ConntraceError::Io {
         file: name.to_string(),
-        source,
+        error,
     };
     let mut input = Counted::new(reader, 0);
     input.skip_bom().map_err(io_err)?;

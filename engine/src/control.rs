@@ -866,9 +866,9 @@ fn refusal(active: usize, costs: &[(usize, Vec<WatchCost>)]) -> Option<String> {
     }
 }
 
-/// `ns` as microseconds: `3.2 µs`.
+/// `ns` as microseconds: `3.2 us`.
 fn micros(ns: u64) -> String {
-    format!("{}.{} µs", ns / 1000, ns % 1000 / 100)
+    format!("{}.{} us", ns / 1000, ns % 1000 / 100)
 }
 
 fn session_row(f: &OpenFlow, now_ns: u64) -> SessionRow {
@@ -1275,7 +1275,7 @@ mod tests {
             matches: 0,
             ns,
         };
-        // Two workers: 0 measured 1.5 µs + 0.2 µs per new connection, 1 nothing yet.
+        // Two workers: 0 measured 1.5 us + 0.2 us per new connection, 1 nothing yet.
         let cheap = vec![
             (0, vec![cost(1, 10, 15_000), cost(2, 10, 2_000)]),
             (1, Vec::new()),
@@ -1285,7 +1285,7 @@ mod tests {
         assert!(
             at_cap.starts_with(
                 "64 watches are active, the most a run takes is 64; they cost \
-                 worker 0 1.7 µs per new connection as it measures them (budget 10.0 µs)"
+                 worker 0 1.7 us per new connection as it measures them (budget 10.0 us)"
             ),
             "{at_cap}"
         );
@@ -1298,13 +1298,13 @@ mod tests {
         let over = refusal(2, &costly).expect("refused over the budget");
         assert!(
             over.starts_with(
-                "the 2 active watches cost worker 3 10.0 µs per new connection \
-                 as it measures them, the budget is 10.0 µs"
+                "the 2 active watches cost worker 3 10.0 us per new connection \
+                 as it measures them, the budget is 10.0 us"
             ),
             "{over}"
         );
         let under = vec![(0, vec![cost(1, 4, 39_996)])];
-        assert_eq!(refusal(2, &under), None, "9.999 µs is within the budget");
+        assert_eq!(refusal(2, &under), None, "9.999 us is within the budget");
     }
 
     #[test]

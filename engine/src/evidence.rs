@@ -182,6 +182,19 @@ fn read_head(path: &Path, head: &mut [u8]) -> Result<usize> {
     Ok(got)
 }
 
+/// Whether `head`, the first bytes of a file, start a conntrail log.
+pub fn is_log_head(head: &[u8]) -> bool {
+    head.len() >= MAGIC.len() && head[..MAGIC.len()] == MAGIC[..]
+}
+
+/// Whether the file at `path` starts as a pcap or pcapng capture does: `a pcap capture` or
+/// `a pcapng capture`.
+pub fn capture_kind(path: &Path) -> Option<&'static str> {
+    let mut head = [0u8; 4];
+    let got = read_head(path, &mut head).ok()?;
+    Some(describe_head(&head[..got])).filter(|d| d.ends_with("capture"))
+}
+
 /// What a file that is not a log is, from its first bytes.
 fn describe_head(head: &[u8]) -> &'static str {
     match head.get(..4) {

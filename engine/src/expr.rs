@@ -421,14 +421,6 @@ pub const STATES: [ConnState; 14] = [
     ConnState::None,
 ];
 
-/// The text of a conn_state in expressions: its Zeek name, `none` for UDP/ICMP.
-pub fn state_name(s: ConnState) -> &'static str {
-    match s {
-        ConnState::None => "none",
-        s => s.as_str(),
-    }
-}
-
 impl StateSet {
     fn bit(s: ConnState) -> u16 {
         let i = STATES.iter().position(|x| *x == s).unwrap_or(0);
@@ -960,10 +952,7 @@ fn unknown_word(word: &str) -> ExprErrorKind {
         format!("; a network needs `net` before it (`net {word}`)")
     } else if CloseReason::ALL.iter().any(|r| r.as_str() == lower) {
         format!("; a close reason needs `reason=` before it (`reason={lower}`)")
-    } else if STATES
-        .iter()
-        .any(|s| state_name(*s).eq_ignore_ascii_case(word))
-    {
+    } else if STATES.iter().any(|s| s.as_str().eq_ignore_ascii_case(word)) {
         format!("; a conn_state needs `state=` before it (`state={word}`)")
     } else if single_flags().any(|(_, n)| n == lower) {
         format!("; a flag needs `flag` before it (`flag {lower}`)")
@@ -1225,9 +1214,9 @@ fn parse_states(v: &Token<'_>) -> Result<StateSet, ExprError> {
     for item in list_items("state", v)? {
         let s = STATES
             .iter()
-            .find(|s| state_name(**s).eq_ignore_ascii_case(item))
+            .find(|s| s.as_str().eq_ignore_ascii_case(item))
             .ok_or_else(|| {
-                let names: Vec<&str> = STATES.iter().map(|s| state_name(*s)).collect();
+                let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
                 bad_value("state", v, format!("a conn_state ({})", names.join(", ")))
             })?;
         set.insert(*s);
@@ -1514,7 +1503,7 @@ impl fmt::Display for Test {
                 let names: Vec<&str> = STATES
                     .iter()
                     .filter(|s| set.contains(**s))
-                    .map(|s| state_name(*s))
+                    .map(|s| s.as_str())
                     .collect();
                 write!(f, "state={}", names.join(","))
             }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use flowtable::packet::{parse, LinkType};
 use flowtable::record::Record;
 use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
@@ -150,21 +150,56 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     crate::logs::print_and_exit(&summary, damaged > 0)
 }
 
+/// Why `path` cannot be read as a capture at all.
+fn not_a_capture<I>(path: &Path, e: &PcapError<I>) -> anyhow::Error {
+    let head = std::fs::File::open(path).and_then(|mut f| {
+        let mut head = [0u8; 8];
+        std::io::Read::read(&mut f, &mut head).map(|n| head[..n].to_vec())
+    });
+    if head.is_ok_and(|h| crate::evidence::is_log_head(&h)) {
+        return anyhow::anyhow!(
+            "{}: not a pcap or pcapng file (it is a conntrail log: give it as LOG:ID, and the \
+             captures it was made from to --pcap)",
+            path.display()
+        );
+    }
+    anyhow::anyhow!(
+        "{}: not a pcap or pcapng file ({})",
+        path.display(),
+        capture_problem(e)
+    )
+}
+
+/// A reading error of the capture parser in words.
+fn capture_problem<I>(e: &PcapError<I>) -> String {
+    match e {
+        PcapError::HeaderNotRecognized => {
+            "its first bytes are neither a pcap nor a pcapng header".into()
+        }
+        PcapError::Eof | PcapError::UnexpectedEof | PcapError::Incomplete(_) => {
+            "it ends inside a block".into()
+        }
+        PcapError::ReadError => "reading it failed".into(),
+        PcapError::BufferTooSmall => "a block is larger than the read buffer".into(),
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("a block does not parse ({})", kind.description())
+        }
+    }
+}
+
 /// Looks at the first block of every capture: pcap out when all are legacy pcap of one
 /// link type.
 pub fn output_format(pcaps: &[PathBuf]) -> Result<OutputFormat> {
     let mut legacy: Option<(u32, bool, u32)> = None;
     for (i, path) in pcaps.iter().enumerate() {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut reader = create_reader(1 << 16, file).map_err(|e| {
-            anyhow::anyhow!("{}: not a pcap or pcapng file ({e:?})", path.display())
-        })?;
+        let mut reader = create_reader(1 << 16, file).map_err(|e| not_a_capture(path, &e))?;
         let first = match reader.next() {
             Ok((_, PcapBlockOwned::LegacyHeader(h))) => {
                 Some((h.network.0 as u32, h.is_nanosecond_precision(), h.snaplen))
             }
             Ok(_) => None,
-            Err(e) => bail!("{}: not a pcap or pcapng file ({e:?})", path.display()),
+            Err(e) => return Err(not_a_capture(path, &e)),
         };
         match (first, legacy) {
             (Some(h), None) if i == 0 => legacy = Some(h),
@@ -365,8 +400,7 @@ fn copy_capture<W: Write>(
         bytes_total: file.metadata().map(|m| m.len()).unwrap_or(0),
         ..CaptureReport::default()
     };
-    let mut reader = create_reader(BUFFER_BYTES, file)
-        .map_err(|e| anyhow::anyhow!("{}: not a pcap or pcapng file ({e:?})", path.display()))?;
+    let mut reader = create_reader(BUFFER_BYTES, file).map_err(|e| not_a_capture(path, &e))?;
     let mut legacy: Option<(Interface, bool)> = None;
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut latest_ns = 0u64;
@@ -377,7 +411,11 @@ fn copy_capture<W: Write>(
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {
                 if let Err(e) = reader.refill() {
-                    report.damage = Some(format!("at byte {}: {e:?}", report.bytes_read));
+                    report.damage = Some(format!(
+                        "at byte {}: {}",
+                        report.bytes_read,
+                        capture_problem(&e)
+                    ));
                     break;
                 }
                 continue;
@@ -390,7 +428,11 @@ fn copy_capture<W: Write>(
                 break;
             }
             Err(e) => {
-                report.damage = Some(format!("at byte {}: {e:?}", report.bytes_read));
+                report.damage = Some(format!(
+                    "at byte {}: {}",
+                    report.bytes_read,
+                    capture_problem(&e)
+                ));
                 break;
             }
         };

@@ -129,7 +129,7 @@ impl<W: Write> HtmlPage<W> {
             ("start", utc_text(rec.start_ns)),
             ("duration", duration_text(rec.duration_ns())),
         ];
-        if !rec.conn_state.as_str().is_empty() {
+        if rec.conn_state != flowtable::record::ConnState::None {
             facts.push((
                 "state",
                 format!(
@@ -147,8 +147,8 @@ impl<W: Write> HtmlPage<W> {
         if rec.midstream {
             facts.push(("picked up", "mid-stream".to_string()));
         }
-        facts.push(("c2s", dir_text(&rec.c2s)));
-        facts.push(("s2c", dir_text(&rec.s2c)));
+        facts.push(("c2s", dir_text(rec.proto, &rec.c2s)));
+        facts.push(("s2c", dir_text(rec.proto, &rec.s2c)));
         facts.push(("latency", latency_text(rec)));
         facts.push((
             "points",

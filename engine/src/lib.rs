@@ -41,6 +41,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod nats;
+pub mod order;
 pub mod preflight;
 pub mod privilege;
 pub mod query;

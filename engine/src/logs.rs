@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use flowtable::record::Record;
 use recorder::reader::LogReader;
 
@@ -34,8 +34,21 @@ impl Records {
     }
 }
 
+/// Opens the log at `path`; a capture given where a log is wanted is refused with what to
+/// do instead.
 fn open_log(path: &Path) -> Result<LogReader> {
-    LogReader::open(path).with_context(|| format!("opening log {}", path.display()))
+    if let Some(kind) = crate::evidence::capture_kind(path) {
+        bail!(
+            "{} is {kind}, not a conntrail log: replay it first (`conntrail replay --log {}.log \
+             {}`), then read the log",
+            path.display(),
+            path.file_stem()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy(),
+            path.display()
+        );
+    }
+    Ok(LogReader::open(path)?)
 }
 
 impl Iterator for Records {
@@ -70,6 +83,20 @@ impl Iterator for Records {
             }
         }
     }
+}
+
+/// `LOG:ID` split into the log and the id, when `arg` is of that form and is not itself
+/// the name of a file (a log may have a `:` in its name).
+pub fn split_record_ref(arg: &Path) -> Option<(PathBuf, u64)> {
+    if std::fs::symlink_metadata(arg).is_ok() {
+        return None;
+    }
+    let text = arg.to_str()?;
+    let (log, id) = text.rsplit_once(':')?;
+    if log.is_empty() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((PathBuf::from(log), id.parse().ok()?))
 }
 
 /// A record named on the command line as `LOG:ID`.
@@ -140,5 +167,20 @@ mod tests {
         assert!("t.log".parse::<RecordRef>().is_err());
         assert!("t.log:x".parse::<RecordRef>().is_err());
         assert!(":5".parse::<RecordRef>().is_err());
+    }
+
+    #[test]
+    fn a_log_argument_splits_as_log_id_only_when_it_is_no_file() {
+        let dir = std::env::temp_dir().join(format!("conntrail-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let odd = dir.join("t.log:7");
+        std::fs::write(&odd, b"").expect("file");
+        let missing = dir.join("t.log:42");
+        assert_eq!(split_record_ref(&missing), Some((dir.join("t.log"), 42)));
+        assert_eq!(split_record_ref(&odd), None);
+        assert_eq!(split_record_ref(Path::new("t.log:x")), None);
+        assert_eq!(split_record_ref(Path::new(":3")), None);
+        assert_eq!(split_record_ref(Path::new("t.log")), None);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

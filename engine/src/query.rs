@@ -69,9 +69,11 @@ pub struct QueryArgs {
     /// frequent first, with the total (`port` is the server's port).
     #[arg(long, value_enum, value_name = "FIELD")]
     pub count_by: Option<CountBy>,
-    /// Stop after this many records.
+    /// Print only the first N records (in the order of `--sort`).
     #[arg(long, value_name = "N", conflicts_with = "count_by")]
     pub limit: Option<u64>,
+    #[command(flatten)]
+    pub order: crate::order::OrderArgs,
     /// Records from NATS JetStream instead of logs (every positional argument is then part
     /// of the expression).
     #[command(flatten)]
@@ -142,7 +144,7 @@ impl Key {
             Key::Reason(r) => r.as_str().to_string(),
             Key::Flags(f) if f.is_empty() => "-".to_string(),
             Key::Flags(f) => f.names().collect::<Vec<_>>().join(","),
-            Key::State(s) => crate::expr::state_name(s).to_string(),
+            Key::State(s) => s.as_str().to_string(),
             Key::Proto(p) => p.as_str().to_string(),
             Key::Addr(a) => a.to_string(),
             Key::Port(p) => p.to_string(),
@@ -170,6 +172,8 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         expr,
         limit: args.limit.unwrap_or(u64::MAX),
         json_counts: args.json,
+        order: args.order,
+        held: Vec::new(),
         output,
         selected: 0,
         damaged: 0,
@@ -279,6 +283,10 @@ struct Query {
     limit: u64,
     /// `--count-by` with `--json`.
     json_counts: bool,
+    order: crate::order::OrderArgs,
+    /// The selected records, with their host and log, until they are sorted (not with
+    /// `--count-by` nor `--sort log`).
+    held: Vec<(Record<'static>, Option<String>, String)>,
     output: Output,
     selected: u64,
     damaged: u64,
@@ -345,9 +353,22 @@ impl Query {
         if !self.expr.as_ref().is_none_or(|e| e.matches(rec)) {
             return Ok(true);
         }
+        if self.sorts() {
+            self.held.push((
+                rec.clone().into_owned(),
+                host.map(str::to_string),
+                log.into(),
+            ));
+            return Ok(true);
+        }
         self.selected += 1;
         self.emit(rec, host, log, out)?;
         Ok(self.selected < self.limit)
+    }
+
+    /// Whether the selected records are held to be sorted before they are printed.
+    fn sorts(&self) -> bool {
+        !matches!(self.output, Output::Count(..)) && !self.order.streams()
     }
 
     fn emit(
@@ -386,6 +407,15 @@ impl Query {
     }
 
     fn finish(&mut self, out: &mut impl Write) -> io::Result<()> {
+        let mut held = std::mem::take(&mut self.held);
+        self.order.sort(&mut held, |(rec, _, _)| rec);
+        for (rec, host, log) in held
+            .iter()
+            .take(usize::try_from(self.limit).unwrap_or(usize::MAX))
+        {
+            self.selected += 1;
+            self.emit(rec, host.as_deref(), log, out)?;
+        }
         match &mut self.output {
             Output::Table(t) => t.flush(out),
             Output::Json { .. } => Ok(()),

@@ -49,7 +49,7 @@ pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> 
     if let Ok(us) = std::env::var(RECORDER_DELAY_ENV) {
         let us: u64 = us
             .parse()
-            .with_context(|| format!("{RECORDER_DELAY_ENV}={us} is not a number of µs"))?;
+            .with_context(|| format!("{RECORDER_DELAY_ENV}={us} is not a number of us"))?;
         writer.set_append_delay(Some(Duration::from_micros(us)));
     }
     Ok(writer)

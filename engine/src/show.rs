@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowtable::record::{Addr, DirStats, Endpoint, Record};
+use flowtable::record::{Addr, ConnState, DirStats, Endpoint, Proto, Record};
 use serde_json::{json, Value};
 
 use crate::html::HtmlPage;
@@ -40,7 +40,9 @@ impl ColorChoice {
 /// Arguments of `conntrail show`.
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    /// The log (its rotated segments are read too).
+    /// The log (its rotated segments are read too), or one record of it as LOG:ID (the
+    /// form `query` prints).
+    #[arg(value_name = "LOG|LOG:ID")]
     pub log: PathBuf,
     /// Only these records.
     pub ids: Vec<u64>,
@@ -57,25 +59,109 @@ pub struct ShowArgs {
     /// to this file instead of text.
     #[arg(long, value_name = "OUT.html", conflicts_with_all = ["json", "ecs"])]
     pub html: Option<PathBuf>,
+    /// Replace OUT.html if it exists (never the log).
+    #[arg(long, requires = "html")]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub order: crate::order::OrderArgs,
     /// The log's records from NATS JetStream (the log named HOST:LOG).
     #[command(flatten)]
     pub nats: crate::nats::StreamArgs,
 }
 
-/// The records of the log of `args`: from the file, or from the stream with `--nats`.
-fn open(args: &ShowArgs) -> anyhow::Result<Box<dyn Iterator<Item = crate::logs::Item>>> {
-    Ok(match args.nats.nats {
-        Some(_) => Box::new(crate::nats::log_records(&args.nats, &args.log)?),
-        None => Box::new(crate::logs::Records::open(std::slice::from_ref(&args.log))?),
-    })
+/// What `show` reads: the log, and the ids asked for (none: every record).
+struct Selection {
+    log: PathBuf,
+    ids: Vec<u64>,
+}
+
+impl Selection {
+    /// `LOG [ID...]`, or `LOG:ID [ID...]` when LOG:ID is not itself the name of a file.
+    fn of(args: &ShowArgs) -> Selection {
+        let mut ids = args.ids.clone();
+        let log = match crate::logs::split_record_ref(&args.log) {
+            Some((log, id)) => {
+                ids.insert(0, id);
+                log
+            }
+            None => args.log.clone(),
+        };
+        Selection { log, ids }
+    }
+
+    fn wants(&self, rec: &Record<'_>) -> bool {
+        self.ids.is_empty() || self.ids.contains(&rec.id)
+    }
+
+    /// The records of the log, from the file or from the stream with `--nats`.
+    fn open(&self, args: &ShowArgs) -> anyhow::Result<Box<dyn Iterator<Item = crate::logs::Item>>> {
+        Ok(match args.nats.nats {
+            Some(_) => Box::new(crate::nats::log_records(&args.nats, &self.log)?),
+            None => Box::new(crate::logs::Records::open(std::slice::from_ref(&self.log))?),
+        })
+    }
+
+    /// Reads the selected records and gives them to `emit` in the order asked for, and the
+    /// damaged places as they are met (`Err`). Ids asked for and not found are returned.
+    fn each(
+        &self,
+        args: &ShowArgs,
+        mut emit: impl FnMut(Result<&Record<'_>, &str>) -> io::Result<()>,
+    ) -> anyhow::Result<Vec<u64>> {
+        let mut found = Vec::new();
+        let mut held = Vec::new();
+        for item in self.open(args)? {
+            match item {
+                Ok(rec) if self.wants(&rec) => {
+                    found.push(rec.id);
+                    if args.order.streams() {
+                        emit(Ok(&rec))?;
+                    } else {
+                        held.push(rec);
+                    }
+                }
+                Ok(_) => {}
+                Err(d) => emit(Err(&d))?,
+            }
+        }
+        args.order.sort(&mut held, |r| r);
+        for rec in &held {
+            emit(Ok(rec))?;
+        }
+        Ok(self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !found.contains(id))
+            .collect())
+    }
+}
+
+/// The exit status of a `show` that printed what it found: 2 when an id asked for is not in
+/// the log (said on stderr), 1 when damage was reported, else 0.
+fn status(log: &std::path::Path, missing: &[u64], damaged: u64) -> ExitCode {
+    if !missing.is_empty() {
+        let ids: Vec<String> = missing.iter().map(u64::to_string).collect();
+        eprintln!(
+            "conntrail: {}: no record with id {}",
+            log.display(),
+            ids.join(", ")
+        );
+        return ExitCode::from(crate::exit::USAGE);
+    }
+    if damaged > 0 {
+        ExitCode::from(crate::exit::DAMAGE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let sel = Selection::of(&args);
     if let Some(page) = &args.html {
-        return run_html(&args, page);
+        return run_html(&args, &sel, page);
     }
     let json = args.json || args.ecs;
-    let records = open(&args)?;
     let stdout = io::stdout();
     let paint = Paint {
         color: args.color.resolve(
@@ -85,71 +171,60 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = BufWriter::new(stdout.lock());
     let mut damaged = 0u64;
-    for item in records {
-        match item {
-            Ok(rec) if !args.ids.is_empty() && !args.ids.contains(&rec.id) => {}
-            Ok(rec) => {
-                let written = if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        if args.ecs {
-                            crate::ecs::to_ecs(&rec)
-                        } else {
-                            to_json(&rec)
-                        }
-                    )
-                } else {
-                    write_text_painted(&mut out, &rec, paint)
-                };
-                if let Err(e) = written {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    return Err(e.into());
-                }
-            }
-            Err(damage) => {
-                damaged += 1;
-                eprintln!("conntrail: damaged log: {damage}");
-            }
+    let shown = sel.each(&args, |item| match item {
+        Ok(rec) if json => {
+            let doc = if args.ecs {
+                crate::ecs::to_ecs(rec)
+            } else {
+                to_json(rec)
+            };
+            writeln!(out, "{doc}")
         }
-    }
+        Ok(rec) => write_text_painted(&mut out, rec, paint),
+        Err(damage) => {
+            damaged += 1;
+            eprintln!("conntrail: damaged log: {damage}");
+            Ok(())
+        }
+    });
+    let missing = match shown {
+        Ok(missing) => missing,
+        Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+        Err(e) => return Err(e),
+    };
     if let Err(e) = out.flush() {
         if e.kind() != io::ErrorKind::BrokenPipe {
             return Err(e.into());
         }
     }
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(status(&sel.log, &missing, damaged))
 }
 
-/// `show --html OUT`: the selected records as one page, written as they are read.
-fn run_html(args: &ShowArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let records = open(args)?;
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut page = HtmlPage::start(BufWriter::new(file), &args.log.display().to_string())
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// `show --html OUT`: the selected records as one page.
+fn run_html(args: &ShowArgs, sel: &Selection, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let inputs = crate::evidence::Inputs::of_paths(std::slice::from_ref(&sel.log));
+    crate::evidence::check_outputs("show", &[path], &inputs, args.overwrite)?;
+    let file = crate::evidence::create_output(path)?;
+    let mut page = HtmlPage::start(BufWriter::new(file), &sel.log.display().to_string())
         .with_context(|| format!("writing {}", path.display()))?;
     let (mut shown, mut damaged) = (0u64, 0u64);
-    for item in records {
-        let written = match item {
-            Ok(rec) if !args.ids.is_empty() && !args.ids.contains(&rec.id) => continue,
-            Ok(rec) => {
-                shown += 1;
-                page.record(&rec)
-            }
-            Err(damage) => {
-                damaged += 1;
-                eprintln!("conntrail: damaged log: {damage}");
-                page.damage(&damage)
-            }
-        };
-        written.with_context(|| format!("writing {}", path.display()))?;
-    }
+    let missing = sel.each(args, |item| match item {
+        Ok(rec) => {
+            shown += 1;
+            page.record(rec)
+        }
+        Err(damage) => {
+            damaged += 1;
+            eprintln!("conntrail: damaged log: {damage}");
+            page.damage(damage)
+        }
+    });
+    let missing = missing.with_context(|| format!("writing {}", path.display()))?;
     page.finish()
         .with_context(|| format!("writing {}", path.display()))?;
     println!(
@@ -157,11 +232,7 @@ fn run_html(args: &ShowArgs, path: &std::path::Path) -> anyhow::Result<ExitCode>
         if shown == 1 { "" } else { "s" },
         path.display()
     );
-    Ok(if damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(status(&sel.log, &missing, damaged))
 }
 
 /// One record as the `show --json` object.
@@ -315,7 +386,7 @@ pub fn write_text_painted(
         rec.worker,
         extra
     )?;
-    if rec.conn_state.as_str().is_empty() {
+    if rec.conn_state == ConnState::None {
         writeln!(out, "  flags {}", flags.join(","))?;
     } else {
         writeln!(
@@ -326,30 +397,41 @@ pub fn write_text_painted(
             flags.join(",")
         )?;
     }
-    writeln!(out, "  c2s {}", dir_text(&rec.c2s))?;
-    writeln!(out, "  s2c {}", dir_text(&rec.s2c))?;
+    writeln!(out, "  c2s {}", dir_text(rec.proto, &rec.c2s))?;
+    writeln!(out, "  s2c {}", dir_text(rec.proto, &rec.s2c))?;
     writeln!(out, "  latency {}", latency_text(rec))?;
     timeline::write_ladder(out, rec, paint)?;
     writeln!(out)
 }
 
-/// The four latencies of a record in one line.
+/// The latencies of a record in one line: the handshake's two only for TCP.
 pub fn latency_text(rec: &Record<'_>) -> String {
     let l = &rec.latency;
-    format!(
-        "syn->syn-ack {}, syn-ack->ack {}, first response byte {}, largest stall {}",
-        opt_duration(l.syn_synack_ns),
-        opt_duration(l.synack_ack_ns),
+    let rest = format!(
+        "first response byte {}, largest stall {}",
         opt_duration(l.ttfb_ns),
         opt_duration(l.max_stall_ns)
+    );
+    if rec.proto != Proto::Tcp {
+        return rest;
+    }
+    format!(
+        "syn->syn-ack {}, syn-ack->ack {}, {rest}",
+        opt_duration(l.syn_synack_ns),
+        opt_duration(l.synack_ack_ns),
     )
 }
 
-/// A direction's counters in one line.
-pub fn dir_text(d: &DirStats) -> String {
+/// A direction's counters in one line: the retransmission, order, dup-ACK and window
+/// counters only for TCP.
+pub fn dir_text(proto: Proto, d: &DirStats) -> String {
+    let sizes = format!("{} pkts, {} bytes ({} payload)", d.pkts, d.bytes, d.payload);
+    if proto != Proto::Tcp {
+        return sizes;
+    }
     format!(
-        "{} pkts, {} bytes ({} payload); retrans {}, out-of-order {}, dup-ack {}, zero-window {}",
-        d.pkts, d.bytes, d.payload, d.retrans, d.out_of_order, d.dup_ack, d.zero_window
+        "{sizes}; retrans {}, out-of-order {}, dup-ack {}, zero-window {}",
+        d.retrans, d.out_of_order, d.dup_ack, d.zero_window
     )
 }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::source::xdp::KernelStats;
@@ -171,6 +171,18 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// What the file at `path` is when it is a log or a capture rather than a stats file.
+fn not_a_stats_file(path: &Path) -> Option<&'static str> {
+    if let Some(kind) = crate::evidence::capture_kind(path) {
+        return Some(kind);
+    }
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .ok()?;
+    crate::evidence::is_log_head(&head[..n]).then_some("a conntrail log")
+}
+
 /// Prints a stats file: one line per socket and a total.
 pub fn run(args: StatsArgs) -> Result<ExitCode> {
     let path = if args.file.extension().is_some_and(|e| e == "json")
@@ -180,6 +192,16 @@ pub fn run(args: StatsArgs) -> Result<ExitCode> {
     } else {
         default_path(&args.file)
     };
+    if path == args.file && args.file.extension().is_none_or(|e| e != "json") {
+        if let Some(what) = not_a_stats_file(&args.file) {
+            bail!(
+                "{} is {what} with no stats file beside it ({}): a `conntrail run` writes one \
+                 every second; a replay prints its counters when it ends",
+                args.file.display(),
+                default_path(&args.file).display()
+            );
+        }
+    }
     let stats = StatsFile::read(&path)?;
     let mut out = io::stdout().lock();
     if args.json {

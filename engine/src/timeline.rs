@@ -28,18 +28,18 @@ use crate::show::{duration_text, endpoint_text};
 // Words
 // ---------------------------------------------------------------------------------------
 
-/// A duration for a sentence: `3.1 ms`, `212 ms`, `3.0 s`, `281 µs`.
+/// A duration for a sentence: `3.1 ms`, `212 ms`, `3.0 s`, `281 us`.
 pub fn short_duration(ns: u64) -> String {
     let (v, unit) = if ns < 1_000 {
         return format!("{ns} ns");
     } else if ns < 1_000_000 {
-        (ns as f64 / 1e3, "µs")
+        (ns as f64 / 1e3, "us")
     } else if ns < 1_000_000_000 {
         (ns as f64 / 1e6, "ms")
     } else {
         (ns as f64 / 1e9, "s")
     };
-    if v < 9.95 || (v < 99.95 && unit != "µs") {
+    if v < 9.95 || (v < 99.95 && unit != "us") {
         format!("{v:.1} {unit}")
     } else {
         format!("{v:.0} {unit}")
@@ -1132,8 +1132,9 @@ pub fn write_ladder(out: &mut impl Write, rec: &Record<'_>, paint: Paint) -> io:
     };
     writeln!(
         out,
-        "  timeline ({} points, {} dropped{largest}):",
+        "  timeline ({} point{}, {} dropped{largest}):",
         rec.points.len(),
+        if rec.points.len() == 1 { "" } else { "s" },
         rec.points_dropped
     )?;
     // Each lane's label centred over it.
@@ -1326,7 +1327,7 @@ mod tests {
         );
         let text = explain(&rec);
         assert!(
-            text.starts_with("server rejected the connection: RST 665 µs after the SYN"),
+            text.starts_with("server rejected the connection: RST 665 us after the SYN"),
             "{text}"
         );
         covers_every_flag(&rec);
@@ -1393,7 +1394,7 @@ mod tests {
         let text = explain(&rec);
         assert_eq!(
             text,
-            "client reset the connection 1.3 ms after the server's FIN, 108 µs after its own \
+            "client reset the connection 1.3 ms after the server's FIN, 108 us after its own \
              encrypted TLS alert; the server sent a fatal TLS alert (handshake_failure) at \
              +38.8 ms; kept because every connection is recorded (--record all)"
         );
@@ -1451,7 +1452,7 @@ mod tests {
         assert_eq!(
             text,
             "it ended with an ICMP fragmentation needed, type 3 code 4 sent back to the \
-             client at +900 µs"
+             client at +900 us"
         );
         covers_every_flag(&rec);
     }
@@ -1500,7 +1501,7 @@ mod tests {
         assert_eq!(short_duration(3_100_000), "3.1 ms");
         assert_eq!(short_duration(212_000_000), "212 ms");
         assert_eq!(short_duration(3_000_000_000), "3.0 s");
-        assert_eq!(short_duration(665_000), "665 µs");
+        assert_eq!(short_duration(665_000), "665 us");
         assert_eq!(tcp_flags_text(0x03), "SYN+FIN");
         assert_eq!(icmp_error_text(4, 3, 3), "port unreachable, type 3 code 3");
         assert_eq!(icmp_error_text(6, 2, 0), "packet too big, type 2 code 0");

@@ -34,7 +34,7 @@ use crate::expr::{Expr, ExprError, Field, Test};
 /// Why a watch expression is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Syntax(#[from] ExprError),
     #[error(
         "`{0}` is not known when a connection starts; a watch may test host, net, port, \

@@ -42,6 +42,7 @@ fn replay_reads_past_a_bad_record_length_and_exits_1() {
             "replay",
             "--config",
             s(&cfg),
+            "--overwrite",
             "--log",
             s(&dir.join("t.log")),
             s(capture),

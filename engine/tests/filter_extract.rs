@@ -83,7 +83,7 @@ fn frames(path: &Path) -> Vec<(u64, Vec<u8>)> {
 /// Runs `extract` of one record into `out`; returns its JSON summary.
 fn extract(log: &Path, id: u64, captures: &[&Path], out: &Path) -> Value {
     let r = format!("{}:{id}", s(log));
-    let mut args = vec!["extract", &r, "-o", s(out), "--json"];
+    let mut args = vec!["extract", &r, "-o", s(out), "--overwrite", "--json"];
     for c in captures {
         args.push("--pcap");
         args.push(s(c));
@@ -480,8 +480,16 @@ fn reading_stops_after_the_window_of_a_time_ordered_capture() {
     assert_eq!(frames(&out), got);
     // The text summary says how much was read.
     let r = format!("{}:{}", s(&log), id(early));
-    let o = conntrail(&["extract", &r, "--pcap", s(&capture), "-o", s(&out)]);
-    assert!(o.status.success());
+    let o = conntrail(&[
+        "extract",
+        &r,
+        "--pcap",
+        s(&capture),
+        "-o",
+        s(&out),
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
     let t = text(&o.stdout);
     assert!(
         t.starts_with(&format!("wrote {} packets of record", got.len())),
@@ -497,8 +505,9 @@ fn reading_stops_after_the_window_of_a_time_ordered_capture() {
         "-o",
         s(&out),
         "--read-all",
+        "--overwrite",
     ]);
-    assert!(o.status.success());
+    assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("read all"), "{}", text(&o.stdout));
     assert_eq!(frames(&out), got);
     let _ = std::fs::remove_dir_all(&dir);
@@ -540,8 +549,22 @@ fn filter_text_names_both_filters_and_commands_report_a_damaged_log() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stdout).starts_with("wrote "), "{}", text(&o.stdout));
     // extract never writes over its input.
-    let o = conntrail(&["extract", &r, "--pcap", s(&out), "-o", s(&out)]);
+    let before = std::fs::read(&out).expect("output");
+    let o = conntrail(&[
+        "extract",
+        &r,
+        "--pcap",
+        s(&out),
+        "-o",
+        s(&out),
+        "--overwrite",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("is one of the input captures"));
+    assert!(
+        text(&o.stderr).contains("and also an input of this extract"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&out).expect("output"), before);
     let _ = std::fs::remove_dir_all(&dir);
 }

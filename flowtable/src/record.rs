@@ -115,7 +115,7 @@ pub enum ConnState {
     SH,
     SHR,
     OTH,
-    /// Not TCP: Zeek leaves UDP/ICMP states to the same letters, we leave it empty.
+    /// Not TCP: Zeek gives UDP/ICMP states of the same letters; conntrail says `none`.
     None,
 }
 
@@ -135,7 +135,7 @@ impl ConnState {
             ConnState::SH => "SH",
             ConnState::SHR => "SHR",
             ConnState::OTH => "OTH",
-            ConnState::None => "",
+            ConnState::None => "none",
         }
     }
 }

@@ -50,15 +50,17 @@ pub use writer::{LogWriter, Retention, WriterStats};
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
     /// A file operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    ///
+    /// The message holds what the OS said, so the error has no `source`: a chain printed
+    /// with `{:#}` says it once.
+    #[error("{action} {}: {error}", path.display())]
     Io {
         /// What was being done: "creating", "writing", "opening", ...
         action: &'static str,
         /// The file (or directory) concerned.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A payload longer than the format allows; nothing was written.
     #[error("payload of {len} bytes exceeds the log's maximum of {max}")]
@@ -97,7 +99,7 @@ impl RecorderError {
         RecorderError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

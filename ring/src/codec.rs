@@ -12,8 +12,15 @@ use flowtable::record::{Addr, DirStats, Endpoint, Record};
 /// A record could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// The message holds the decoder's, so the error has no `source`.
     #[error("decoding a record: {0}")]
-    Decode(#[from] rmp_serde::decode::Error),
+    Decode(rmp_serde::decode::Error),
+}
+
+impl From<rmp_serde::decode::Error> for CodecError {
+    fn from(e: rmp_serde::decode::Error) -> CodecError {
+        CodecError::Decode(e)
+    }
 }
 
 /// Encodes `rec` into `buf` (cleared first).

@@ -117,13 +117,12 @@ pub struct Full;
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     /// The ring file could not be created, sized, opened or mapped.
-    #[error("ring file {}: {source}", path.display())]
+    #[error("ring file {}: {error}", path.display())]
     Io {
         /// The ring file.
         path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said (in the message, so not a `source`).
+        error: std::io::Error,
     },
     /// The requested capacity is 0 or larger than [`MAX_CAPACITY`].
     #[error("ring capacity {requested} bytes is outside 1..={MAX_CAPACITY}")]
@@ -808,9 +807,9 @@ fn round_capacity(requested: usize) -> Result<usize, RingError> {
 pub fn create(path: &Path, capacity_bytes: usize) -> Result<(Producer, Consumer), RingError> {
     use rustix::fs::{Mode, OFlags};
     let capacity = round_capacity(capacity_bytes)?;
-    let io = |source| RingError::Io {
+    let io = |error| RingError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let fd = rustix::fs::open(
         path,
@@ -855,9 +854,9 @@ pub fn create(path: &Path, capacity_bytes: usize) -> Result<(Producer, Consumer)
 #[cfg(not(loom))]
 fn reserve(file: &std::fs::File, path: &Path, len: u64) -> Result<(), RingError> {
     use rustix::io::Errno;
-    let io = |source| RingError::Io {
+    let io = |error| RingError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let no_space = || RingError::NoSpace {
         path: path.to_path_buf(),
@@ -922,9 +921,9 @@ pub fn open(path: &Path) -> Result<Consumer, RingError> {
 #[cfg(not(loom))]
 pub fn open_owned_by(path: &Path, owner: u32) -> Result<Consumer, RingError> {
     use rustix::fs::{FileType, Mode, OFlags};
-    let io = |source| RingError::Io {
+    let io = |error| RingError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let corrupt = |problem| RingError::Corrupt {
         path: path.to_path_buf(),

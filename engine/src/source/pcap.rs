@@ -328,6 +328,9 @@ impl Capture {
                     header_len: 24,
                     snaplen: hdr.snaplen,
                 }),
+                Err(_) if crate::evidence::is_log_head(b) => Err(format_err(
+                    "it is a conntrail log: read it with `conntrail show`".into(),
+                )),
                 Err(_) => Err(format_err(format!(
                     "it starts with {:02x?} rather than a pcap or pcapng magic number",
                     b.get(..4).unwrap_or(b)

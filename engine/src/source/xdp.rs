@@ -171,24 +171,21 @@ pub enum XdpError {
     )]
     Memlock { need_mib: f64, limit_mib: f64 },
     #[error(
-        "no huge pages for a {mib:.1} MiB UMEM ({source}): reserve some (`sysctl \
+        "no huge pages for a {mib:.1} MiB UMEM ({error}): reserve some (`sysctl \
          vm.nr_hugepages=N`) or set `huge_pages = false`"
     )]
-    HugePages { mib: f64, source: io::Error },
+    HugePages { mib: f64, error: io::Error },
     #[error("creating the UMEM: {0}")]
     Umem(String),
     #[error(
-        "not permitted to open an AF_XDP socket on {interface} ({source}): run as root or with \
+        "not permitted to open an AF_XDP socket on {interface} ({error}): run as root or with \
          CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK"
     )]
-    Permission {
-        interface: String,
-        source: io::Error,
-    },
-    #[error("{what} ({source}){}", bpf_hint(source))]
+    Permission { interface: String, error: io::Error },
+    #[error("{what} ({error}){}", bpf_hint(error))]
     Bpf {
         what: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "could not attach the XDP program to {interface} ({}){hint}",
@@ -518,7 +515,7 @@ fn open_in_mode(
             return Err(match os {
                 Some(libc::EPERM | libc::EACCES) => OpenFailure::Fatal(XdpError::Permission {
                     interface: capture.interface.clone(),
-                    source: err,
+                    error: err,
                 }),
                 Some(libc::ENOBUFS | libc::ENOMEM) if !has_cap_ipc_lock() => {
                     OpenFailure::Fatal(memlock_error(capture.umem_bytes()))
@@ -609,7 +606,7 @@ fn umem_error(capture: &Capture, e: xsk_rs::umem::UmemCreateError) -> OpenFailur
     OpenFailure::Fatal(match os {
         Some(code) if capture.huge_pages => XdpError::HugePages {
             mib,
-            source: io::Error::from_raw_os_error(code),
+            error: io::Error::from_raw_os_error(code),
         },
         Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM) if !has_cap_ipc_lock() => {
             memlock_error(capture.umem_bytes())
@@ -741,13 +738,13 @@ impl XdpProgram {
         })?;
         // SAFETY: a valid NUL-terminated string; the call only reads it.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        let map = bpf::create_xskmap(queues.max(1)).map_err(|source| XdpError::Bpf {
+        let map = bpf::create_xskmap(queues.max(1)).map_err(|error| XdpError::Bpf {
             what: "creating the XSKMAP",
-            source,
+            error,
         })?;
-        let program = bpf::load_redirect_program(&map).map_err(|source| XdpError::Bpf {
+        let program = bpf::load_redirect_program(&map).map_err(|error| XdpError::Bpf {
             what: "loading the XDP program",
-            source,
+            error,
         })?;
         Ok(XdpProgram {
             interface: interface.to_string(),
@@ -760,10 +757,10 @@ impl XdpProgram {
 
     /// Enters `socket` in the map at `queue`.
     pub fn register(&self, queue: u32, socket: &XdpSocket) -> Result<(), XdpError> {
-        bpf::map_update(&self.map, queue, socket.rx.fd().as_raw_fd() as u32).map_err(|source| {
+        bpf::map_update(&self.map, queue, socket.rx.fd().as_raw_fd() as u32).map_err(|error| {
             XdpError::Bpf {
                 what: "entering the socket in the XSKMAP",
-                source,
+                error,
             }
         })
     }
