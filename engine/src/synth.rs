@@ -320,7 +320,7 @@ impl FlowClass {
             FlowClass::TcpZeroWindow => ("tcp-fin", "SF", PROTOCOL),
             FlowClass::TcpSlowResponse => ("tcp-fin", "SF", LATENCY),
             FlowClass::TcpNeverClosed => ("shutdown", "S1", NONE),
-            FlowClass::UdpNormal | FlowClass::IcmpEcho => ("shutdown", "", NONE),
+            FlowClass::UdpNormal | FlowClass::IcmpEcho => ("shutdown", "none", NONE),
         };
         Expected {
             close_reason,
