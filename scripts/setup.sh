@@ -10,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v tshark >/dev/null 2>&1 || need+=(tshark)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# The man pages are checked by rendering them with groff.
+command -v groff >/dev/null 2>&1 || need+=(groff-base)
 # Fleet export tests: a real JetStream server (single node and a 3-node cluster on loopback).
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 # Live capture: xsk-rs builds libxdp/libbpf with clang and the cc crate (libelf, zlib, m4,

@@ -143,6 +143,20 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the conntrail(1) man page, or write one page per command into a directory.
+    Manpage {
+        /// Write conntrail.1 and conntrail-COMMAND.1 for every command here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Replace pages that already exist in DIR.
+        #[arg(long, requires = "dir")]
+        overwrite: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,7 +179,7 @@ const EXIT_STATUS: &str = "Exit status:
 fn example(name: &str) -> Option<&'static str> {
     Some(match name {
         "replay" => "conntrail replay --record all --log trace.log capture.pcap",
-        "show" => "conntrail show trace.log 3",
+        "show" => "conntrail show trace.log:3",
         "synth" => "conntrail synth -o synth.pcap --flows 100 --packets 2000",
         "query" => "conntrail query trace.log reason=tcp-rst-server and port 443",
         "diff" => "conntrail diff trace.log:1 trace.log:3",
@@ -181,6 +195,8 @@ fn example(name: &str) -> Option<&'static str> {
         "session" => "conntrail session --log tracker.log 17",
         "reload" => "conntrail reload --log tracker.log",
         "config" => "conntrail config check conntrail.toml",
+        "completions" => "conntrail completions bash > /etc/bash_completion.d/conntrail",
+        "manpage" => "conntrail manpage --dir /usr/local/share/man/man1",
         _ => return None,
     })
 }
@@ -204,6 +220,44 @@ fn with_help(cli: clap::Command) -> clap::Command {
             sub.after_help(text)
         })
     })
+}
+
+/// `conntrail manpage`: conntrail(1) on stdout, or with `dir` a page per command there.
+fn manpages(dir: Option<&Path>, overwrite: bool) -> Result<ExitCode> {
+    let mut cli = with_help(Cli::command());
+    cli.build();
+    let render = |cmd: clap::Command| -> Result<Vec<u8>> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        Ok(page)
+    };
+    let Some(dir) = dir else {
+        io::stdout().write_all(&render(cli)?)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut pages = vec![(dir.join("conntrail.1"), cli.clone())];
+    for sub in cli.get_subcommands().filter(|c| c.get_name() != "help") {
+        let name = format!("conntrail-{}", sub.get_name());
+        pages.push((
+            dir.join(format!("{name}.1")),
+            sub.clone().name(name.clone()).bin_name(name),
+        ));
+    }
+    let paths: Vec<&Path> = pages.iter().map(|(p, _)| p.as_path()).collect();
+    engine::evidence::check_outputs(
+        "manpage",
+        &paths,
+        &engine::evidence::Inputs::default(),
+        overwrite,
+    )?;
+    for (path, cmd) in &pages {
+        let page = render(cmd.clone())?;
+        let mut file = engine::evidence::create_output(path)?;
+        file.write_all(&page)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{} man pages written to {}", pages.len(), dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -342,6 +396,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sessions(a) => engine::control::run_sessions(a),
         Command::Session(a) => engine::control::run_session(a),
         Command::Reload(a) => engine::control::run_reload(a),
+        Command::Completions { shell } => {
+            let mut cli = with_help(Cli::command());
+            clap_complete::generate(shell, &mut cli, "conntrail", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { dir, overwrite } => manpages(dir.as_deref(), overwrite),
         Command::Config { action } => match action {
             ConfigAction::Default => {
                 print!("{DEFAULT_TOML}");
