@@ -37,6 +37,19 @@ pub fn of_run(shipped: ExitCode, records_lost: u64, damaged: bool) -> ExitCode {
     ])
 }
 
+/// Says on standard error how many records never reached the log, and why, when any did
+/// not; the run's exit status then carries [`RECORDS_LOST`].
+pub fn warn_records_lost(ring_drops: u64, ring_checksum_failures: u64, no_space: u64) {
+    let lost = ring_drops + ring_checksum_failures + no_space;
+    if lost > 0 {
+        eprintln!(
+            "conntrail: {lost} record(s) lost: {ring_drops} dropped from full rings, \
+             {ring_checksum_failures} damaged in a ring (failed their checksum), \
+             {no_space} for lack of space on the log's file system"
+        );
+    }
+}
+
 /// The status for the worst of `codes`.
 pub fn worst(codes: impl IntoIterator<Item = u8>) -> ExitCode {
     ExitCode::from(codes.into_iter().max().unwrap_or(OK))

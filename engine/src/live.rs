@@ -1152,15 +1152,7 @@ fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
         s.log_segments,
         opts.stats.display()
     )?;
-    if s.records_lost() > 0 {
-        eprintln!(
-            "conntrail: {} record(s) lost: {} dropped from full rings, {} damaged in a ring (failed their checksum), {} for lack of space on the log's file system",
-            s.records_lost(),
-            s.ring_drops(),
-            s.ring_checksum_failures,
-            s.frames_lost
-        );
-    }
+    crate::exit::warn_records_lost(s.ring_drops(), s.ring_checksum_failures, s.frames_lost);
     Ok(())
 }
 

@@ -568,14 +568,6 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
             w.frames_lost, w.no_space_errors
         )?;
     }
-    if s.records_lost() > 0 {
-        eprintln!(
-            "conntrail: {} record(s) lost: {} dropped from full rings, {} damaged in a ring (failed their checksum), {} for lack of space on the log's file system",
-            s.records_lost(),
-            s.ring_drops(),
-            s.ring_checksum_failures,
-            w.frames_lost
-        );
-    }
+    exit::warn_records_lost(s.ring_drops(), s.ring_checksum_failures, w.frames_lost);
     Ok(())
 }

@@ -800,7 +800,9 @@ mod tests {
     }
 
     /// A tmpfs of `kib` KiB mounted for the test, unmounted when dropped; `None` (with a
-    /// message) when the test does not run as root or cannot mount.
+    /// message) when the test does not run as root or cannot mount. It mounts with the
+    /// system call, not the `mount` program: a child forked while another test holds a log
+    /// lock would share that lock until it execs, and a test retaking the lock would fail.
     struct SmallDisk(PathBuf);
 
     impl SmallDisk {
@@ -812,13 +814,14 @@ mod tests {
             let dir = TestDir::new(name);
             let mount_point = dir.path().join("disk");
             std::fs::create_dir_all(&mount_point).unwrap();
-            let mounted = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-                .arg(&mount_point)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !mounted {
-                eprintln!("skipped: mounting a small tmpfs needs root (mount -t tmpfs)");
+            if let Err(e) = rustix::mount::mount(
+                "tmpfs",
+                &mount_point,
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                std::ffi::CString::new(options).ok().as_deref(),
+            ) {
+                eprintln!("skipped: mounting a small tmpfs needs root ({e})");
                 return None;
             }
             Some((SmallDisk(mount_point), dir))
@@ -827,7 +830,7 @@ mod tests {
 
     impl Drop for SmallDisk {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
         }
     }
 
