@@ -29,7 +29,7 @@ use flowtable::packet::{parse, tcp_flags, LinkType};
 use flowtable::point::{Arena, Dir, Point, PointKind, Severity, Trail};
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, RecordMode};
-use flowtable::tcp::{self, Segment, TcpDir};
+use flowtable::tcp::{self, Findings, Segment, Tcp};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use recorder::writer::LogWriter;
 use ring::codec;
@@ -174,6 +174,7 @@ fn tcp_state_stage(c: &mut Criterion) {
             ack: 0,
             flags: tcp_flags::SYN,
             window: 64240,
+            wscale: None,
             payload_len: 0,
         },
     ));
@@ -184,6 +185,7 @@ fn tcp_state_stage(c: &mut Criterion) {
             ack: c_seq + 1,
             flags: tcp_flags::SYN | tcp_flags::ACK,
             window: 65160,
+            wscale: None,
             payload_len: 0,
         },
     ));
@@ -196,6 +198,7 @@ fn tcp_state_stage(c: &mut Criterion) {
                 ack: s_seq + 1,
                 flags: tcp_flags::ACK | tcp_flags::PSH,
                 window: 502,
+                wscale: None,
                 payload_len: 1448,
             },
         ));
@@ -208,6 +211,7 @@ fn tcp_state_stage(c: &mut Criterion) {
                     ack: c_seq,
                     flags: tcp_flags::ACK,
                     window: 500,
+                    wscale: None,
                     payload_len: 0,
                 },
             ));
@@ -217,11 +221,11 @@ fn tcp_state_stage(c: &mut Criterion) {
     g.throughput(Throughput::Elements(segs.len() as u64));
     g.bench_function("bulk_transfer", |b| {
         b.iter(|| {
-            let mut dirs = [TcpDir::default(); 2];
+            let mut state = Tcp::default();
             let mut retrans = 0u32;
             for (i, (d, seg)) in segs.iter().enumerate() {
-                let found = tcp::analyse(&mut dirs, *d, seg, i as u64 * 10_000, 3_000_000);
-                retrans += u32::from(found.retransmission);
+                let found = tcp::analyse(&mut state, *d, seg, i as u64 * 10_000);
+                retrans += u32::from(found.has(Findings::ANY_RETRANSMISSION));
             }
             retrans
         })

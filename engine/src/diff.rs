@@ -21,7 +21,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use flowtable::point::{Point, PointKind};
+use flowtable::point::{Point, PointKind, Severity};
 use flowtable::record::{DirStats, Record};
 use serde_json::{json, Value};
 
@@ -341,6 +341,28 @@ pub struct Row {
 
 /// Pairs the two trails as a line diff pairs lines (see the module documentation).
 pub fn align(b: &[Point], p: &[Point]) -> Vec<Row> {
+    // The note that marks the end of a record's longest silence is compared as "largest
+    // stall"; two of them at different places would misalign the rest. A `stall` the
+    // trigger raised (a warning) is aligned like any point.
+    let kept = |pts: &[Point]| -> Vec<usize> {
+        (0..pts.len())
+            .filter(|&i| !(pts[i].kind == PointKind::Stall && pts[i].severity == Severity::Info))
+            .collect()
+    };
+    let (bi, pi) = (kept(b), kept(p));
+    let pick =
+        |pts: &[Point], idx: &[usize]| -> Vec<Point> { idx.iter().map(|&i| pts[i]).collect() };
+    align_all(&pick(b, &bi), &pick(p, &pi))
+        .into_iter()
+        .map(|r| Row {
+            baseline: r.baseline.map(|i| bi[i]),
+            problem: r.problem.map(|j| pi[j]),
+            same: r.same,
+        })
+        .collect()
+}
+
+fn align_all(b: &[Point], p: &[Point]) -> Vec<Row> {
     let key = |x: &Point| (x.kind, x.dir);
     let (n, m) = (b.len(), p.len());
     let w = m + 1;

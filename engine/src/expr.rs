@@ -436,38 +436,6 @@ impl StateSet {
     }
 }
 
-/// Every tracking point kind, for `point KIND`.
-const POINT_KINDS: [PointKind; 28] = [
-    PointKind::Syn,
-    PointKind::SynAck,
-    PointKind::HandshakeDone,
-    PointKind::FirstData,
-    PointKind::Fin,
-    PointKind::Rst,
-    PointKind::Retransmission,
-    PointKind::OutOfOrder,
-    PointKind::DupAck,
-    PointKind::ZeroWindow,
-    PointKind::WindowShrink,
-    PointKind::KeepAlive,
-    PointKind::TlsClientHello,
-    PointKind::TlsServerHello,
-    PointKind::TlsAlert,
-    PointKind::IcmpError,
-    PointKind::Fragment,
-    PointKind::TtlChange,
-    PointKind::Threshold,
-    PointKind::Truncated,
-    PointKind::Timeout,
-    PointKind::Eviction,
-    PointKind::BadFlags,
-    PointKind::DataAfterFin,
-    PointKind::SynRetransmission,
-    PointKind::VlanChange,
-    PointKind::Midstream,
-    PointKind::Start,
-];
-
 /// The single flags, in their fixed order.
 fn single_flags() -> impl Iterator<Item = (Flags, &'static str)> {
     (0..8).filter_map(|i| {
@@ -956,7 +924,7 @@ fn unknown_word(word: &str) -> ExprErrorKind {
         format!("; a conn_state needs `state=` before it (`state={word}`)")
     } else if single_flags().any(|(_, n)| n == lower) {
         format!("; a flag needs `flag` before it (`flag {lower}`)")
-    } else if POINT_KINDS.iter().any(|k| k.as_str() == lower) {
+    } else if PointKind::ALL.iter().any(|k| k.as_str() == lower) {
         format!("; a point kind needs `point` before it (`point {lower}`)")
     } else if lower.parse::<u64>().is_ok() {
         "; a number needs a field or `port` before it".to_string()
@@ -1260,12 +1228,12 @@ fn parse_history(v: &Token<'_>) -> Result<History, ExprError> {
 }
 
 fn parse_point(v: &Token<'_>) -> Result<PointKind, ExprError> {
-    POINT_KINDS
+    PointKind::ALL
         .iter()
         .find(|k| k.as_str().eq_ignore_ascii_case(v.text))
         .copied()
         .ok_or_else(|| {
-            let names: Vec<&str> = POINT_KINDS.iter().map(|k| k.as_str()).collect();
+            let names: Vec<&str> = PointKind::ALL.iter().map(|k| k.as_str()).collect();
             bad_value("point", v, format!("a point kind ({})", names.join(", ")))
         })
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowtable::record::{Addr, ConnState, DirStats, Endpoint, Proto, Record};
+use flowtable::record::{icmp_type_name, Addr, ConnState, DirStats, Endpoint, Proto, Record};
 use serde_json::{json, Value};
 
 use crate::html::HtmlPage;
@@ -254,7 +254,7 @@ pub fn to_json(rec: &Record<'_>) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut v = json!({
         "id": rec.id,
         "worker": rec.worker,
         "context": rec.context,
@@ -282,7 +282,29 @@ pub fn to_json(rec: &Record<'_>) -> Value {
         },
         "points": points,
         "points_dropped": rec.points_dropped,
-    })
+    });
+    if let (Some((icmp_type, code)), Some(map)) = (rec.icmp(), v.as_object_mut()) {
+        map.insert(
+            "icmp".to_string(),
+            json!({
+                "type": icmp_type,
+                "code": code,
+                "name": icmp_type_name(rec.ip_version == 6, icmp_type),
+            }),
+        );
+    }
+    v
+}
+
+/// ` (type 8 code 0, echo request)` for an ICMP record, else nothing.
+pub fn icmp_text(rec: &Record<'_>) -> String {
+    match rec.icmp() {
+        Some((icmp_type, code)) => match icmp_type_name(rec.ip_version == 6, icmp_type) {
+            Some(name) => format!(" (type {icmp_type} code {code}, {name})"),
+            None => format!(" (type {icmp_type} code {code})"),
+        },
+        None => String::new(),
+    }
 }
 
 /// `a.b.c.d:port`, `[v6]:port`, or the bare address for port 0 (ICMP).
@@ -356,11 +378,12 @@ pub fn write_text_painted(
     paint: Paint,
 ) -> std::io::Result<()> {
     let title = format!(
-        "record {} {} {} -> {}: {} ({})",
+        "record {} {} {} -> {}{}: {} ({})",
         rec.id,
         rec.proto.as_str(),
         endpoint_text(rec.client.ip, rec.client.port),
         endpoint_text(rec.server.ip, rec.server.port),
+        icmp_text(rec),
         rec.close_reason.in_words(),
         rec.close_reason.as_str()
     );

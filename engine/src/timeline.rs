@@ -213,7 +213,14 @@ pub fn arg_text(p: &Point, ip_version: u8) -> String {
         K::TlsServerHello => format!("({})", tls_version_text(arg)),
         K::TlsClientHello if arg == 0 => "(no SNI)".to_string(),
         K::TlsClientHello => format!("(SNI hash {arg:08x})"),
-        K::Retransmission | K::OutOfOrder => format!("(seq {arg})"),
+        K::Retransmission
+        | K::FastRetransmission
+        | K::SpuriousRetransmission
+        | K::OutOfOrder
+        | K::LostSegment
+        | K::ZeroWindowProbe => format!("(seq {arg})"),
+        K::WindowFull => format!("({arg} bytes)"),
+        K::Stall => format!("({} of silence)", us(arg)),
         K::Truncated => format!("({arg} points dropped here)"),
         K::TtlChange => format!("(TTL now {arg})"),
         K::VlanChange => format!("(VLAN now {arg})"),
@@ -498,12 +505,21 @@ impl Reasons<'_, '_> {
         }
         if !self.told(Flags::LATENCY) {
             let l = &rec.latency;
-            let text = match (rec.proto, l.max_stall_ns, l.ttfb_ns) {
-                (Proto::Tcp, Some(s), _) => format!(
+            let stall = rec
+                .points
+                .iter()
+                .find(|p| p.kind == PointKind::Stall && p.severity == Severity::Warn);
+            let text = match (rec.proto, stall, l.max_stall_ns, l.ttfb_ns) {
+                (Proto::Tcp, Some(p), _, _) => format!(
+                    "the connection fell silent for {} before it closed, until +{}",
+                    short_duration(u64::from(p.arg) * 1000),
+                    short_duration(p.t_ns)
+                ),
+                (Proto::Tcp, None, Some(s), _) => format!(
                     "the connection stalled for {} (its longest silence)",
                     short_duration(s)
                 ),
-                (_, _, Some(t)) => format!("the first answer came after {}", short_duration(t)),
+                (_, _, _, Some(t)) => format!("the first answer came after {}", short_duration(t)),
                 _ => "a latency threshold was exceeded".to_string(),
             };
             self.push(text, Flags::LATENCY);
@@ -672,7 +688,11 @@ fn ending_clause(rec: &Record<'_>) -> Clause {
     let pts: &[Point] = &rec.points;
     let last_t = pts.last().map_or(rec.duration_ns(), |p| p.t_ns);
     match rec.close_reason {
-        CloseReason::TcpRstServer | CloseReason::TcpRstClient => reset_clause(rec),
+        CloseReason::TcpRstServer | CloseReason::TcpRstClient => {
+            let mut clause = reset_clause(rec);
+            clause.text.push_str(&after_the_reset(rec));
+            clause
+        }
         _ if is_unanswered(rec) => {
             let syns = syn_count(pts);
             let first = pts
@@ -770,6 +790,92 @@ fn ending_clause(rec: &Record<'_>) -> Clause {
     }
 }
 
+/// How a connection went on after its first RST, when it did: the client tried again with
+/// the same SYN before the reset connection was written out, and the story continues in
+/// the same record. ", then it went on: the client sent its SYN again at +3.012 s, the
+/// server answered at +17.8 s, and it ended with a RST from the server at +33.1 s".
+/// Empty when nothing but resets followed.
+fn after_the_reset(rec: &Record<'_>) -> String {
+    let pts: &[Point] = &rec.points;
+    let Some(ri) = pts.iter().position(|p| p.kind == PointKind::Rst) else {
+        return String::new();
+    };
+    let later = &pts[ri + 1..];
+    let went_on = |p: &&Point| {
+        matches!(
+            p.kind,
+            PointKind::Syn
+                | PointKind::SynRetransmission
+                | PointKind::SynAck
+                | PointKind::HandshakeDone
+                | PointKind::FirstData
+        )
+    };
+    let Some(first) = later.iter().find(went_on) else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    let syn = later
+        .iter()
+        .find(|p| matches!(p.kind, PointKind::Syn | PointKind::SynRetransmission));
+    if let Some(p) = syn {
+        parts.push(format!(
+            "the {} sent its SYN again at +{}",
+            sender(p.dir),
+            short_duration(p.t_ns)
+        ));
+    }
+    if let Some(p) = later.iter().find(|p| p.kind == PointKind::SynAck) {
+        parts.push(format!(
+            "the server answered at +{}",
+            short_duration(p.t_ns)
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "the {} sent more at +{}",
+            sender(first.dir),
+            short_duration(first.t_ns)
+        ));
+    }
+    let end = match later.iter().rev().find(|p| p.kind == PointKind::Rst) {
+        Some(p) if p.t_ns >= first.t_ns => format!(
+            "it ended with a RST from the {} at +{}",
+            sender(p.dir),
+            short_duration(p.t_ns)
+        ),
+        _ => match later.iter().rev().find(|p| p.kind == PointKind::Fin) {
+            Some(p)
+                if later
+                    .iter()
+                    .any(|q| q.kind == PointKind::Fin && q.dir != p.dir) =>
+            {
+                format!(
+                    "it closed with FIN both ways at +{}",
+                    short_duration(p.t_ns)
+                )
+            }
+            Some(p) => format!(
+                "the {} sent a FIN at +{}, its last packet at +{}",
+                sender(p.dir),
+                short_duration(p.t_ns),
+                short_duration(rec.duration_ns())
+            ),
+            None => format!(
+                "its last packet came at +{}",
+                short_duration(rec.duration_ns())
+            ),
+        },
+    };
+    parts.push(end);
+    let last = parts.pop().unwrap_or_default();
+    if parts.is_empty() {
+        format!(", then it went on: {last}")
+    } else {
+        format!(", then it went on: {}, and {last}", parts.join(", "))
+    }
+}
+
 /// "server reset the connection 3.1 ms after the ClientHello, before sending any data".
 fn reset_clause(rec: &Record<'_>) -> Clause {
     let pts: &[Point] = &rec.points;
@@ -833,7 +939,14 @@ fn reset_clause(rec: &Record<'_>) -> Clause {
             })
             .unwrap_or_default();
         return Clause {
-            text: format!("client abandoned the connection: RST{after}, no SYN-ACK seen"),
+            text: format!(
+                "client abandoned the connection: RST{after}, no SYN-ACK seen{}",
+                if pts[ri..].iter().any(|p| p.kind == PointKind::SynAck) {
+                    " by then"
+                } else {
+                    ""
+                }
+            ),
             flags,
         };
     }
@@ -964,7 +1077,9 @@ pub fn layout(rec: &Record<'_>) -> Layout {
         };
         let shape = match p.kind {
             PointKind::Truncated => Shape::Break,
-            PointKind::Threshold | PointKind::Timeout | PointKind::Eviction => Shape::Note,
+            PointKind::Threshold | PointKind::Timeout | PointKind::Eviction | PointKind::Stall => {
+                Shape::Note
+            }
             _ => Shape::Packet,
         };
         rows.push(Row {

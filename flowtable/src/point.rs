@@ -55,9 +55,61 @@ pub enum PointKind {
     Midstream,
     /// Echo request/reply or first datagram of a UDP/ICMP flow.
     Start,
+    /// A retransmission soon after the receiver's duplicate ACKs; arg = sequence number.
+    FastRetransmission,
+    /// Data the receiver had already acknowledged, sent again; arg = sequence number.
+    SpuriousRetransmission,
+    /// One byte sent into a zero window to see whether it opened; arg = sequence number.
+    ZeroWindowProbe,
+    /// Data up to the right edge of the receiver's window; arg = its length.
+    WindowFull,
+    /// A segment that starts beyond the next expected byte: the one before it was not
+    /// captured; arg = sequence number.
+    LostSegment,
+    /// The end of a silence longer than the stall threshold while neither side had sent a
+    /// FIN or RST; arg = its length in microseconds.
+    Stall,
 }
 
 impl PointKind {
+    /// Every kind, in the order of their numbers.
+    pub const ALL: [PointKind; 34] = [
+        PointKind::Syn,
+        PointKind::SynAck,
+        PointKind::HandshakeDone,
+        PointKind::FirstData,
+        PointKind::Fin,
+        PointKind::Rst,
+        PointKind::Retransmission,
+        PointKind::OutOfOrder,
+        PointKind::DupAck,
+        PointKind::ZeroWindow,
+        PointKind::WindowShrink,
+        PointKind::KeepAlive,
+        PointKind::TlsClientHello,
+        PointKind::TlsServerHello,
+        PointKind::TlsAlert,
+        PointKind::IcmpError,
+        PointKind::Fragment,
+        PointKind::TtlChange,
+        PointKind::Threshold,
+        PointKind::Truncated,
+        PointKind::Timeout,
+        PointKind::Eviction,
+        PointKind::BadFlags,
+        PointKind::DataAfterFin,
+        PointKind::SynRetransmission,
+        PointKind::VlanChange,
+        PointKind::Midstream,
+        PointKind::Start,
+        PointKind::FastRetransmission,
+        PointKind::SpuriousRetransmission,
+        PointKind::ZeroWindowProbe,
+        PointKind::WindowFull,
+        PointKind::LostSegment,
+        PointKind::Stall,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PointKind::Syn => "syn",
@@ -88,6 +140,12 @@ impl PointKind {
             PointKind::VlanChange => "vlan-change",
             PointKind::Midstream => "midstream",
             PointKind::Start => "start",
+            PointKind::FastRetransmission => "fast-retransmission",
+            PointKind::SpuriousRetransmission => "spurious-retransmission",
+            PointKind::ZeroWindowProbe => "zero-window-probe",
+            PointKind::WindowFull => "window-full",
+            PointKind::LostSegment => "lost-segment",
+            PointKind::Stall => "stall",
         }
     }
 }
@@ -324,6 +382,16 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_kind_once_in_number_order() {
+        for (n, kind) in PointKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, n, "{kind:?}");
+        }
+        // The number after the last is no kind: a new one must join `ALL`.
+        let next = rmp_serde::to_vec(&(PointKind::ALL.len() as u8)).unwrap();
+        assert!(rmp_serde::from_slice::<PointKind>(&next).is_err());
+    }
 
     fn pt(t: u64) -> Point {
         Point {

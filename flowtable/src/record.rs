@@ -393,7 +393,42 @@ impl Record<'_> {
         }
     }
 
+    /// The type and code of an ICMP record's first message (Zeek keeps them in the ports:
+    /// type as the originator's, code as the responder's).
+    pub fn icmp(&self) -> Option<(u8, u8)> {
+        let [icmp_type, code] = self.icmp_type_code.to_be_bytes();
+        (self.proto == Proto::Icmp).then_some((icmp_type, code))
+    }
+
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
+}
+
+/// The name of an ICMP (`v6`: ICMPv6) message type, for the ones a tracker meets.
+pub fn icmp_type_name(v6: bool, icmp_type: u8) -> Option<&'static str> {
+    Some(match (v6, icmp_type) {
+        (false, 0) | (true, 129) => "echo reply",
+        (false, 8) | (true, 128) => "echo request",
+        (false, 3) | (true, 1) => "destination unreachable",
+        (false, 4) => "source quench",
+        (false, 5) | (true, 137) => "redirect",
+        (false, 9) | (true, 134) => "router advertisement",
+        (false, 10) | (true, 133) => "router solicitation",
+        (false, 11) | (true, 3) => "time exceeded",
+        (false, 12) | (true, 4) => "parameter problem",
+        (false, 13) => "timestamp request",
+        (false, 14) => "timestamp reply",
+        (false, 15) => "information request",
+        (false, 16) => "information reply",
+        (false, 17) => "address mask request",
+        (false, 18) => "address mask reply",
+        (true, 2) => "packet too big",
+        (true, 130) => "multicast listener query",
+        (true, 131) | (true, 143) => "multicast listener report",
+        (true, 132) => "multicast listener done",
+        (true, 135) => "neighbor solicitation",
+        (true, 136) => "neighbor advertisement",
+        _ => return None,
+    })
 }

@@ -21,6 +21,16 @@ impl Events {
     pub const DUP_ACK_RUN: u16 = 1 << 8;
     pub const SYN_RETRANSMIT: u16 = 1 << 9;
     pub const CLIENT_SYN: u16 = 1 << 10;
+    /// SYN and SYN-ACK both seen, in that order: SYN to SYN-ACK is measured.
+    pub const SYN_SYNACK: u16 = 1 << 11;
+    /// The server answered the client's first byte: the flow holds the time to it.
+    pub const TTFB: u16 = 1 << 12;
+    /// A silence longer than the stall threshold before the connection closed.
+    pub const STALL: u16 = 1 << 13;
+    /// The client's FIN was seen.
+    pub const FIN_C: u16 = 1 << 14;
+    /// The server's FIN was seen.
+    pub const FIN_S: u16 = 1 << 15;
 
     pub fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
@@ -60,7 +70,7 @@ pub fn evaluate(rec: &Record<'_>, ev: Events, t: &Triggers) -> Flags {
     if over_ms(lat.syn_synack_ns, l.syn_synack_ms)
         || over_ms(lat.synack_ack_ns, l.synack_ack_ms)
         || over_ms(lat.ttfb_ns, l.ttfb_ms)
-        || (tcp && over_ms(lat.max_stall_ns, l.stall_ms))
+        || (tcp && l.stall_ms > 0.0 && ev.has(Events::STALL))
         || (l.syn_retransmit && ev.has(Events::SYN_RETRANSMIT))
     {
         flags.insert(Flags::LATENCY);

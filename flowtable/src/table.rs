@@ -23,14 +23,14 @@ use crate::prefetch;
 use crate::record::Latency;
 use crate::record::{Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, Proto, Record};
 use crate::rules::{self, Events};
-use crate::tcp::{self, Segment, TcpDir};
+use crate::tcp::{self, Findings, Segment, Tcp};
 use crate::tls::{self, TlsEvent};
 use crate::wheel::{Due, Wheel};
 
 mod compact;
 mod view;
 
-use compact::{At, Letters, Marks, Span};
+use compact::{Letters, Marks, Span};
 pub use view::OpenFlow;
 
 /// Which records a table hands out.
@@ -65,7 +65,6 @@ enum Terminal {
 const NS_PER_US: u64 = 1_000;
 /// No flow slot (the end of the free list).
 const NO_SLOT: u32 = u32::MAX;
-const DEFAULT_OOO_NS: u64 = 3_000_000;
 
 /// One tracked connection. Directions are indexed by the canonical key: 0 is `lo -> hi`.
 #[derive(Clone)]
@@ -78,17 +77,21 @@ struct Flow {
     /// timer comes due, not at every packet).
     last_ns: u64,
     stats: [DirStats; 2],
-    tcp: [TcpDir; 2],
-    syn_ns: At,
-    synack_ns: At,
+    tcp: Tcp,
+    /// The client's first SYN, from the start.
+    syn_ns: Span,
+    /// The server's first SYN-ACK, from the start.
+    synack_ns: Span,
     /// SYN-ACK to the client's first ACK. SYN to SYN-ACK follows from `syn_ns` and
     /// `synack_ns` with a bit of `events`.
     synack_ack: Span,
     max_stall: Span,
-    /// The time of the first payload of the direction that sent one first; once the other
+    /// When the longest silence ended, from the start.
+    max_stall_end: Span,
+    /// The time (from the start) of the first payload of the direction that sent one first;
+    /// once the other
     /// answered, the time to the first response byte if it did (`events` bit `TTFB`).
-    first_payload: At,
-    icmp_error_ns: At,
+    first_payload: Span,
     history: Letters,
     trail: Trail,
     events: Events,
@@ -128,13 +131,13 @@ impl Flow {
             start_ns: 0,
             last_ns: 0,
             stats: [DirStats::default(); 2],
-            tcp: [TcpDir::default(); 2],
-            syn_ns: At::NEVER,
-            synack_ns: At::NEVER,
+            tcp: Tcp::default(),
+            syn_ns: Span::NONE,
+            synack_ns: Span::NONE,
             synack_ack: Span::NONE,
             max_stall: Span::NONE,
-            first_payload: At::NEVER,
-            icmp_error_ns: At::NEVER,
+            max_stall_end: Span::NONE,
+            first_payload: Span::NONE,
             history: Letters::default(),
             trail: Trail::default(),
             events: Events::default(),
@@ -154,44 +157,67 @@ impl Flow {
     }
 
     fn latency(&self) -> Latency {
-        let since = |later: At, earlier: At| match (later.get(), earlier.get()) {
-            (Some(l), Some(e)) => Some(l.saturating_sub(e)),
-            _ => None,
-        };
         Latency {
-            syn_synack_ns: if self.events.has(SYN_SYNACK) {
-                since(self.synack_ns, self.syn_ns)
+            syn_synack_ns: if self.events.has(Events::SYN_SYNACK) {
+                match (self.synack_ns.get(), self.syn_ns.get()) {
+                    (Some(l), Some(e)) => Some(l.saturating_sub(e)),
+                    _ => None,
+                }
             } else {
                 None
             },
             synack_ack_ns: self.synack_ack.get(),
             ttfb_ns: self
                 .events
-                .has(TTFB)
+                .has(Events::TTFB)
                 .then(|| self.first_payload.get())
                 .flatten(),
             max_stall_ns: self.max_stall.get(),
         }
     }
 
+    /// A point for the end of the longest silence between two packets (the record's
+    /// `max_stall`), so that the timelines draw the gap the header reports.
+    fn longest_silence(&self) -> Option<Point> {
+        let (gap, end) = (self.max_stall.get()?, self.max_stall_end.get()?);
+        let d = usize::from(self.marks.has(Marks::STALL_END_1));
+        Some(Point {
+            t_ns: end,
+            kind: PointKind::Stall,
+            dir: self.dir_of(d),
+            severity: Severity::Info,
+            arg: us(gap),
+        })
+    }
+
     /// Notes the first payload of direction `d`, at `ts_ns`: `None` when it is not the
-    /// first, else the time to the first response byte when this one is it.
+    /// first, else the time to the first response byte when this one is it. ICMP messages
+    /// other than request/reply pairs (echo, timestamp, information, address mask) answer
+    /// nothing: a neighbour advertisement each way is two announcements, not a question and
+    /// its answer, so they have no response time.
     fn first_payload_at(&mut self, d: usize, ts_ns: u64) -> Option<Option<u64>> {
         let (mine, other) = (Marks::FIRST_DATA << d, Marks::FIRST_DATA << (1 - d));
         if self.marks.has(mine) {
             return None;
         }
         self.marks.set(mine, true);
+        if self.key.kind == KeyKind::IcmpMessage {
+            return Some(None);
+        }
         if !self.marks.has(other) {
-            self.first_payload = At::of(ts_ns);
+            self.first_payload = Span::of(ts_ns.saturating_sub(self.start_ns));
             return Some(None);
         }
         if self.is_client(d) {
             return Some(None);
         }
-        let ttfb = self.first_payload.get().map(|c| ts_ns.saturating_sub(c));
-        self.first_payload = At::from(ttfb);
-        self.events.set(TTFB);
+        let since_start = ts_ns.saturating_sub(self.start_ns);
+        let ttfb = self
+            .first_payload
+            .get()
+            .map(|c| since_start.saturating_sub(c));
+        self.first_payload = ttfb.map_or(Span::NONE, Span::of);
+        self.events.set(Events::TTFB);
         Some(ttfb)
     }
 
@@ -342,7 +368,7 @@ impl FlowTable {
             arena: Arena::new(cap, per_slot),
             wheel: Wheel::new(cap, WHEEL_SLOTS, WHEEL_TICK_NS),
             frags: FragTable::new(cfg.table.fragments as usize, secs_to_ns(t.fragment_s)),
-            scratch_points: Vec::with_capacity(per_slot.max(2) + 1),
+            scratch_points: Vec::with_capacity(per_slot.max(2) + 2),
             timeouts_ns: TimeoutsNs {
                 tcp_syn: secs_to_ns(t.tcp_syn_s),
                 tcp_established: secs_to_ns(t.tcp_established_s),
@@ -595,7 +621,7 @@ impl FlowTable {
         if flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
             return false;
         }
-        self.flows[idx as usize].tcp[d]
+        self.flows[idx as usize].tcp.dirs[d]
             .base_seq()
             .is_some_and(|base| base != seq)
     }
@@ -755,7 +781,7 @@ impl FlowTable {
         if frag_needed {
             f.events.set(Events::FRAG_NEEDED);
         }
-        f.icmp_error_ns = At::of(ts_ns);
+        f.marks.set(Marks::ICMP_LAST, ts_ns >= f.last_ns);
         let arg = u32::from(icmp_type) << 8 | u32::from(code);
         // The error travels towards the sender of the quoted packet.
         let d = usize::from(pkt.dst != f.key.hi_ip);
@@ -784,8 +810,8 @@ impl FlowTable {
             Terminal::Fin => CloseReason::TcpFin,
             Terminal::Rst(d1) if usize::from(d1) == client => CloseReason::TcpRstClient,
             Terminal::Rst(_) => CloseReason::TcpRstServer,
-            Terminal::Open => match (cause, f.icmp_error_ns.get()) {
-                (CloseReason::AgedOut | CloseReason::Shutdown, Some(t)) if t >= f.last_ns => {
+            Terminal::Open => match cause {
+                CloseReason::AgedOut | CloseReason::Shutdown if f.marks.has(Marks::ICMP_LAST) => {
                     CloseReason::IcmpError
                 }
                 _ => cause,
@@ -795,8 +821,8 @@ impl FlowTable {
         let conn_state = if f.proto == Proto::Tcp {
             let syn_then_rst = syn_then_client_rst(history.as_str());
             tcp::conn_state(
-                f.tcp[client].state,
-                f.tcp[server].state,
+                f.tcp.dirs[client].state,
+                f.tcp.dirs[server].state,
                 f.stats[client].payload,
                 f.stats[server].payload,
                 syn_then_rst,
@@ -852,6 +878,9 @@ impl FlowTable {
             self.counters.records_emitted += 1;
             self.arena
                 .copy_record_trail(idx, f.trail, &mut self.scratch_points);
+            if let Some(p) = f.longest_silence() {
+                mark_longest_silence(&mut self.scratch_points, p);
+            }
             rec.irregular_point = self
                 .scratch_points
                 .iter()
@@ -865,6 +894,18 @@ impl FlowTable {
         self.wheel.cancel(idx);
         self.flows[idx as usize].id = u64::from(self.free);
         self.free = idx;
+    }
+}
+
+/// Puts `stall` among `points` in time order (after those of the same time), unless the
+/// `stall` trigger already marked that silence.
+fn mark_longest_silence(points: &mut Vec<Point>, stall: Point) {
+    let marked = points
+        .iter()
+        .any(|p| p.kind == PointKind::Stall && p.t_ns == stall.t_ns);
+    if !marked {
+        let at = points.partition_point(|p| p.t_ns <= stall.t_ns);
+        points.insert(at, stall);
     }
 }
 
@@ -907,15 +948,18 @@ impl Slot<'_> {
             let f = &*self.f;
             f.stats[0].pkts + f.stats[1].pkts == 0
         };
+        if !first_packet && self.f.proto == Proto::Tcp {
+            let gap = ts_ns.saturating_sub(self.f.last_ns);
+            if self.f.max_stall.get().is_none_or(|m| gap > m) {
+                self.longest_gap(cfg, gap);
+            }
+        }
         {
             let f = &mut *self.f;
-            if !first_packet && f.proto == Proto::Tcp && f.terminal == Terminal::Open {
-                let gap = ts_ns.saturating_sub(f.last_ns);
-                if f.max_stall.get().is_none_or(|m| gap > m) {
-                    f.max_stall = Span::of(gap);
-                }
-            }
             f.last_ns = f.last_ns.max(ts_ns);
+            if f.marks.has(Marks::ICMP_LAST) {
+                f.marks.set(Marks::ICMP_LAST, false);
+            }
             let s = &mut f.stats[d];
             s.pkts += 1;
             s.bytes += u64::from(frame_len);
@@ -936,6 +980,7 @@ impl Slot<'_> {
                 ack,
                 flags,
                 window,
+                wscale,
                 payload_len,
                 payload,
                 ..
@@ -945,6 +990,7 @@ impl Slot<'_> {
                     ack,
                     flags,
                     window,
+                    wscale,
                     payload_len,
                 };
                 if !(steady && !first_packet && self.steady_segment(cfg, &seg, payload)) {
@@ -960,6 +1006,27 @@ impl Slot<'_> {
                 self.first_payload(PointKind::Start);
             }
             L4::Fragment | L4::Other { .. } => {}
+        }
+    }
+
+    /// The longest silence between two packets of the connection so far, `gap`: the
+    /// record's `max_stall`, from the first packet to the last. The `stall` trigger only
+    /// looks at silences before the connection closed (both FINs, or the first RST): a
+    /// late FIN or RST repeated seconds after the close is no stall of the connection.
+    #[cold]
+    fn longest_gap(&mut self, cfg: &Config, gap: u64) {
+        self.f.max_stall = Span::of(gap);
+        self.f.max_stall_end = Span::of(self.ts_ns.saturating_sub(self.f.start_ns));
+        self.f.marks.set(Marks::STALL_END_1, self.d == 1);
+        let threshold_ms = self.triggers(cfg).latency.stall_ms;
+        let f = &mut *self.f;
+        if f.terminal == Terminal::Open
+            && !f.events.has(Events::STALL)
+            && threshold_ms > 0.0
+            && gap as f64 > threshold_ms * 1e6
+        {
+            f.events.set(Events::STALL);
+            self.point(PointKind::Stall, Severity::Warn, us(gap));
         }
     }
 
@@ -1025,6 +1092,63 @@ impl Slot<'_> {
         true
     }
 
+    /// The points of what the sequence analysis found in a segment: every retransmission
+    /// (by kind, but a SYN's, which has its own point), out-of-order segment, lost segment,
+    /// keep-alive and zero-window probe; the first zero window and window full; the
+    /// duplicate ACK that makes a run as long as the trigger's.
+    #[cold]
+    fn tcp_findings(&mut self, cfg: &Config, seg: &Segment, found: Findings) {
+        let d = self.d;
+        let syn = seg.flags & tcp_flags::SYN != 0;
+        let retransmission = if found.has(Findings::FAST_RETRANSMISSION) {
+            Some(PointKind::FastRetransmission)
+        } else if found.has(Findings::SPURIOUS_RETRANSMISSION) {
+            Some(PointKind::SpuriousRetransmission)
+        } else if found.has(Findings::RETRANSMISSION) {
+            Some(PointKind::Retransmission)
+        } else {
+            None
+        };
+        if let (Some(kind), false) = (retransmission, syn) {
+            self.point(kind, Severity::Warn, seg.seq);
+        }
+        if found.has(Findings::OUT_OF_ORDER) {
+            self.point(PointKind::OutOfOrder, Severity::Warn, seg.seq);
+        }
+        if found.has(Findings::LOST_SEGMENT) {
+            self.point(PointKind::LostSegment, Severity::Warn, seg.seq);
+        }
+        if found.has(Findings::DUP_ACK) {
+            let (run, need) = (
+                self.f.tcp.dirs[d].dup_acks(),
+                self.triggers(cfg).protocol.dup_acks,
+            );
+            if need > 0 && u32::from(run) == need {
+                self.f.events.set(Events::DUP_ACK_RUN);
+                self.point(PointKind::DupAck, Severity::Warn, u32::from(run));
+            }
+        }
+        if found.has(Findings::ZERO_WINDOW) && self.f.stats[d].zero_window == 1 {
+            self.point(PointKind::ZeroWindow, Severity::Warn, 0);
+        }
+        if found.has(Findings::ZERO_WINDOW_PROBE) {
+            self.point(PointKind::ZeroWindowProbe, Severity::Warn, seg.seq);
+        }
+        if found.has(Findings::WINDOW_FULL) && !self.f.marks.has(Marks::WINDOW_FULL) {
+            self.f.marks.set(Marks::WINDOW_FULL, true);
+            self.point(PointKind::WindowFull, Severity::Info, seg.payload_len);
+        }
+        if found.has(Findings::KEEP_ALIVE) {
+            self.point(PointKind::KeepAlive, Severity::Info, 0);
+        }
+        if found.has(Findings::BAD_FLAGS) {
+            self.point(PointKind::BadFlags, Severity::Warn, u32::from(seg.flags));
+        }
+        if found.has(Findings::DATA_AFTER_FIN) {
+            self.point(PointKind::DataAfterFin, Severity::Warn, seg.payload_len);
+        }
+    }
+
     fn tcp_segment(&mut self, cfg: &Config, seg: &Segment, payload: &[u8]) {
         let (d, ts_ns) = (self.d, self.ts_ns);
         use tcp_flags::{ACK, FIN, RST, SYN};
@@ -1049,24 +1173,14 @@ impl Slot<'_> {
             }
         }
         let is_client = self.f.is_client(d);
-        let prior_syns = self.f.tcp[d].syns;
-        let ooo_ns = {
-            let f = &*self.f;
-            match (f.syn_ns.get(), f.synack_ack.get(), f.synack_ns.get()) {
-                (Some(s), Some(a), Some(sa)) => (sa + a).saturating_sub(s).max(1),
-                _ => DEFAULT_OOO_NS,
-            }
-        };
-        let found = {
-            let f = &mut *self.f;
-            tcp::analyse(&mut f.tcp, d, seg, ts_ns, ooo_ns)
-        };
+        let prior_syns = self.f.tcp.dirs[d].syns;
+        let found = tcp::analyse(&mut self.f.tcp, d, seg, ts_ns);
 
         if syn && !ack && is_client {
             let f = &mut *self.f;
             f.events.set(Events::CLIENT_SYN);
             if f.syn_ns.is_none() {
-                f.syn_ns = At::of(ts_ns);
+                f.syn_ns = Span::of(ts_ns.saturating_sub(f.start_ns));
                 f.history.push_once(b'S');
                 self.point(PointKind::Syn, Severity::Info, 0);
             } else if prior_syns > 0 {
@@ -1080,11 +1194,11 @@ impl Slot<'_> {
         } else if syn && ack && !is_client {
             let f = &mut *self.f;
             if f.synack_ns.is_none() {
-                f.synack_ns = At::of(ts_ns);
+                f.synack_ns = Span::of(ts_ns.saturating_sub(f.start_ns));
                 f.history.push_once(b'h');
-                let lat = f.syn_ns.get().map(|s| ts_ns.saturating_sub(s));
+                let lat = f.syn_ns.get().map(|s| ts_ns.saturating_sub(f.start_ns + s));
                 if lat.is_some() {
-                    f.events.set(SYN_SYNACK);
+                    f.events.set(Events::SYN_SYNACK);
                 }
                 self.point(PointKind::SynAck, Severity::Info, lat.map_or(0, us));
                 self.threshold(lat, self.triggers(cfg).latency.syn_synack_ms);
@@ -1092,7 +1206,7 @@ impl Slot<'_> {
         } else if ack && !syn && !rst && is_client {
             let f = &mut *self.f;
             if let (Some(sa), true) = (f.synack_ns.get(), f.synack_ack.is_none()) {
-                let lat = ts_ns.saturating_sub(sa);
+                let lat = ts_ns.saturating_sub(f.start_ns + sa);
                 f.synack_ack = Span::of(lat);
                 self.point(PointKind::HandshakeDone, Severity::Info, us(lat));
                 self.threshold(Some(lat), self.triggers(cfg).latency.synack_ack_ms);
@@ -1103,61 +1217,37 @@ impl Slot<'_> {
             let f = &mut *self.f;
             let s = &mut f.stats[d];
             s.payload += u64::from(seg.payload_len);
-            if found.retransmission {
-                s.retrans += 1;
-            }
-            if found.out_of_order {
-                s.out_of_order += 1;
-            }
-            if found.dup_ack {
-                s.dup_ack += 1;
-            }
-            if found.zero_window {
-                s.zero_window += 1;
-            }
-            if found.bad_flags {
+            let retransmitted = found.has(Findings::ANY_RETRANSMISSION);
+            s.retrans += u32::from(retransmitted);
+            s.out_of_order += u32::from(found.has(Findings::OUT_OF_ORDER));
+            s.dup_ack += u32::from(found.has(Findings::DUP_ACK));
+            s.zero_window += u32::from(found.has(Findings::ZERO_WINDOW));
+            let bad_flags = found.has(Findings::BAD_FLAGS);
+            if bad_flags {
                 f.events.set(Events::BAD_FLAGS);
             }
-            if found.data_after_fin {
+            if found.has(Findings::DATA_AFTER_FIN) {
                 f.events.set(Events::DATA_AFTER_FIN);
             }
             let letter = |l: u8| if is_client { l.to_ascii_uppercase() } else { l };
-            push_history_once(&mut f.history, letter(b'q'), found.bad_flags);
+            push_history_once(&mut f.history, letter(b'q'), bad_flags);
             push_history_once(&mut f.history, letter(b'd'), seg.payload_len > 0);
             push_history_once(
                 &mut f.history,
                 letter(b'a'),
                 ack && seg.payload_len == 0 && !syn && !fin && !rst,
             );
-            push_history_once(&mut f.history, letter(b't'), found.retransmission);
-            push_history_once(&mut f.history, letter(b'w'), found.zero_window);
+            push_history_once(&mut f.history, letter(b't'), retransmitted);
+            push_history_once(
+                &mut f.history,
+                letter(b'w'),
+                found.has(Findings::ZERO_WINDOW),
+            );
             push_history_once(&mut f.history, letter(b'f'), fin);
             push_history_once(&mut f.history, letter(b'r'), rst);
         }
-        if found.retransmission && !syn {
-            self.point(PointKind::Retransmission, Severity::Warn, seg.seq);
-        }
-        if found.out_of_order {
-            self.point(PointKind::OutOfOrder, Severity::Warn, seg.seq);
-        }
-        if found.dup_ack {
-            let (run, need) = (self.f.tcp[d].dup_run, self.triggers(cfg).protocol.dup_acks);
-            if need > 0 && u32::from(run) == need {
-                self.f.events.set(Events::DUP_ACK_RUN);
-                self.point(PointKind::DupAck, Severity::Warn, u32::from(run));
-            }
-        }
-        if found.zero_window && self.f.stats[d].zero_window == 1 {
-            self.point(PointKind::ZeroWindow, Severity::Warn, 0);
-        }
-        if found.keep_alive {
-            self.point(PointKind::KeepAlive, Severity::Info, 0);
-        }
-        if found.bad_flags {
-            self.point(PointKind::BadFlags, Severity::Warn, u32::from(fl));
-        }
-        if found.data_after_fin {
-            self.point(PointKind::DataAfterFin, Severity::Warn, seg.payload_len);
+        if found.0 != 0 {
+            self.tcp_findings(cfg, seg, found);
         }
 
         if seg.payload_len > 0 {
@@ -1178,7 +1268,10 @@ impl Slot<'_> {
                 f.terminal = Terminal::Rst(d == 1);
             }
             self.point(PointKind::Rst, Severity::Error, 0);
-        } else if f.terminal == Terminal::Open && f.tcp[0].fin_seen() && f.tcp[1].fin_seen() {
+        } else if f.terminal == Terminal::Open
+            && f.tcp.dirs[0].fin_seen()
+            && f.tcp.dirs[1].fin_seen()
+        {
             f.terminal = Terminal::Fin;
         }
     }
@@ -1241,18 +1334,11 @@ impl Slot<'_> {
     }
 }
 
-/// `syn_ns` came before the SYN-ACK: SYN to SYN-ACK is `synack_ns - syn_ns`.
-const SYN_SYNACK: u16 = 1 << 11;
-/// The server answered the client's first byte: `first_payload` holds the time to it.
-const TTFB: u16 = 1 << 12;
-const FIN_C: u16 = 1 << 14;
-const FIN_S: u16 = 1 << 15;
-
 fn fin_bit(d: usize) -> u16 {
     if d == 0 {
-        FIN_C
+        Events::FIN_C
     } else {
-        FIN_S
+        Events::FIN_S
     }
 }
 
@@ -1289,10 +1375,10 @@ fn timeout_of(f: &Flow, t: &TimeoutsNs) -> u64 {
         Proto::Udp => t.udp,
         Proto::Icmp => t.icmp,
         Proto::Tcp => {
-            let both_fins = f.tcp[0].fin_seen() && f.tcp[1].fin_seen();
+            let both_fins = f.tcp.dirs[0].fin_seen() && f.tcp.dirs[1].fin_seen();
             if f.terminal != Terminal::Open && (!f.marks.has(Marks::REOPENED) || both_fins) {
                 t.tcp_closed
-            } else if f.tcp[0].fin_seen() || f.tcp[1].fin_seen() {
+            } else if f.tcp.dirs[0].fin_seen() || f.tcp.dirs[1].fin_seen() {
                 t.tcp_closing
             } else if f.synack_ns.is_some() && f.synack_ack.is_some()
                 || f.orient == Orient::FirstPacket
@@ -1372,6 +1458,77 @@ mod tests {
         }
         table.shutdown(&mut |r| out.push(format!("{r:?}")));
         out
+    }
+
+    /// A record's `max_stall`, flags and `stall` points as (time, severity).
+    type Stalls = (Option<u64>, Flags, Vec<(u64, Severity)>);
+
+    /// The stalls of each record of a table fed
+    /// `frames` at their times (ms from the start), every connection kept.
+    fn stalls_of(frames: &[(u64, Vec<u8>)]) -> Vec<Stalls> {
+        let mut table = FlowTable::new(&Config::default(), 0);
+        table.set_mode(RecordMode::All);
+        let mut out = Vec::new();
+        let mut emit = |r: &Record<'_>| {
+            let stalls = r
+                .points
+                .iter()
+                .filter(|p| p.kind == PointKind::Stall)
+                .map(|p| (p.t_ns, p.severity))
+                .collect();
+            out.push((r.latency.max_stall_ns, r.flags, stalls));
+        };
+        for (ms, frame) in frames {
+            let pkt = parse(LinkType::Ethernet, frame).expect("well-formed");
+            table.process(&pkt, 1_000_000_000 + ms * 1_000_000, 60, &mut emit);
+        }
+        table.shutdown(&mut emit);
+        out
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_silence_before_the_close_is_a_stall_and_one_after_it_only_the_largest_gap() {
+        use tcp_flags::{ACK, FIN, PSH, SYN};
+        let handshake = || {
+            vec![
+                (0, tcp_frame(true, 100, 0, SYN, 0)),
+                (1, tcp_frame(false, 500, 101, SYN | ACK, 0)),
+                (2, tcp_frame(true, 101, 501, ACK, 0)),
+            ]
+        };
+        // 10 s of silence while open: over the 5 s stall threshold.
+        let mut open = handshake();
+        open.push((10_002, tcp_frame(true, 101, 501, ACK | PSH, 10)));
+        let Ok([(stall, flags, points)]) = <[_; 1]>::try_from(stalls_of(&open)) else {
+            panic!("one record");
+        };
+        assert_eq!(stall, Some(10_000 * MS));
+        assert!(flags.contains(Flags::LATENCY));
+        assert_eq!(points, [(10_002 * MS, Severity::Warn)]);
+
+        // Closed with FIN both ways, then the server's FIN again 8 s later.
+        let mut closed = handshake();
+        closed.extend([
+            (3, tcp_frame(true, 101, 501, FIN | ACK, 0)),
+            (4, tcp_frame(false, 501, 102, FIN | ACK, 0)),
+            (5, tcp_frame(true, 102, 502, ACK, 0)),
+            (8_005, tcp_frame(false, 501, 102, FIN | ACK, 0)),
+        ]);
+        let Ok([(stall, flags, points)]) = <[_; 1]>::try_from(stalls_of(&closed)) else {
+            panic!("one record");
+        };
+        assert_eq!(stall, Some(8_000 * MS), "from the first packet to the last");
+        assert!(
+            !flags.contains(Flags::LATENCY),
+            "no stall trigger after the close"
+        );
+        assert_eq!(
+            points,
+            [(8_005 * MS, Severity::Info)],
+            "the largest gap is drawn"
+        );
     }
 
     /// Processing tries the slot a packet's bucket pointed at when its flow was prefetched;

@@ -1,44 +1,9 @@
-//! Compact forms of per-flow state, so a flow slot stays small: times that may not have
-//! happened yet without the 8 bytes of an `Option` tag, durations in 48 bits, yes/no facts
+//! Compact forms of per-flow state, so a flow slot stays small: durations and times from
+//! the flow's start in 48 bits without the 8 bytes of an `Option` tag, yes/no facts
 //! in one byte, and the Zeek history as 4-bit letter codes with a bit set of the letters
 //! seen.
 
 use crate::record::History;
-
-/// A packet time (ns) that may not have happened yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct At(u64);
-
-impl At {
-    /// Not yet: no packet time is `u64::MAX` ns (year 2554).
-    pub(super) const NEVER: At = At(u64::MAX);
-
-    #[inline]
-    pub(super) fn of(ns: u64) -> At {
-        At(ns.min(u64::MAX - 1))
-    }
-
-    #[inline]
-    pub(super) fn get(self) -> Option<u64> {
-        (self.0 != u64::MAX).then_some(self.0)
-    }
-
-    #[inline]
-    pub(super) fn is_none(self) -> bool {
-        self.0 == u64::MAX
-    }
-
-    #[inline]
-    pub(super) fn is_some(self) -> bool {
-        self.0 != u64::MAX
-    }
-}
-
-impl From<Option<u64>> for At {
-    fn from(v: Option<u64>) -> At {
-        v.map_or(At::NEVER, At::of)
-    }
-}
 
 /// A duration (ns) that may not have been measured yet, in 48 bits: up to 78 hours, longer
 /// ones say 78 hours.
@@ -88,6 +53,12 @@ impl Marks {
     pub(super) const REOPENED: u8 = 1 << 2;
     /// Direction 0 (`FIRST_DATA << 1`: direction 1) sent its first payload.
     pub(super) const FIRST_DATA: u8 = 1 << 3;
+    /// An ICMP error about the flow came after its latest packet.
+    pub(super) const ICMP_LAST: u8 = 1 << 5;
+    /// A segment filled the receiver's window (its point is made once).
+    pub(super) const WINDOW_FULL: u8 = 1 << 6;
+    /// The packet that ended the longest silence came from direction 1.
+    pub(super) const STALL_END_1: u8 = 1 << 7;
 
     #[inline]
     pub(super) fn has(self, bit: u8) -> bool {
@@ -185,13 +156,5 @@ mod tests {
         assert_eq!(Span::of(u64::MAX).get(), Some(Span::MAX));
         assert_eq!(std::mem::size_of::<Span>(), 6);
         assert_eq!(std::mem::size_of::<Letters>(), 10);
-    }
-
-    #[test]
-    fn at_is_an_option_without_a_tag() {
-        assert_eq!(At::NEVER.get(), None);
-        assert_eq!(At::of(0).get(), Some(0));
-        assert_eq!(At::from(Some(u64::MAX)).get(), Some(u64::MAX - 1));
-        assert_eq!(std::mem::size_of::<At>(), 8);
     }
 }

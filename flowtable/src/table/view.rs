@@ -132,8 +132,8 @@ impl FlowTable {
         let (c_ep, s_ep) = f.endpoints();
         let conn_state = if f.proto == Proto::Tcp {
             tcp::conn_state(
-                f.tcp[client].state,
-                f.tcp[server].state,
+                f.tcp.dirs[client].state,
+                f.tcp.dirs[server].state,
                 f.stats[client].payload,
                 f.stats[server].payload,
                 syn_then_client_rst(f.history.history().as_str()),
