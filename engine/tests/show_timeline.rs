@@ -163,16 +163,16 @@ fn zero_window_stall_and_truncation() {
         irregular.contains("|-- zero-window -") && irregular.ends_with("[warn]"),
         "{b}"
     );
-    let cut = line_with(b, "truncated (102 points dropped here)");
+    let cut = line_with(b, "truncated (101 points dropped here)");
     assert!(cut.contains("~~~"), "{b}");
-    // The 15.6 s stalls are the longest gaps: full bars; the 320 us one is no bar at all.
+    // The 15.6 s stalls are the longest gaps: full bars; the 697 us one is no bar at all.
     let stalls: Vec<&str> = b
         .lines()
         .filter(|l| l.contains(" 15.560 s ████████ |"))
         .collect();
     assert_eq!(stalls.len(), 4, "{b}");
-    let short = line_with(b, "dup-ack (3 in a row)");
-    assert!(short.contains("320.0 us          |"), "{b}");
+    let short = line_with(b, "handshake-done (after 697.0 us)");
+    assert!(short.contains("697.0 us          |"), "{b}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
