@@ -318,29 +318,8 @@ fn tcp_analysis_counters_agree_with_tshark_event_for_event() {
             .expect("name")
             .to_string_lossy()
             .into_owned();
-        let log = out.join(format!("{name}.log"));
-        let replayed = common::conntrail(&[
-            "replay",
-            "--record",
-            "all",
-            "--workers",
-            "1",
-            "--log",
-            common::s(&log),
-            common::s(&cap),
-        ]);
-        assert!(
-            replayed.status.success(),
-            "{name}: {}",
-            common::text(&replayed.stderr)
-        );
-        let shown = common::conntrail(&["show", "--json", common::s(&log)]);
-        assert!(
-            shown.status.success(),
-            "{name}: {}",
-            common::text(&shown.stderr)
-        );
-        std::fs::write(out.join(format!("{name}.jsonl")), &shown.stdout).expect("write records");
+        let records = common::replayed_json(&cap, &out);
+        std::fs::write(out.join(format!("{name}.jsonl")), records).expect("write records");
     }
     let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/counters.py");
     let scored = std::process::Command::new("python3")

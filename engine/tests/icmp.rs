@@ -8,26 +8,7 @@ mod common;
 use serde_json::Value;
 
 fn records(capture: &std::path::Path, dir: &std::path::Path) -> Vec<Value> {
-    let name = capture.file_name().expect("name").to_string_lossy();
-    let log = dir.join(format!("{name}.log"));
-    let replayed = common::conntrail(&[
-        "replay",
-        "--record",
-        "all",
-        "--workers",
-        "1",
-        "--log",
-        common::s(&log),
-        common::s(capture),
-    ]);
-    assert!(
-        replayed.status.success(),
-        "{}",
-        common::text(&replayed.stderr)
-    );
-    let shown = common::conntrail(&["show", "--json", common::s(&log)]);
-    assert!(shown.status.success(), "{}", common::text(&shown.stderr));
-    common::text(&shown.stdout)
+    common::replayed_json(capture, dir)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
         .collect()

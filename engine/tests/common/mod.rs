@@ -67,3 +67,28 @@ pub fn corpus(name: &str) -> PathBuf {
         .join("../../shared/corpus/real")
         .join(name)
 }
+
+/// `show --json` of a `replay --record all --workers 1` of `capture` into `dir`: one JSON
+/// record per line, as the shared scoring tools read them.
+pub fn replayed_json(capture: &Path, dir: &Path) -> String {
+    let name = capture.file_name().expect("name").to_string_lossy();
+    let log = dir.join(format!("{name}.log"));
+    let replayed = conntrail(&[
+        "replay",
+        "--record",
+        "all",
+        "--workers",
+        "1",
+        "--log",
+        s(&log),
+        s(capture),
+    ]);
+    assert!(
+        replayed.status.success(),
+        "{name}: {}",
+        text(&replayed.stderr)
+    );
+    let shown = conntrail(&["show", "--json", s(&log)]);
+    assert!(shown.status.success(), "{name}: {}", text(&shown.stderr));
+    text(&shown.stdout)
+}
