@@ -19,6 +19,10 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=
 # use ip (network namespaces, veth), ethtool and tcpreplay; scripts/bench-live.sh drives the
 # veth lab at full rate with trafgen (netsniff-ng) where there is no kernel pktgen.
 # Fuzzing: libfuzzer-sys compiles libFuzzer with the C++ compiler.
+# The real-proxy lab of the correlate tests (scripts/proxy-lab.py): HAProxy and nginx.
+for pkg in haproxy nginx-light; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
 for pkg in clang llvm libelf-dev zlib1g-dev m4 pkg-config libpcap-dev tcpreplay netsniff-ng iproute2 ethtool g++; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done

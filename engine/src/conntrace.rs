@@ -23,6 +23,8 @@
 //! | `req_id`, `sess_id` | request and session identifiers (strings or numbers; optional) |
 //! | `@timestamp` (or `timestamp`) | RFC 3339 (`2024-01-01T00:00:01.234Z`, an offset or none for UTC), or a number of milliseconds since the Unix epoch (Elasticsearch's `epoch_millis`); optional |
 //! | `log_id`, `message_id` or `msg_id` | the message type, `WR-SG-CONNTRACE` |
+//! | `status` | the HTTP status the proxy logged for the request (a number or a string of digits; optional; `-1`, `null`, `""` and `"-"` are none) |
+//! | `termination` | the proxy's termination code, such as HAProxy's `sH--` (a string; optional) |
 //!
 //! Addresses are IPv4 or IPv6 (`[..]` brackets and a `%zone` are accepted); ports are numbers
 //! or strings of digits. Every message that has any `front_`/`back_` address field is read as
@@ -101,6 +103,10 @@ pub struct Message {
     pub front: Leg,
     /// Proxy -> server; `None` when the proxy opened no back-end connection.
     pub back: Option<Leg>,
+    /// The HTTP status the proxy logged, when the message carries one.
+    pub status: Option<i64>,
+    /// The proxy's termination code (HAProxy's `sH--`), when the message carries one.
+    pub termination: Option<String>,
     /// Where the message is: `FILE line 12` or `FILE record 40 (line 977)`.
     pub at: Place,
 }
@@ -725,12 +731,44 @@ fn message_of(v: &Value, at: &Place) -> Result<Option<Message>, ConntraceError> 
             ))
         }
     };
+    let status = match obj.get("status").filter(|v| !is_blank(v)) {
+        None => None,
+        Some(v) => {
+            let n = match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.trim().parse::<i64>().ok(),
+                _ => None,
+            };
+            match n {
+                Some(-1) => None,
+                Some(n) if (100..=999).contains(&n) => Some(n),
+                _ => {
+                    return Err(field_err(
+                        "status",
+                        format!("{} is not an HTTP status", short(v)),
+                    ))
+                }
+            }
+        }
+    };
+    let termination = match obj.get("termination").filter(|v| !is_blank(v)) {
+        None => None,
+        Some(Value::String(t)) if t.len() <= 16 => Some(t.trim().to_string()),
+        Some(v) => {
+            return Err(field_err(
+                "termination",
+                format!("{} is not a termination code", short(v)),
+            ))
+        }
+    };
     Ok(Some(Message {
         req_id,
         sess_id,
         timestamp_ns,
         front,
         back,
+        status,
+        termination,
         at: at.clone(),
     }))
 }

@@ -65,9 +65,16 @@
 //!
 //! A side *fails* at its first warn or error tracking point (the record's irregular point,
 //! not counting a `truncated` mark): a reset, a retransmitted SYN, a latency over its
-//! threshold... (a threshold point is described by the measurement it flags). `failed_first`
-//! is the side that failed earlier (`both` at the same nanosecond), `neither` when both sides
-//! are recorded and none failed, `unknown` when a side is missing and the other did not fail.
+//! threshold... (a threshold point is described by the measurement it flags); each side's
+//! `failure` shows it. Which side is to blame is another question, answered by the *cause*
+//! ([`crate::cause`]): both connections are read as one story (the server silent after a
+//! forwarded request is at fault from the moment it was forwarded, even when the front
+//! end's first-byte threshold trips first; a proxy's RST after the full response is
+//! routine), with the proxy's logged status and termination code as evidence when the
+//! conntrace message carries them. The cause has a kind, an actor (client, proxy, server),
+//! a time, whether it is a fault, and a sentence. `failed_first` is kept and now follows
+//! the cause: `front` (the client's fault), `back` (the server's), `proxy`, `neither`
+//! (nothing failed, routine resets included) or `unknown`.
 //!
 //! # Records needed
 //!
@@ -94,6 +101,7 @@ use flowtable::point::{Dir, PointKind, Severity};
 use flowtable::record::{Addr, CloseReason, Record};
 use serde_json::{json, Value};
 
+use crate::cause::{self, Cause, Evidence};
 use crate::conntrace::{self, Event, Leg, Message};
 use crate::logs::Records;
 use crate::show::{duration_text, endpoint_text, rfc3339, utc_text};
@@ -248,6 +256,8 @@ pub struct Correlation {
     pub front: Found,
     pub back: Found,
     pub pairing: Pairing,
+    /// What the proxy logged about the request (status, termination), if anything.
+    pub evidence: Evidence,
 }
 
 /// Everything found, before it is written.
@@ -266,31 +276,6 @@ pub struct Failure {
     pub t_ns: u64,
     /// `server rst`, `client first-data (answer after 1.5 s) over the 1.000 s threshold`...
     pub text: String,
-}
-
-/// Which side failed first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailedFirst {
-    Front,
-    Back,
-    /// Both at the same nanosecond.
-    Both,
-    /// Both sides recorded, neither failed.
-    Neither,
-    /// A side is missing and the recorded one did not fail.
-    Unknown,
-}
-
-impl FailedFirst {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailedFirst::Front => "front",
-            FailedFirst::Back => "back",
-            FailedFirst::Both => "both",
-            FailedFirst::Neither => "neither",
-            FailedFirst::Unknown => "unknown",
-        }
-    }
 }
 
 /// The proxy's latencies (see the module documentation); signed: a wrong pairing or two
@@ -407,6 +392,10 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
                 .as_ref()
                 .map_or(Found::Absent, |b| find(b, m.timestamp_ns)),
             pairing: Pairing::Conntrace,
+            evidence: Evidence {
+                status: m.status,
+                termination: m.termination.clone(),
+            },
         })
         .collect();
 
@@ -416,23 +405,15 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
             .filter(|r| matches!(side(r), Found::NotRecorded { .. }))
             .count()
     };
-    let mut firsts: HashMap<&'static str, usize> = HashMap::new();
-    for r in &requests {
-        *firsts.entry(failed_first(r, &kept).as_str()).or_default() += 1;
-    }
     let (front_missing, back_missing) = (count(|r| &r.front), count(|r| &r.back));
     let mut summary = format!(
-        "{} requests: front not recorded {}, back not recorded {}, no back end {}; failed first: \
-         back {}, front {}, both {}, neither {}, unknown {}; {} other messages skipped, {} invalid",
+        "{} requests: front not recorded {}, back not recorded {}, no back end {}; {}; {} other \
+         messages skipped, {} invalid",
         requests.len(),
         front_missing,
         back_missing,
         requests.iter().filter(|r| r.back == Found::Absent).count(),
-        firsts.get("back").unwrap_or(&0),
-        firsts.get("front").unwrap_or(&0),
-        firsts.get("both").unwrap_or(&0),
-        firsts.get("neither").unwrap_or(&0),
-        firsts.get("unknown").unwrap_or(&0),
+        blame_summary(&requests, &kept),
         skipped,
         invalid
     );
@@ -556,6 +537,7 @@ fn by_time(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
             front: recorded(front),
             back,
             pairing,
+            evidence: Evidence::default(),
         });
     }
     let mut unpaired = 0usize;
@@ -573,6 +555,7 @@ fn by_time(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
                     candidates: 1,
                 },
                 pairing: Pairing::Unpaired,
+                evidence: Evidence::default(),
             });
         }
     }
@@ -581,14 +564,15 @@ fn by_time(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
         "{} front-end connections: {paired} paired by time ({sure} with one candidate, \
          confidence 1.0; {ambiguous} ambiguous; mean confidence {:.3}), {no_request} without \
          a request, {no_candidate} without a free candidate; {unpaired} of {} back-end \
-         connections unpaired",
+         connections unpaired; {}",
         fronts.len(),
         if paired > 0 {
             confidence_sum / paired as f64
         } else {
             0.0
         },
-        backs.len()
+        backs.len(),
+        blame_summary(&requests, &kept)
     );
     Ok(Report {
         logs: args.logs.clone(),
@@ -761,20 +745,72 @@ fn record_of<'a>(found: &Found, kept: &'a [Kept]) -> Option<&'a Kept> {
     }
 }
 
-/// Which side failed first (see the module documentation).
-pub fn failed_first(r: &Correlation, kept: &[Kept]) -> FailedFirst {
+/// The client's request (its first payload byte), else the first packet of either side,
+/// else the message's timestamp: the origin of a request's times.
+fn origin(r: &Correlation, kept: &[Kept]) -> u64 {
     let front = record_of(&r.front, kept);
     let back = record_of(&r.back, kept);
-    let f = front.and_then(|k| failure(&k.rec, Side::Front));
-    let b = back.and_then(|k| failure(&k.rec, Side::Back));
-    match (f, b) {
-        (Some(f), Some(b)) if f.t_ns < b.t_ns => FailedFirst::Front,
-        (Some(f), Some(b)) if b.t_ns < f.t_ns => FailedFirst::Back,
-        (Some(_), Some(_)) => FailedFirst::Both,
-        (Some(_), None) => FailedFirst::Front,
-        (None, Some(_)) => FailedFirst::Back,
-        (None, None) if front.is_some() && back.is_some() => FailedFirst::Neither,
-        (None, None) => FailedFirst::Unknown,
+    front
+        .and_then(|k| first_data_ns(&k.rec, Dir::C2s).or(Some(k.rec.start_ns)))
+        .or(back.map(|k| k.rec.start_ns))
+        .or(r.timestamp_ns)
+        .unwrap_or(0)
+}
+
+/// The cause of a request's outcome (see the module documentation).
+pub fn cause_of(r: &Correlation, kept: &[Kept]) -> Cause {
+    let back_opened = match (&r.pairing, &r.back) {
+        (Pairing::Conntrace, Found::Absent) => Some(false),
+        (Pairing::Conntrace, _) => Some(true),
+        _ => None,
+    };
+    cause::judge(
+        record_of(&r.front, kept).map(|k| &k.rec),
+        record_of(&r.back, kept).map(|k| &k.rec),
+        back_opened,
+        &r.evidence,
+        origin(r, kept),
+    )
+}
+
+/// `blame: back 3, front 1, ...; causes: server-silent 2, ...`.
+fn blame_summary(requests: &[Correlation], kept: &[Kept]) -> String {
+    let mut sides: HashMap<&'static str, usize> = HashMap::new();
+    let mut kinds: HashMap<&'static str, usize> = HashMap::new();
+    for r in requests {
+        let c = cause_of(r, kept);
+        *sides.entry(c.failed_first()).or_default() += 1;
+        *kinds.entry(c.kind.as_str()).or_default() += 1;
+    }
+    let sides = ["back", "front", "proxy", "neither", "unknown"]
+        .iter()
+        .map(|s| format!("{s} {}", sides.get(s).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kinds = cause::Kind::ALL
+        .iter()
+        .filter_map(|k| kinds.get(k.as_str()).map(|n| format!("{} {n}", k.as_str())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("failed first: {sides}; causes: {kinds}")
+}
+
+fn cause_json(c: &Cause) -> Value {
+    json!({
+        "kind": c.kind.as_str(),
+        "actor": c.actor.map(|a| a.as_str()),
+        "t_ns": c.t_ns,
+        "fault": c.fault,
+        "text": c.text,
+        "log_agrees": c.log_agrees,
+    })
+}
+
+fn evidence_json(e: &Evidence) -> Value {
+    if e.is_empty() {
+        Value::Null
+    } else {
+        json!({"status": e.status, "termination": e.termination})
     }
 }
 
@@ -926,6 +962,7 @@ fn pairing_json(p: &Pairing, kept: &[Kept], logs: &[PathBuf]) -> Value {
 
 /// One request as a `correlate --json` object.
 pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -> Value {
+    let cause = cause_of(r, kept);
     let front = record_of(&r.front, kept).map(|k| &k.rec);
     let back = record_of(&r.back, kept).map(|k| &k.rec);
     json!({
@@ -936,7 +973,9 @@ pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) 
         "front": side_json(&r.front, Side::Front, kept, logs, filters),
         "back": side_json(&r.back, Side::Back, kept, logs, filters),
         "latency_ns": latency_json(&proxy_latency(front, back)),
-        "failed_first": failed_first(r, kept).as_str(),
+        "failed_first": cause.failed_first(),
+        "cause": cause_json(&cause),
+        "proxy_log": evidence_json(&r.evidence),
         "pairing": pairing_json(&r.pairing, kept, logs),
     })
 }
@@ -947,7 +986,7 @@ pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) 
 pub fn to_ecs(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -> Value {
     let front = record_of(&r.front, kept);
     let back = record_of(&r.back, kept);
-    let first = failed_first(r, kept);
+    let cause = cause_of(r, kept);
     let endpoint = |found: &Found, client: bool| match found {
         Found::Recorded { kept: k, .. } => kept.get(*k).map(|k| {
             let e = if client { k.rec.client } else { k.rec.server };
@@ -991,19 +1030,21 @@ pub fn to_ecs(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -
             "category": ["network"],
             "type": ["connection"],
             "action": "proxied-request",
-            "outcome": match first {
-                FailedFirst::Neither => "success",
-                FailedFirst::Unknown => "unknown",
-                _ => "failure",
+            "outcome": match cause.fault {
+                Some(true) => "failure",
+                Some(false) => "success",
+                None => "unknown",
             },
         },
-        "http": {"request": {"id": r.req_id}},
+        "http": {"request": {"id": r.req_id}, "response": {"status_code": r.evidence.status}},
         "source": endpoint(&r.front, true),
         "destination": endpoint(&r.back, false),
         "conntrail": {
             "sess_id": r.sess_id,
             "conntrace": r.source,
-            "failed_first": first.as_str(),
+            "failed_first": cause.failed_first(),
+            "cause": cause_json(&cause),
+            "proxy_log": evidence_json(&r.evidence),
             "latency_ns": latency_json(&proxy_latency(front.map(|k| &k.rec), back.map(|k| &k.rec))),
             "pairing": pairing_json(&r.pairing, kept, logs),
             "front": side(front, &r.front, Side::Front),
@@ -1035,11 +1076,7 @@ fn write_text(
     let front = record_of(&r.front, kept);
     let back = record_of(&r.back, kept);
     // Times of the request are given from the client's request (or first packet).
-    let origin = front
-        .and_then(|k| first_data_ns(&k.rec, Dir::C2s).or(Some(k.rec.start_ns)))
-        .or(back.map(|k| k.rec.start_ns))
-        .or(r.timestamp_ns)
-        .unwrap_or(0);
+    let origin = origin(r, kept);
 
     let mut title = match (&r.req_id, &r.pairing) {
         (Some(id), _) => format!("request {id}"),
@@ -1176,27 +1213,36 @@ fn write_text(
             writeln!(out, "  proxy  {}", parts.join("; "))?;
         }
     }
-    let first = failed_first(r, kept);
     let describe = |k: Option<&Kept>, side: Side| match (k, k.and_then(|k| failure(&k.rec, side))) {
-        (None, _) => format!("{} end not recorded", side.as_str()),
-        (Some(_), None) => format!("{} end: nothing irregular", side.as_str()),
+        (None, _) => format!("{} not recorded", side.as_str()),
+        (Some(_), None) => format!("{} nothing irregular", side.as_str()),
         (Some(_), Some(f)) => format!(
-            "{} end: {} at {}{}",
+            "{} {} at {}{}",
             side.as_str(),
             f.text,
             if f.t_ns >= origin { "+" } else { "-" },
             duration_text(f.t_ns.abs_diff(origin))
         ),
     };
-    let (fd, bd) = (describe(front, Side::Front), describe(back, Side::Back));
-    let line = match first {
-        FailedFirst::Front => format!("{fd} ({bd})"),
-        FailedFirst::Back => format!("{bd} ({fd})"),
-        FailedFirst::Both => format!("both at once: {fd}; {bd}"),
-        FailedFirst::Neither => "neither".to_string(),
-        FailedFirst::Unknown => format!("unknown ({fd}; {bd})"),
+    writeln!(
+        out,
+        "  first irregular: {}; {}",
+        describe(front, Side::Front),
+        describe(back, Side::Back)
+    )?;
+    let c = cause_of(r, kept);
+    let verdict = match (c.fault, c.actor) {
+        (Some(true), Some(a)) => format!("the {}'s fault", a.as_str()),
+        (Some(false), _) => "nothing failed".to_string(),
+        _ => "unknown".to_string(),
     };
-    writeln!(out, "  failed first: {line}")?;
+    writeln!(
+        out,
+        "  cause  {} ({verdict}, failed first: {}): {}",
+        c.kind.as_str(),
+        c.failed_first(),
+        c.text
+    )?;
     writeln!(out)
 }
 

@@ -25,6 +25,7 @@
 //! println!("{} packets, {} records", summary.packets(), summary.records());
 //! ```
 
+pub mod cause;
 pub mod conntrace;
 pub mod contexts;
 pub mod control;

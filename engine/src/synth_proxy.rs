@@ -41,12 +41,13 @@
 //! | `ok` | normal | normal | - |
 //! | `back-reset` | the server resets after the request | a short 502 response, closed normally | back |
 //! | `back-unanswered` | SYN sent again after 1 s and 3 s, no answer | a 504 response 3.5 s after the SYN (first-byte latency over 1 s) | back |
+//! | `back-timeout` | the server ACKs the request and never answers; the proxy resets it after its 1 s server timeout | a 504 response just before that reset (first-byte latency over 1 s) | back |
 //! | `back-slow` | first response byte 1.2-2.5 s after the request | the same delay passed on (over 1 s) | back |
 //! | `client-reset` | normal | the client resets after the response | front |
 //! | `client-abort` | the proxy resets it after the client did | the client resets 20-150 ms after its request, before any response | front |
 //!
-//! A share `failure_share` of the requests fail, spread evenly over the five failing
-//! outcomes. Requests start stratified over the capture; about a quarter come in bursts of
+//! A share `failure_share` of the requests fail, spread evenly over the six failing
+//! outcomes; a third of the others are `ok-proxy-rst`. Requests start stratified over the capture; about a quarter come in bursts of
 //! 2-4 from one client within 0.05-1.5 ms of each other (a browser opening parallel
 //! connections), so several back-end connections open within one front-end connection's
 //! lifetime and pairing them by time alone is ambiguous. About `v6_share` of the clients
@@ -109,6 +110,9 @@ pub const MAX_REQUESTS: u64 = 28_232;
 const CONNECT_TIMEOUT_NS: u64 = 3_500 * NS_PER_MS;
 /// An unanswered SYN is sent again at these offsets from the first one.
 const SYN_RETRY_NS: [u64; 2] = [NS_PER_S, 3 * NS_PER_S];
+/// The proxy's server timeout: it gives up on a back end that accepted the request but does
+/// not answer this long after forwarding it, answers the client 504 and resets the back end.
+const SERVER_TIMEOUT_NS: u64 = NS_PER_S;
 /// A server's delayed ACK of a request it does not answer at once.
 const DELAYED_ACK_NS: u64 = 40 * NS_PER_MS;
 /// Bytes the proxy adds to a forwarded request (X-Forwarded-For and friends).
@@ -159,8 +163,10 @@ pub struct ProxySummary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Ok,
+    OkProxyRst,
     BackReset,
     BackUnanswered,
+    BackTimeout,
     BackSlow,
     ClientReset,
     ClientAbort,
@@ -185,10 +191,12 @@ impl Side {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Ok,
+        Outcome::OkProxyRst,
         Outcome::BackReset,
         Outcome::BackUnanswered,
+        Outcome::BackTimeout,
         Outcome::BackSlow,
         Outcome::ClientReset,
         Outcome::ClientAbort,
@@ -197,8 +205,10 @@ impl Outcome {
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::OkProxyRst => "ok-proxy-rst",
             Outcome::BackReset => "back-reset",
             Outcome::BackUnanswered => "back-unanswered",
+            Outcome::BackTimeout => "back-timeout",
             Outcome::BackSlow => "back-slow",
             Outcome::ClientReset => "client-reset",
             Outcome::ClientAbort => "client-abort",
@@ -208,8 +218,11 @@ impl Outcome {
     /// The side that fails first, if one does.
     pub fn failed(self) -> Option<Side> {
         match self {
-            Outcome::Ok => None,
-            Outcome::BackReset | Outcome::BackUnanswered | Outcome::BackSlow => Some(Side::Back),
+            Outcome::Ok | Outcome::OkProxyRst => None,
+            Outcome::BackReset
+            | Outcome::BackUnanswered
+            | Outcome::BackTimeout
+            | Outcome::BackSlow => Some(Side::Back),
             Outcome::ClientReset | Outcome::ClientAbort => Some(Side::Front),
         }
     }
@@ -394,7 +407,10 @@ struct Scenario {
 /// Outcomes of `n` requests: a share `failure_share` spread evenly over the failing
 /// outcomes (largest remainder), the rest `ok`, shuffled.
 fn outcomes(n: u64, failure_share: f64, rng: &mut Rng) -> Vec<Outcome> {
-    let failing = &Outcome::ALL[1..];
+    let failing: Vec<Outcome> = Outcome::ALL
+        .into_iter()
+        .filter(|o| o.failed().is_some())
+        .collect();
     let failures = (n as f64 * failure_share).round() as u64;
     let per = failures / failing.len() as u64;
     let extra = failures % failing.len() as u64;
@@ -403,6 +419,8 @@ fn outcomes(n: u64, failure_share: f64, rng: &mut Rng) -> Vec<Outcome> {
         let k = per + u64::from((i as u64) < extra);
         out.extend(std::iter::repeat_n(o, k as usize));
     }
+    let routine = n.saturating_sub(failures) / 3;
+    out.extend(std::iter::repeat_n(Outcome::OkProxyRst, routine as usize));
     out.resize(n as usize, Outcome::Ok);
     // Fisher-Yates.
     for i in (1..out.len()).rev() {
@@ -577,6 +595,7 @@ impl Scenario {
                 return;
             }
             Outcome::BackSlow => rng.between(1_200 * NS_PER_MS, 2_500 * NS_PER_MS),
+            Outcome::BackTimeout => SERVER_TIMEOUT_NS * 10,
             Outcome::ClientAbort => rng.between(300 * NS_PER_MS, 800 * NS_PER_MS),
             _ => rng.between(500 * NS_PER_US, 60 * NS_PER_MS),
         };
@@ -594,6 +613,17 @@ impl Scenario {
             f.rst(abort, C2S);
             b.rst(abort + rng.between(50 * NS_PER_US, 300 * NS_PER_US), C2S);
             req.done_ns = abort;
+            return;
+        }
+        if req.outcome == Outcome::BackTimeout {
+            // The 504 leaves for the client a few microseconds before the reset reaches the
+            // server.
+            let t = forward_ns + SERVER_TIMEOUT_NS;
+            let len = rng.between(150, 250) as u16;
+            let done = front_response(&mut f, &[(t, len)], rtt_c, rng);
+            b.rst(t + rng.between(5 * NS_PER_US, 40 * NS_PER_US), C2S);
+            req.done_ns = t;
+            front_close(&mut f, done, rtt_c, false, rng);
             return;
         }
 
@@ -621,10 +651,14 @@ impl Scenario {
         }
         // The proxy closes the back-end connection once it has the response.
         let t = t + rng.between(50 * NS_PER_US, 300 * NS_PER_US);
-        b.fin(t, C2S);
-        let t = t + rtt_b;
-        b.fin(t, S2C);
-        b.ack(t + local(rng), C2S);
+        if req.outcome == Outcome::OkProxyRst {
+            b.rst(t, C2S);
+        } else {
+            b.fin(t, C2S);
+            let t = t + rtt_b;
+            b.fin(t, S2C);
+            b.ack(t + local(rng), C2S);
+        }
 
         let done = front_response(&mut f, &relayed, rtt_c, rng);
         req.done_ns = relay_t;
@@ -688,7 +722,7 @@ impl Scenario {
                     "sess_id": r.sess_id,
                     "status": match r.outcome {
                         Outcome::BackReset => 502,
-                        Outcome::BackUnanswered => 504,
+                        Outcome::BackUnanswered | Outcome::BackTimeout => 504,
                         Outcome::ClientAbort => 499,
                         _ => 200,
                     },

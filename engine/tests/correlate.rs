@@ -152,10 +152,26 @@ fn conntrace_pairs_every_request_and_blames_the_side_that_failed_first() {
                 r["failed_first"]
             ));
         }
+        // The cause, by kind.
+        let kind = match outcome {
+            "ok" => "completed",
+            "ok-proxy-rst" => "completed-proxy-rst",
+            "back-reset" => "server-reset",
+            "back-unanswered" => "server-unanswered",
+            "back-timeout" => "server-silent",
+            "back-slow" => "slow-server",
+            "client-reset" => "client-reset",
+            "client-abort" => "client-abort",
+            other => panic!("an outcome this test does not know: {other}"),
+        };
+        if r["cause"]["kind"] != kind {
+            bad.push(format!("{id} {outcome}: cause {}, want {kind}", r["cause"]));
+        }
         // How each side ended.
         let (fr, br) = (&r["front"]["close_reason"], &r["back"]["close_reason"]);
         let ends_ok = match outcome {
             "back-reset" => br == "tcp-rst-server" && fr == "tcp-fin",
+            "ok-proxy-rst" | "back-timeout" => br == "tcp-rst-client" && fr == "tcp-fin",
             "back-unanswered" => r["back"]["conn_state"] == "S0" && fr == "tcp-fin",
             "client-reset" => fr == "tcp-rst-client" && br == "tcp-fin",
             "client-abort" => fr == "tcp-rst-client" && br == "tcp-rst-client",
@@ -174,7 +190,10 @@ fn conntrace_pairs_every_request_and_blames_the_side_that_failed_first() {
             ));
         }
         // Where both sides answered, the proxy added its own handling: positive, a few ms.
-        if matches!(outcome, "ok" | "back-slow" | "client-reset") {
+        if matches!(
+            outcome,
+            "ok" | "ok-proxy-rst" | "back-slow" | "client-reset"
+        ) {
             let added = r["latency_ns"]["added"].as_i64().unwrap_or(-1);
             if !(0..10_000_000).contains(&added) {
                 bad.push(format!("{id} {outcome}: added latency {added} ns"));
@@ -189,8 +208,10 @@ fn conntrace_pairs_every_request_and_blames_the_side_that_failed_first() {
     );
     for outcome in [
         "ok",
+        "ok-proxy-rst",
         "back-reset",
         "back-unanswered",
+        "back-timeout",
         "back-slow",
         "client-reset",
         "client-abort",
@@ -267,7 +288,11 @@ fn conntrace_pairs_every_request_and_blames_the_side_that_failed_first() {
         "{shown}"
     );
     assert!(
-        shown.contains("failed first: back end: server rst"),
+        shown.contains("cause  server-reset (the server's fault, failed first: back): the server reset the back-end connection at +"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("first irregular: front nothing irregular; back server rst at +"),
         "{shown}"
     );
     assert_eq!(shown.matches("wireshark: ").count(), 2, "{shown}");
@@ -325,6 +350,13 @@ fn anomalous_only_logs_show_healthy_sides_as_not_recorded() {
                 assert_eq!(leg(&r["front"]), leg(&t["front"]));
                 assert_eq!(r["failed_first"], "unknown");
             }
+            // The routine reset makes the back end a record; it is not blamed.
+            (Some("ok-proxy-rst"), _) => {
+                assert_eq!(r["front"]["recorded"], false, "{r}");
+                assert_eq!(r["back"]["recorded"], true, "{r}");
+                assert_eq!(r["cause"]["kind"], "completed-proxy-rst", "{r}");
+                assert_eq!(r["failed_first"], "neither", "{r}");
+            }
             // A failing back end is recorded and blamed, whether or not the front is.
             (_, Some("back")) => {
                 assert_eq!(r["back"]["recorded"], true, "{r}");
@@ -361,13 +393,17 @@ fn proxy_pairs_by_time_and_says_how_sure_it_is() {
         s(&sc.back_log),
     ]);
     assert!(out.status.success(), "correlate: {}", text(&out.stderr));
-    let truth: HashMap<String, String> = sc
+    let truth: HashMap<String, (String, &str)> = sc
         .truth
         .iter()
-        .map(|t| (leg(&t["front"]).0, leg(&t["back"]).0))
+        .map(|t| {
+            let failed = t["failed"].as_str().unwrap_or("neither");
+            (leg(&t["front"]).0, (leg(&t["back"]).0, failed))
+        })
         .collect();
     let lines = json_lines(&out);
     let (mut right, mut wrong, mut ambiguous) = (0usize, 0usize, 0usize);
+    let mut blamed_right = 0usize;
     let (mut conf_right, mut conf_wrong) = (0.0f64, 0.0f64);
     for r in &lines {
         assert_eq!(r["req_id"], Value::Null);
@@ -383,9 +419,13 @@ fn proxy_pairs_by_time_and_says_how_sure_it_is() {
             assert!(!p["alternatives"].as_array().expect("list").is_empty());
         }
         let front_client = leg(&r["front"]).0;
-        if truth.get(&front_client) == Some(&leg(&r["back"]).0) {
+        let want = truth
+            .get(&front_client)
+            .expect("a front end of the scenario");
+        if want.0 == leg(&r["back"]).0 {
             right += 1;
             conf_right += confidence;
+            blamed_right += usize::from(r["failed_first"] == want.1);
         } else {
             wrong += 1;
             conf_wrong += confidence;
@@ -402,6 +442,10 @@ fn proxy_pairs_by_time_and_says_how_sure_it_is() {
         accuracy >= MIN_TIME_PAIRING_ACCURACY,
         "accuracy {accuracy:.3} below {MIN_TIME_PAIRING_ACCURACY}"
     );
+    // The same cause reasoning as with conntrace messages: every right pairing is blamed
+    // as the truth says.
+    println!("--proxy: {blamed_right} of {right} right pairings blamed as the truth says");
+    assert_eq!(blamed_right, right);
     assert!(ambiguous > 0, "the scenario has overlapping requests");
     if wrong > 0 {
         assert!(
