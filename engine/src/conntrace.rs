@@ -1039,6 +1039,45 @@ mod tests {
     }
 
     #[test]
+    fn the_proxys_status_and_termination_are_read_when_given() {
+        let with = |fields: &str| FLAT.replacen('{', &format!("{{{fields},"), 1);
+        let text = [
+            with(r#""status":504,"termination":"sH--""#),
+            with(r#""status":"499""#),
+            with(r#""status":-1,"termination":"CD--""#),
+            with(r#""status":"-","termination":null"#),
+            FLAT.to_string(),
+            with(r#""status":"ok""#),
+            with(r#""status":42"#),
+            with(r#""termination":7"#),
+        ]
+        .join("\n");
+        let (_, m, errors) = read(&text);
+        let got: Vec<(Option<i64>, Option<&str>)> = m
+            .iter()
+            .map(|m| (m.status, m.termination.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(504), Some("sH--")),
+                (Some(499), None),
+                (None, Some("CD--")),
+                (None, None),
+                (None, None),
+            ]
+        );
+        assert_eq!(
+            errors,
+            [
+                "c.json line 6: field `status`: \"ok\" is not an HTTP status",
+                "c.json line 7: field `status`: 42 is not an HTTP status",
+                "c.json line 8: field `termination`: 7 is not a termination code",
+            ]
+        );
+    }
+
+    #[test]
     fn bad_fields_name_the_line_and_the_field() {
         let bad_port = FLAT.replace("\"443\"", "\"44x\"");
         let bad_ip = DOC.replace("172.16.1.4", "172.16.1.400");
