@@ -13,7 +13,7 @@ use engine::synth_proxy::{write_proxy, ProxyOptions, PROXY_BACK, PROXY_FRONT_V4,
 use serde_json::Value;
 
 mod common;
-use common::{conntrail, s, text};
+use common::{conntrail, replay_to, s, text};
 
 /// The share of requests `--proxy` must pair right on the scenario below (93-99 % over
 /// seeds 1-12, 97 % with seed 7; bursts of requests within a millisecond make the rest).
@@ -44,22 +44,10 @@ fn scenario(name: &str, record: &str) -> Scenario {
     };
     let summary = write_proxy(&opts, &front, &back, &conntrace, &truth).expect("synth proxy");
     assert_eq!(summary.requests, 300);
-    let cfg = dir.join("ring.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", s(&dir))).expect("config");
     let mut logs = Vec::new();
     for (pcap, log) in [(&front, "front.log"), (&back, "back.log")] {
         let log = dir.join(log);
-        let out = conntrail(&[
-            "replay",
-            "--config",
-            s(&cfg),
-            "--record",
-            record,
-            "--log",
-            s(&log),
-            s(pcap),
-        ]);
-        assert!(out.status.success(), "replay: {}", text(&out.stderr));
+        replay_to(&dir, pcap, &log, record);
         logs.push(log);
     }
     let truth = std::fs::read_to_string(&truth)

@@ -23,7 +23,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod common;
-use common::{conntrail, s, temp_dir, text};
+use common::{conntrail, replay_to, s, temp_dir, text};
 
 /// The share of requests that must be blamed as the proxy's log says.
 const MIN_BLAMED: f64 = 0.95;
@@ -90,23 +90,10 @@ fn run_lab(proxy: &str) -> Lab {
         text(&out.stderr)
     );
     println!("{}", text(&out.stdout).trim());
-    let cfg = dir.join("ring.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", s(&dir))).expect("config");
     let mut logs = Vec::new();
     for side in ["front", "back"] {
         let log = dir.join(format!("{side}.log"));
-        let pcap = dir.join(format!("{side}.pcap"));
-        let out = conntrail(&[
-            "replay",
-            "--config",
-            s(&cfg),
-            "--record",
-            "all",
-            "--log",
-            s(&log),
-            s(&pcap),
-        ]);
-        assert!(out.status.success(), "replay {side}: {}", text(&out.stderr));
+        replay_to(&dir, &dir.join(format!("{side}.pcap")), &log, "all");
         logs.push(log);
     }
     let conntrace = dir.join("conntrace.jsonl");

@@ -15,7 +15,7 @@ use engine::expr::Expr;
 use serde_json::Value;
 
 mod common;
-use common::{conntrail, corpus as capture, s, temp_dir, text};
+use common::{conntrail, corpus as capture, replay_to, s, temp_dir, text};
 
 struct Counting;
 
@@ -62,19 +62,7 @@ fn oracle(name: &str) -> Value {
 /// Replays a corpus capture with `--record all` into `DIR/NAME.log` (ring files in DIR).
 fn replay(dir: &Path, cap: &str) -> PathBuf {
     let log = dir.join(format!("{cap}.log"));
-    let cfg = dir.join("ring.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", dir.to_string_lossy())).expect("config");
-    let out = conntrail(&[
-        "replay",
-        "--config",
-        s(&cfg),
-        "--record",
-        "all",
-        "--log",
-        s(&log),
-        s(&capture(cap)),
-    ]);
-    assert!(out.status.success(), "replay failed: {}", text(&out.stderr));
+    replay_to(dir, &capture(cap), &log, "all");
     log
 }
 

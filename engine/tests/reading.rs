@@ -7,26 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{conntrail, corpus, s, temp_dir, text};
+use common::{conntrail, corpus, replay_to, s, temp_dir, text};
 use serde_json::Value;
 
 /// A log of every connection of `capture`, in a fresh directory.
 fn replayed(name: &str, capture: &str) -> (PathBuf, PathBuf) {
     let dir = temp_dir(name);
-    let cfg = dir.join("c.toml");
-    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", s(&dir))).expect("config");
     let log = dir.join("t.log");
-    let out = conntrail(&[
-        "replay",
-        "--config",
-        s(&cfg),
-        "--record",
-        "all",
-        "--log",
-        s(&log),
-        s(&corpus(capture)),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    replay_to(&dir, &corpus(capture), &log, "all");
     (dir, log)
 }
 

@@ -92,3 +92,26 @@ pub fn replayed_json(capture: &Path, dir: &Path) -> String {
     assert!(shown.status.success(), "{name}: {}", text(&shown.stderr));
     text(&shown.stdout)
 }
+
+/// Replays `capture` into `log` keeping `record` connections (`all`, `anomalous`), with the
+/// ring files in `dir` (a config `dir/ring.toml` says so); panics if the replay fails.
+pub fn replay_to(dir: &Path, capture: &Path, log: &Path, record: &str) {
+    let cfg = dir.join("ring.toml");
+    std::fs::write(&cfg, format!("[ring]\ndir = {:?}\n", s(dir))).expect("config");
+    let out = conntrail(&[
+        "replay",
+        "--config",
+        s(&cfg),
+        "--record",
+        record,
+        "--log",
+        s(log),
+        s(capture),
+    ]);
+    assert!(
+        out.status.success(),
+        "replay {}: {}",
+        capture.display(),
+        text(&out.stderr)
+    );
+}
