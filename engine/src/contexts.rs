@@ -4,7 +4,7 @@
 //! A connection's context is chosen by its flow table from the interface and outer VLAN of
 //! its first packet (`[[context]]` in the configuration); the record carries its number, and
 //! the recorder, which never decodes records, reads that number from the front of each one
-//! ([`ring::codec::peek_context`]) to pick the log. Context 0 (`default`) writes to the log
+//! ([`flowtable::record::codec::peek_context`]) to pick the log. Context 0 (`default`) writes to the log
 //! given on the command line; context `NAME` to its `log` key, by default `LOG.NAME` beside
 //! it (a name starts with a letter, so it never looks like a rotated segment `LOG.N`).
 
@@ -101,7 +101,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The log index of a record: its context (what [`Logs::routed`] and recovery route by).
 /// A payload that does not start like a record goes to the default context's log.
 pub fn route(payload: &[u8]) -> usize {
-    ring::codec::peek_context(payload).map_or(0, usize::from)
+    flowtable::record::codec::peek_context(payload).map_or(0, usize::from)
 }
 
 /// Opens the logs at `paths` (from [`log_paths`]) for the recorder: each replaced, or

@@ -34,11 +34,21 @@ use crate::ringdir::{self, RingDir};
 /// are in flight; never set it in operation.
 pub const RECORDER_DELAY_ENV: &str = "CONNTRAIL_RECORDER_DELAY_US";
 
+/// The retention the `[log]` section of a configuration asks for (0 switches a limit off).
+pub fn retention(log: &flowtable::config::LogConfig) -> Retention {
+    Retention {
+        rotate_bytes: log.rotate_bytes,
+        rotate_age: (log.rotate_age_s > 0).then(|| Duration::from_secs(log.rotate_age_s)),
+        max_total_bytes: (log.max_total_bytes > 0).then_some(log.max_total_bytes),
+        min_free_bytes: log.min_free_bytes,
+    }
+}
+
 /// Opens the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
 /// [`RECORDER_DELAY_ENV`] when set): a new log replacing any there, or with `resume` the
 /// existing one continued after its last intact record.
 pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> {
-    let retention = Retention::from_config(&cfg.log);
+    let retention = retention(&cfg.log);
     let mut writer = if resume {
         LogWriter::resume(path, retention)
     } else {
@@ -66,7 +76,7 @@ pub fn next_sequences(logs: &[PathBuf]) -> HashMap<u16, u64> {
             continue;
         };
         for frame in reader.flatten() {
-            if let Ok(rec) = ring::codec::decode(&frame.payload) {
+            if let Ok(rec) = flowtable::record::codec::decode(&frame.payload) {
                 let worker = (rec.id >> 48) as u16;
                 let seq = rec.id & ((1 << 48) - 1);
                 let slot = next.entry(worker).or_insert(0);
@@ -333,7 +343,7 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
             Err(e) => log::error!("{}: {e}; its records cannot be recovered", path.display()),
         }
     }
-    let retention = Retention::from_config(&manifest.log_config);
+    let retention = retention(&manifest.log_config);
     let targets: Vec<(&Path, Retention)> = logs.iter().map(|l| (l.as_path(), retention)).collect();
     let route = (logs.len() > 1).then_some(crate::contexts::route as recorder::thread::Route);
     let recovery = recorder::recover::recover_routed(&targets, route, consumers)

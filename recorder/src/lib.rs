@@ -9,7 +9,7 @@
 //! that drains the workers' rings into the log ([`thread::spawn`]); and recovery of the
 //! records a crashed engine left in its rings, written exactly once ([`recover::recover`]).
 //!
-//! **Never does**: decode payloads (they are opaque MessagePack records, see `ring::codec`);
+//! **Never does**: decode payloads (they are opaque MessagePack records, see `flowtable::record::codec`);
 //! rename or rewrite a segment once written; trust a byte it reads (every length is bounded
 //! by [`format::MAX_PAYLOAD`] and checked against the file, a damaged log yields
 //! [`Damage`], never a panic or an unbounded allocation); run on a worker's hot path.

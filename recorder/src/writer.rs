@@ -93,16 +93,6 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// The retention the `[log]` section of a configuration asks for (0 switches a limit off).
-    pub fn from_config(log: &flowtable::config::LogConfig) -> Retention {
-        Retention {
-            rotate_bytes: log.rotate_bytes,
-            rotate_age: (log.rotate_age_s > 0).then(|| Duration::from_secs(log.rotate_age_s)),
-            max_total_bytes: (log.max_total_bytes > 0).then_some(log.max_total_bytes),
-            min_free_bytes: log.min_free_bytes,
-        }
-    }
-
     /// Rotation by size only; nothing is ever deleted.
     pub fn rotate_at(rotate_bytes: u64) -> Retention {
         Retention {
@@ -950,7 +940,10 @@ mod tests {
             return;
         };
         let path = disk.0.join("LOG");
-        let retention = Retention::from_config(&flowtable::config::LogConfig::default());
+        let retention = Retention {
+            min_free_bytes: flowtable::config::LogConfig::default().min_free_bytes,
+            ..Retention::rotate_at(1 << 30)
+        };
         assert!(
             retention.min_free_bytes > 1 << 20,
             "the default floor is above 1 MiB"
