@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use recorder::writer::segment_path;
+use recorder::segments::segment_path;
 use recorder::LogReader;
 
 mod common;

@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 pub mod format;
 pub mod reader;
 pub mod recover;
+pub mod segments;
 pub mod thread;
 pub mod writer;
 
@@ -71,7 +72,7 @@ pub enum RecorderError {
         max: u32,
     },
     /// Another writer, in this process or another, has the log (it holds the lock file,
-    /// [`writer::lock_path`]); nothing was touched.
+    /// [`segments::lock_path`]); nothing was touched.
     #[error(
         "log {} is being written by {}",
         path.display(),
