@@ -27,12 +27,12 @@ use flowtable::index::FlowIndex;
 use flowtable::key::FlowKey;
 use flowtable::packet::{parse, tcp_flags, LinkType};
 use flowtable::point::{Arena, Dir, Point, PointKind, Severity, Trail};
+use flowtable::record::codec;
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, RecordMode};
 use flowtable::tcp::{self, Findings, Segment, Tcp};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use recorder::writer::LogWriter;
-use ring::codec;
 
 /// Frames of one synthetic capture: (link, ts_ns, wire_len, bytes).
 struct Capture {

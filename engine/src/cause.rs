@@ -56,8 +56,8 @@
 use flowtable::point::{Dir, PointKind, Severity};
 use flowtable::record::{CloseReason, ConnState, Record};
 
-use crate::show::duration_text;
 use crate::timeline::point_label;
+use crate::units::duration_text;
 
 /// Who caused it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

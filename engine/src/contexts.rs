@@ -1,19 +1,57 @@
-//! Contexts at run time: where each context's log is, the recorder's routing of records to
-//! them, and the logs of an engine opened together.
+//! Contexts at run time: where each context's log is, how a log is opened (its retention),
+//! the recorder's routing of records to them, and the logs of an engine opened together.
 //!
 //! A connection's context is chosen by its flow table from the interface and outer VLAN of
 //! its first packet (`[[context]]` in the configuration); the record carries its number, and
 //! the recorder, which never decodes records, reads that number from the front of each one
-//! ([`ring::codec::peek_context`]) to pick the log. Context 0 (`default`) writes to the log
+//! ([`flowtable::record::codec::peek_context`]) to pick the log. Context 0 (`default`) writes to the log
 //! given on the command line; context `NAME` to its `log` key, by default `LOG.NAME` beside
 //! it (a name starts with a letter, so it never looks like a rotated segment `LOG.N`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use flowtable::config::Config;
 use flowtable::table::TableCounters;
 use recorder::thread::Logs;
+use recorder::writer::{LogWriter, Retention};
+
+/// Environment variable: a pause in microseconds after every record the recorder appends.
+/// It makes records pile up in the rings so crash tests can kill the engine while records
+/// are in flight; never set it in operation.
+pub const RECORDER_DELAY_ENV: &str = "CONNTRAIL_RECORDER_DELAY_US";
+
+/// The retention the `[log]` section of a configuration asks for (0 switches a limit off).
+pub fn retention(log: &flowtable::config::LogConfig) -> Retention {
+    Retention {
+        rotate_bytes: log.rotate_bytes,
+        rotate_age: (log.rotate_age_s > 0).then(|| Duration::from_secs(log.rotate_age_s)),
+        max_total_bytes: (log.max_total_bytes > 0).then_some(log.max_total_bytes),
+        min_free_bytes: log.min_free_bytes,
+    }
+}
+
+/// Opens the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
+/// [`RECORDER_DELAY_ENV`] when set): a new log replacing any there, or with `resume` the
+/// existing one continued after its last intact record.
+pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> {
+    let retention = retention(&cfg.log);
+    let mut writer = if resume {
+        LogWriter::resume(path, retention)
+    } else {
+        LogWriter::create_with(path, retention)
+    }
+    // The writer's errors name the log.
+    .map_err(anyhow::Error::from)?;
+    if let Ok(us) = std::env::var(RECORDER_DELAY_ENV) {
+        let us: u64 = us
+            .parse()
+            .with_context(|| format!("{RECORDER_DELAY_ENV}={us} is not a number of us"))?;
+        writer.set_append_delay(Some(Duration::from_micros(us)));
+    }
+    Ok(writer)
+}
 
 /// What one context's log received in a run.
 #[derive(Clone, Debug, Default)]
@@ -101,7 +139,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The log index of a record: its context (what [`Logs::routed`] and recovery route by).
 /// A payload that does not start like a record goes to the default context's log.
 pub fn route(payload: &[u8]) -> usize {
-    ring::codec::peek_context(payload).map_or(0, usize::from)
+    flowtable::record::codec::peek_context(payload).map_or(0, usize::from)
 }
 
 /// Opens the logs at `paths` (from [`log_paths`]) for the recorder: each replaced, or
@@ -109,7 +147,7 @@ pub fn route(payload: &[u8]) -> usize {
 pub fn open_logs(cfg: &Config, paths: &[PathBuf], resume: impl Fn(&Path) -> bool) -> Result<Logs> {
     let mut writers = Vec::with_capacity(paths.len());
     for path in paths {
-        writers.push(crate::recover::create_log(cfg, path, resume(path))?);
+        writers.push(create_log(cfg, path, resume(path))?);
     }
     let mut writers = writers.into_iter();
     let Some(first) = writers.next() else {

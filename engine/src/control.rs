@@ -65,6 +65,7 @@ use serde_json::Value;
 use crate::expr::{self, Expr};
 use crate::serve::{self, Limits, Server};
 use crate::show;
+use crate::units;
 use crate::watch::{self, Watch, WatchCost, WorkerWatches};
 
 /// The control socket beside a log: `LOG.ctl`.
@@ -614,7 +615,7 @@ impl State {
             self.workers.count(),
             for_ns.map_or_else(
                 || " until deleted".to_string(),
-                |d| format!(" for {}", show::duration_text(d))
+                |d| format!(" for {}", units::duration_text(d))
             )
         ))
     }
@@ -876,8 +877,8 @@ fn session_row(f: &OpenFlow, now_ns: u64) -> SessionRow {
         id: f.id,
         worker: (f.id >> 48) as u16,
         proto: f.proto.as_str().to_string(),
-        client: show::endpoint_text(f.client.ip, f.client.port),
-        server: show::endpoint_text(f.server.ip, f.server.port),
+        client: units::endpoint_text(f.client.ip, f.client.port),
+        server: units::endpoint_text(f.server.ip, f.server.port),
         state: f.conn_state.as_str().to_string(),
         history: f.history.as_str().to_string(),
         age_ns: now_ns.saturating_sub(f.start_ns),
@@ -1056,7 +1057,7 @@ pub fn watch_table(watches: &[WatchRow]) -> String {
     for w in watches {
         let until = w
             .until_ns
-            .map_or_else(|| "never".to_string(), show::utc_text);
+            .map_or_else(|| "never".to_string(), units::utc_text);
         let (evals, matches, ns) = w.costs.iter().fold((0, 0, 0), |(e, m, n), (_, c)| {
             (e + c.evaluations, m + c.matches, n + c.ns)
         });
@@ -1132,7 +1133,7 @@ pub fn run_sessions(args: SessionsArgs) -> Result<ExitCode> {
                 s.client,
                 s.server,
                 s.state,
-                show::duration_text(s.age_ns),
+                units::duration_text(s.age_ns),
                 s.c2s_pkts,
                 s.c2s_bytes,
                 s.s2c_pkts,

@@ -104,8 +104,8 @@ use serde_json::{json, Value};
 use crate::cause::{self, Cause, Evidence};
 use crate::conntrace::{self, Event, Leg, Message};
 use crate::logs::Records;
-use crate::show::{duration_text, endpoint_text, rfc3339, utc_text};
 use crate::timeline::point_label;
+use crate::units::{duration_text, endpoint_text, rfc3339, utc_text};
 
 /// When no front-end connection had a single candidate: the proxy's assumed time to open a
 /// back-end connection, 1 ms.

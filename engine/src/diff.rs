@@ -26,7 +26,7 @@ use flowtable::record::{DirStats, Record};
 use serde_json::{json, Value};
 
 use crate::logs::{RecordRef, Records};
-use crate::show::{duration_text, endpoint_text, utc_text};
+use crate::units::{duration_text, endpoint_text, utc_text};
 
 /// A matched row diverges only when its steps differ by more than this (100 ms, the default
 /// latency triggers' threshold: well beyond jitter and ordinary application think time)...

@@ -27,14 +27,14 @@ pub fn to_ecs(rec: &Record<'_>) -> Value {
     let (transport, iana_number) = transport(rec);
     let (client, server) = (rec.client.ip.to_string(), rec.server.ip.to_string());
     json!({
-        "@timestamp": crate::show::rfc3339(rec.start_ns),
+        "@timestamp": crate::units::rfc3339(rec.start_ns),
         "ecs": {"version": ECS_VERSION},
         "event": {
             "kind": "event",
             "category": ["network"],
             "type": ["connection", "end"],
-            "start": crate::show::rfc3339(rec.start_ns),
-            "end": crate::show::rfc3339(rec.end_ns),
+            "start": crate::units::rfc3339(rec.start_ns),
+            "end": crate::units::rfc3339(rec.end_ns),
             "duration": rec.duration_ns(),
             "reason": rec.close_reason.as_str(),
             "id": rec.id.to_string(),

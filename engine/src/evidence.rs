@@ -248,11 +248,11 @@ fn check_log_files(command: &str, log: &Path, inputs: &Inputs, target: LogTarget
         LogTarget::Continue => "refusing to write to it",
         LogTarget::New | LogTarget::Overwrite => "refusing to replace it even with --overwrite",
     };
-    let numbered = recorder::writer::numbered_segments(log)
+    let numbered = recorder::segments::numbered_segments(log)
         .with_context(|| format!("listing the segments of log {}", log.display()))?;
     let mut files = vec![log.to_path_buf()];
     files.extend(numbered.into_iter().map(|(_, path)| path));
-    let lock = recorder::writer::lock_path(log);
+    let lock = recorder::segments::lock_path(log);
     for path in files.iter().chain([&lock]) {
         if let Some(input) = inputs.find(path) {
             bail!(

@@ -81,6 +81,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use crate::units::days_from_civil;
 use flowtable::config::Net;
 use flowtable::point::PointKind;
 use flowtable::record::{Addr, CloseReason, ConnState, Endpoint, Flags, History, Proto, Record};
@@ -1374,17 +1375,6 @@ pub fn parse_time(text: &str) -> Option<u64> {
     ns.checked_add(u64::try_from(frac_ns).ok()?)
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 // ---------------------------------------------------------------------------------------
 // Canonical text
 
@@ -1407,7 +1397,7 @@ pub fn duration_expr_text(ns: u64) -> String {
 
 /// An instant as RFC 3339, without a fraction when it is whole seconds.
 fn time_expr_text(ns: u64) -> String {
-    let t = crate::show::rfc3339(ns);
+    let t = crate::units::rfc3339(ns);
     t.replace(".000000000Z", "Z")
 }
 

@@ -553,8 +553,8 @@ fn record_text(rec: &Record<'_>) -> String {
         "record {} ({} {} -> {})",
         rec.id,
         rec.proto.as_str(),
-        crate::show::endpoint_text(rec.client.ip, rec.client.port),
-        crate::show::endpoint_text(rec.server.ip, rec.server.port)
+        crate::units::endpoint_text(rec.client.ip, rec.client.port),
+        crate::units::endpoint_text(rec.server.ip, rec.server.port)
     )
 }
 

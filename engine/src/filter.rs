@@ -95,8 +95,8 @@ pub fn run(args: FilterArgs) -> anyhow::Result<ExitCode> {
             "# Wireshark display filter (tshark -Y): both directions, ICMP errors quoting it, \
              {} to {}\n{}\n# BPF (tcpdump, capture filters): no time test; restrict a file first \
              with: editcap -A {} -B {} IN OUT\n{}",
-            crate::show::utc_text(sel.from_ns),
-            crate::show::utc_text(sel.to_ns),
+            crate::units::utc_text(sel.from_ns),
+            crate::units::utc_text(sel.to_ns),
             sel.wireshark(),
             epoch_text(sel.from_ns),
             epoch_text(sel.to_ns),

@@ -17,8 +17,8 @@ use std::io::{self, Write};
 use flowtable::point::{Dir, Severity};
 use flowtable::record::Record;
 
-use crate::show::{dir_text, duration_text, endpoint_text, latency_text, utc_text};
 use crate::timeline::{self, Layout, Row, Shape};
+use crate::units::{dir_text, duration_text, endpoint_text, latency_text, utc_text};
 
 /// Colour of the two lanes.
 pub const LANE_RGB: [u8; 3] = [0x25, 0x63, 0xeb];

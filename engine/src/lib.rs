@@ -56,5 +56,6 @@ pub mod stats;
 pub mod synth;
 pub mod synth_proxy;
 pub mod timeline;
+pub mod units;
 pub mod watch;
 pub mod worker;

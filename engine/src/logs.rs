@@ -59,13 +59,15 @@ impl Iterator for Records {
             let reader = self.current.as_mut()?;
             match reader.next() {
                 Some(Ok(frame)) => {
-                    return Some(ring::codec::decode(&frame.payload).map_err(|e| {
-                        format!(
-                            "{}: byte {}: undecodable record: {e}",
-                            frame.segment.display(),
-                            frame.offset
-                        )
-                    }))
+                    return Some(
+                        flowtable::record::codec::decode(&frame.payload).map_err(|e| {
+                            format!(
+                                "{}: byte {}: undecodable record: {e}",
+                                frame.segment.display(),
+                                frame.offset
+                            )
+                        }),
+                    )
                 }
                 Some(Err(damage)) => return Some(Err(damage.to_string())),
                 None => {

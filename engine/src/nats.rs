@@ -260,7 +260,7 @@ fn stream_records(
     let stream = settings.stream;
     Ok(reader.map(move |item| {
         let message = item.map_err(|e| e.to_string())?;
-        let record = ring::codec::decode(&message.payload).map_err(|e| {
+        let record = flowtable::record::codec::decode(&message.payload).map_err(|e| {
             format!(
                 "stream {stream} message {} ({}): undecodable record: {e}",
                 message.sequence, message.subject

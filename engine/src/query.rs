@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::expr::{Expr, ExprErrorKind};
 use crate::logs::Records;
-use crate::show::{duration_text, endpoint_text, utc_text};
+use crate::units::{duration_text, endpoint_text, utc_text};
 
 /// Lines of the table held back to size its columns; later lines keep those widths (a wider
 /// cell pushes the rest of its line to the right).

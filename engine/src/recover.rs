@@ -17,43 +17,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use flowtable::config::{Config, LogConfig};
 use recorder::recover::Recovery;
-use recorder::writer::{LogWriter, Retention};
+use recorder::writer::Retention;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 use crate::exit;
 use crate::ringdir::{self, RingDir};
-
-/// Environment variable: a pause in microseconds after every record the recorder appends.
-/// It makes records pile up in the rings so crash tests can kill the engine while records
-/// are in flight; never set it in operation.
-pub const RECORDER_DELAY_ENV: &str = "CONNTRAIL_RECORDER_DELAY_US";
-
-/// Opens the log at `path` with the `[log]` retention of `cfg` (and the recorder delay of
-/// [`RECORDER_DELAY_ENV`] when set): a new log replacing any there, or with `resume` the
-/// existing one continued after its last intact record.
-pub fn create_log(cfg: &Config, path: &Path, resume: bool) -> Result<LogWriter> {
-    let retention = Retention::from_config(&cfg.log);
-    let mut writer = if resume {
-        LogWriter::resume(path, retention)
-    } else {
-        LogWriter::create_with(path, retention)
-    }
-    // The writer's errors name the log.
-    .map_err(anyhow::Error::from)?;
-    if let Ok(us) = std::env::var(RECORDER_DELAY_ENV) {
-        let us: u64 = us
-            .parse()
-            .with_context(|| format!("{RECORDER_DELAY_ENV}={us} is not a number of us"))?;
-        writer.set_append_delay(Some(Duration::from_micros(us)));
-    }
-    Ok(writer)
-}
 
 /// For each worker that has records in `logs`, the sequence number its next record must
 /// take so that no record id repeats in them: one more than the highest it left (an id is
@@ -66,7 +39,7 @@ pub fn next_sequences(logs: &[PathBuf]) -> HashMap<u16, u64> {
             continue;
         };
         for frame in reader.flatten() {
-            if let Ok(rec) = ring::codec::decode(&frame.payload) {
+            if let Ok(rec) = flowtable::record::codec::decode(&frame.payload) {
                 let worker = (rec.id >> 48) as u16;
                 let seq = rec.id & ((1 << 48) - 1);
                 let slot = next.entry(worker).or_insert(0);
@@ -333,7 +306,7 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
             Err(e) => log::error!("{}: {e}; its records cannot be recovered", path.display()),
         }
     }
-    let retention = Retention::from_config(&manifest.log_config);
+    let retention = crate::contexts::retention(&manifest.log_config);
     let targets: Vec<(&Path, Retention)> = logs.iter().map(|l| (l.as_path(), retention)).collect();
     let route = (logs.len() > 1).then_some(crate::contexts::route as recorder::thread::Route);
     let recovery = recorder::recover::recover_routed(&targets, route, consumers)

@@ -22,29 +22,11 @@ use std::io::{self, Write};
 use flowtable::point::{Dir, Point, PointKind, Severity};
 use flowtable::record::{CloseReason, ConnState, Flags, Proto, Record};
 
-use crate::show::{duration_text, endpoint_text};
+use crate::units::{duration_text, endpoint_text, short_duration};
 
 // ---------------------------------------------------------------------------------------
 // Words
 // ---------------------------------------------------------------------------------------
-
-/// A duration for a sentence: `3.1 ms`, `212 ms`, `3.0 s`, `281 us`.
-pub fn short_duration(ns: u64) -> String {
-    let (v, unit) = if ns < 1_000 {
-        return format!("{ns} ns");
-    } else if ns < 1_000_000 {
-        (ns as f64 / 1e3, "us")
-    } else if ns < 1_000_000_000 {
-        (ns as f64 / 1e6, "ms")
-    } else {
-        (ns as f64 / 1e9, "s")
-    };
-    if v < 9.95 || (v < 99.95 && unit != "us") {
-        format!("{v:.1} {unit}")
-    } else {
-        format!("{v:.0} {unit}")
-    }
-}
 
 /// Which end a direction comes from.
 pub fn sender(dir: Dir) -> &'static str {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use flowtable::config::Config;
 use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
 use flowtable::prefetch;
+use flowtable::record::codec;
 use flowtable::record::Record;
 use flowtable::table::{FlowTable, Looked, RecordMode, TableCounters};
-use ring::codec;
 use ring::spsc::Producer;
 
 use crate::control::WorkerControl;

@@ -63,7 +63,7 @@ fn watches_add_no_allocation_per_packet() {
             measured += chunk.len() as u64;
         }
         while consumer.pop(|bytes| {
-            let rec = ring::codec::decode(bytes).expect("a record");
+            let rec = flowtable::record::codec::decode(bytes).expect("a record");
             user += u64::from(rec.flags.contains(flowtable::record::Flags::USER));
         }) {}
     }

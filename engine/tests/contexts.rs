@@ -27,7 +27,7 @@ use serde_json::Value;
 fn records(log: &Path) -> Vec<Record<'static>> {
     recorder::reader::LogReader::open(log)
         .expect("log opens")
-        .map(|f| ring::codec::decode(&f.expect("intact").payload).expect("decodes"))
+        .map(|f| flowtable::record::codec::decode(&f.expect("intact").payload).expect("decodes"))
         .collect()
 }
 

@@ -29,7 +29,7 @@ fn read_log(path: &Path) -> Vec<Record<'static>> {
     reader
         .map(|item| {
             let frame = item.expect("undamaged log");
-            ring::codec::decode(&frame.payload).expect("record decodes")
+            flowtable::record::codec::decode(&frame.payload).expect("record decodes")
         })
         .collect()
 }

@@ -198,7 +198,7 @@ fn ids_in_rings(rings: &[PathBuf]) -> HashSet<u64> {
     for path in rings {
         let mut consumer = ring::open(path).expect("ring reopens after the crash");
         while consumer.pop_unreleased(|frame| {
-            let rec = ring::codec::decode(frame).expect("a ring frame is a record");
+            let rec = flowtable::record::codec::decode(frame).expect("a ring frame is a record");
             assert!(ids.insert(rec.id), "record {} twice in the rings", rec.id);
         }) {}
     }

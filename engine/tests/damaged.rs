@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use recorder::writer::segment_path;
+use recorder::segments::segment_path;
 use recorder::LogReader;
 
 mod common;
@@ -86,7 +86,9 @@ fn show_and_query_lose_only_the_damaged_records() {
                 segment: f.segment.to_path_buf(),
                 offset: f.offset,
                 len: 12 + f.payload.len() as u64,
-                id: ring::codec::decode(&f.payload).expect("record").id,
+                id: flowtable::record::codec::decode(&f.payload)
+                    .expect("record")
+                    .id,
             }
         })
         .collect();

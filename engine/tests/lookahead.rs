@@ -65,7 +65,7 @@ fn one_by_one(cfg: &Config, frames: &Frames, steady: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut emit = |rec: &flowtable::record::Record<'_>| {
         let mut buf = Vec::new();
-        ring::codec::encode(rec, &mut buf);
+        flowtable::record::codec::encode(rec, &mut buf);
         out.push(buf);
     };
     for (link, ts, wire, bytes) in frames {

@@ -281,7 +281,7 @@ fn time_ranges_split_the_capture() {
         .iter()
         .map(|c| c["first_ts_ns"].as_u64().expect("first_ts_ns"))
         .collect();
-    let t = |ns: u64| engine::show::rfc3339(ns);
+    let t = |ns: u64| engine::units::rfc3339(ns);
     let all = format!("start>={} and end<={}", t(first), t(last));
     assert_eq!(count(&[&log], &all), 53);
     let middle = first + (last - first) / 2;

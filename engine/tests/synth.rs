@@ -36,7 +36,7 @@ fn run(dir: &Path, pcap: &Path, mode: RecordMode, workers: usize) -> Vec<Record<
     assert_eq!(s.ring_drops(), 0);
     recorder::reader::LogReader::open(&log)
         .expect("log")
-        .map(|f| ring::codec::decode(&f.expect("intact").payload).expect("decodes"))
+        .map(|f| flowtable::record::codec::decode(&f.expect("intact").payload).expect("decodes"))
         .collect()
 }
 

@@ -356,7 +356,7 @@ impl Pump<'_> {
             while in_flight.len() < IN_FLIGHT {
                 match self.tail.next_item() {
                     Ok(Some(TailItem::Frame(frame))) => {
-                        let record = match ring::codec::decode(&frame.payload) {
+                        let record = match flowtable::record::codec::decode(&frame.payload) {
                             Ok(r) => r,
                             Err(e) => {
                                 self.damaged(

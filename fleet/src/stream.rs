@@ -24,7 +24,7 @@ const NEXT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One record read from the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamRecord {
-    /// The encoded record (`ring::codec`), as in the log.
+    /// The encoded record (`flowtable::record::codec`), as in the log.
     pub payload: Vec<u8>,
     /// Its subject, `conntrail.records.<host>.<context>`.
     pub subject: String,

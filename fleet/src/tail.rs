@@ -22,7 +22,7 @@ use recorder::format::{
     FileHeader, FrameHeader, FrameProblem, HeaderProblem, FRAME_HEADER_LEN, HEADER_LEN,
     MAX_HEADER_LEN, SYNC,
 };
-use recorder::writer::segment_path;
+use recorder::segments::segment_path;
 
 /// Bytes read at a time while looking for the next sync marker after damage.
 const SCAN_BYTES: usize = 64 * 1024;

@@ -40,7 +40,7 @@ fuzz_target!(|input: &[u8]| {
         match item {
             Ok(frame) => {
                 payload_bytes += frame.payload.len() as u64;
-                let _ = ring::codec::decode(&frame.payload);
+                let _ = flowtable::record::codec::decode(&frame.payload);
             }
             Err(damage) => assert!(!damage.to_string().is_empty()),
         }

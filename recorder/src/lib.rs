@@ -9,7 +9,7 @@
 //! that drains the workers' rings into the log ([`thread::spawn`]); and recovery of the
 //! records a crashed engine left in its rings, written exactly once ([`recover::recover`]).
 //!
-//! **Never does**: decode payloads (they are opaque MessagePack records, see `ring::codec`);
+//! **Never does**: decode payloads (they are opaque MessagePack records, see `flowtable::record::codec`);
 //! rename or rewrite a segment once written; trust a byte it reads (every length is bounded
 //! by [`format::MAX_PAYLOAD`] and checked against the file, a damaged log yields
 //! [`Damage`], never a panic or an unbounded allocation); run on a worker's hot path.
@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 pub mod format;
 pub mod reader;
 pub mod recover;
+pub mod segments;
 pub mod thread;
 pub mod writer;
 
@@ -71,7 +72,7 @@ pub enum RecorderError {
         max: u32,
     },
     /// Another writer, in this process or another, has the log (it holds the lock file,
-    /// [`writer::lock_path`]); nothing was touched.
+    /// [`segments::lock_path`]); nothing was touched.
     #[error(
         "log {} is being written by {}",
         path.display(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::format::{
     FileHeader, FrameHeader, FrameProblem, HeaderProblem, FRAME_HEADER_LEN, MAX_HEADER_LEN, SYNC,
 };
-use crate::writer::numbered_segments;
+use crate::segments::{numbered_segments, segment_path};
 use crate::RecorderError;
 
 /// Bytes read from a segment file at a time.
@@ -171,7 +171,7 @@ impl Iterator for LogReader {
             let (index, path) = self.queue.next()?;
             let missing = index.saturating_sub(self.expected);
             let gap = (missing > 0).then(|| Damage {
-                segment: Arc::from(crate::writer::segment_path(&self.base, self.expected)),
+                segment: Arc::from(segment_path(&self.base, self.expected)),
                 offset: 0,
                 kind: DamageKind::MissingSegment { count: missing },
                 resumed_at: None,
@@ -510,8 +510,9 @@ impl WindowedFile {
 mod tests {
     use super::*;
     use crate::format::{HEADER_LEN, MAX_PAYLOAD};
+    use crate::segments::segment_path;
     use crate::test_dir::TestDir;
-    use crate::writer::{segment_path, LogWriter};
+    use crate::writer::LogWriter;
     use proptest::prelude::*;
 
     fn payload(i: u64) -> Vec<u8> {

@@ -239,7 +239,7 @@ mod tests {
             icmp_type_code: 0,
         };
         let mut buf = Vec::new();
-        ring::codec::encode(&rec, &mut buf);
+        flowtable::record::codec::encode(&rec, &mut buf);
         buf
     }
 

@@ -9,7 +9,6 @@
 //! symbolic link.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -17,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::format::{FileHeader, FrameHeader, FRAME_HEADER_LEN, HEADER_LEN, MAX_PAYLOAD};
+use crate::segments::{lock_path, numbered_segments, segment_path};
 use crate::RecorderError;
 
 /// Size of the in-memory buffer in front of the current segment file.
@@ -26,55 +26,6 @@ const BUFFER_BYTES: usize = 256 * 1024;
 const FILE_MODE: u32 = 0o600;
 /// Bytes of a lock file read for the holder's pid (a u32 in decimal and a newline).
 const PID_TEXT_MAX: u64 = 16;
-
-/// The lock file of the log at `base`: `base.lock`. Not a segment (its suffix is not a
-/// number), so readers and retention never see it.
-pub fn lock_path(base: &Path) -> PathBuf {
-    let mut name = OsString::from(base.as_os_str());
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-/// The path of segment `index` of the log at `base`: `base` itself for 0, `base.N` for N.
-pub fn segment_path(base: &Path, index: u32) -> PathBuf {
-    if index == 0 {
-        return base.to_path_buf();
-    }
-    let mut name = OsString::from(base.as_os_str());
-    name.push(format!(".{index}"));
-    PathBuf::from(name)
-}
-
-/// The numbered segments (`base.N`, N >= 1) that exist beside `base`, sorted by N.
-/// Only canonical names count (`LOG.2`, not `LOG.02` or `LOG.2.tmp`).
-pub fn numbered_segments(base: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
-    let Some(file_name) = base.file_name().and_then(|n| n.to_str()) else {
-        return Ok(Vec::new());
-    };
-    let dir = match base.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(suffix) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(file_name))
-            .and_then(|n| n.strip_prefix('.'))
-        else {
-            continue;
-        };
-        if let Ok(index) = suffix.parse::<u32>() {
-            if index >= 1 && suffix == index.to_string() {
-                found.push((index, segment_path(base, index)));
-            }
-        }
-    }
-    found.sort_unstable();
-    Ok(found)
-}
 
 /// When the writer starts a new segment and what it deletes to bound the log's disk use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,16 +44,6 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// The retention the `[log]` section of a configuration asks for (0 switches a limit off).
-    pub fn from_config(log: &flowtable::config::LogConfig) -> Retention {
-        Retention {
-            rotate_bytes: log.rotate_bytes,
-            rotate_age: (log.rotate_age_s > 0).then(|| Duration::from_secs(log.rotate_age_s)),
-            max_total_bytes: (log.max_total_bytes > 0).then_some(log.max_total_bytes),
-            min_free_bytes: log.min_free_bytes,
-        }
-    }
-
     /// Rotation by size only; nothing is ever deleted.
     pub fn rotate_at(rotate_bytes: u64) -> Retention {
         Retention {
@@ -950,7 +891,10 @@ mod tests {
             return;
         };
         let path = disk.0.join("LOG");
-        let retention = Retention::from_config(&flowtable::config::LogConfig::default());
+        let retention = Retention {
+            min_free_bytes: flowtable::config::LogConfig::default().min_free_bytes,
+            ..Retention::rotate_at(1 << 30)
+        };
         assert!(
             retention.min_free_bytes > 1 << 20,
             "the default floor is above 1 MiB"

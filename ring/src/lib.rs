@@ -39,7 +39,6 @@
 //! # }
 //! ```
 
-pub mod codec;
 pub mod spsc;
 
 #[cfg(loom)]

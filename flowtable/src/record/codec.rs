@@ -6,8 +6,8 @@
 //! writes into a caller-owned buffer that is reused, so a worker encodes without allocating
 //! once the buffer has grown to its working size.
 
-use flowtable::point::Point;
-use flowtable::record::{Addr, DirStats, Endpoint, Record};
+use super::{Addr, DirStats, Endpoint, Record};
+use crate::point::Point;
 
 /// A record could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,7 @@ impl Writer<'_> {
         }
     }
 
-    /// A history: at most [`flowtable::record::History::CAP`] (24) bytes, so a fixstr.
+    /// A history: at most [`super::History::CAP`] (24) bytes, so a fixstr.
     fn str(&mut self, s: &[u8]) {
         debug_assert!(s.len() < 32);
         self.put(&[0xa0 | s.len() as u8]);
@@ -200,8 +200,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'static>, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowtable::point::{Dir, Point, PointKind, Severity};
-    use flowtable::record::{
+    use crate::point::{Dir, Point, PointKind, Severity};
+    use crate::record::{
         Addr, CloseReason, ConnState, DirStats, Endpoint, Flags, History, Latency, Proto,
     };
     use proptest::prelude::*;

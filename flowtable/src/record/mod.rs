@@ -1,9 +1,11 @@
 //! The connection record: what a worker hands to the recorder when an anomalous (or, in
 //! record-all mode, any) connection closes.
 //!
-//! Records are encoded with MessagePack (`ring::codec`) straight from a borrowed view of the
+//! Records are encoded with MessagePack ([`codec`]) straight from a borrowed view of the
 //! flow's tracking points, so closing a flow allocates nothing; decoding yields an owned record.
 //! Every closed set is an enum here with exactly one place that maps it to its text form.
+
+pub mod codec;
 
 use std::borrow::Cow;
 use std::fmt;
