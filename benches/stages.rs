@@ -16,6 +16,8 @@
 //! Measurement times are short so `cargo bench -p conntrail-benches` takes a few minutes.
 //! Whole-process throughput against peer tools is `scripts/bench-replay.sh`.
 
+#![forbid(unsafe_code)]
+
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -28,6 +28,8 @@
 //! println!("{} sent, {} pending", report.sent, report.pending);
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -345,11 +345,15 @@ impl Region {
     #[inline]
     unsafe fn write(&self, index: usize, src: &[u8]) {
         debug_assert!(index + src.len() <= self.capacity);
-        std::ptr::copy_nonoverlapping(
-            src.as_ptr(),
-            self.map.as_mut_ptr().add(HEADER_LEN + index),
-            src.len(),
-        );
+        // SAFETY: the caller's contract: the destination lies inside the mapping's data area
+        // and no one else touches it; `src` is a distinct slice of ours.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.map.as_mut_ptr().add(HEADER_LEN + index),
+                src.len(),
+            );
+        }
     }
 
     /// Hands `len` bytes of the data area at `index` to `f`.
@@ -360,10 +364,11 @@ impl Region {
     #[inline]
     unsafe fn with_slice<R>(&self, index: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
         debug_assert!(index + len <= self.capacity);
-        f(std::slice::from_raw_parts(
-            self.map.as_ptr().add(HEADER_LEN + index),
-            len,
-        ))
+        // SAFETY: the caller's contract: the bytes lie inside the mapping's data area and the
+        // producer does not write them while the slice lives (only during `f`).
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(HEADER_LEN + index), len) };
+        f(bytes)
     }
 
     fn head(&self) -> &AtomicU64 {
