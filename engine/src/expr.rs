@@ -156,7 +156,7 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReasonSet(pub u8);
 
-/// A set of conn_states (bit i: the i-th state in `STATES`).
+/// A set of conn_states (bit i: `ConnState::ALL[i]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct StateSet(pub u16);
 
@@ -404,27 +404,9 @@ impl ReasonSet {
     }
 }
 
-/// Every conn_state, in the order of the bits of a [`StateSet`].
-pub const STATES: [ConnState; 14] = [
-    ConnState::S0,
-    ConnState::S1,
-    ConnState::SF,
-    ConnState::REJ,
-    ConnState::S2,
-    ConnState::S3,
-    ConnState::RSTO,
-    ConnState::RSTR,
-    ConnState::RSTOS0,
-    ConnState::RSTRH,
-    ConnState::SH,
-    ConnState::SHR,
-    ConnState::OTH,
-    ConnState::None,
-];
-
 impl StateSet {
     fn bit(s: ConnState) -> u16 {
-        let i = STATES.iter().position(|x| *x == s).unwrap_or(0);
+        let i = ConnState::ALL.iter().position(|x| *x == s).unwrap_or(0);
         1 << i
     }
 
@@ -921,7 +903,10 @@ fn unknown_word(word: &str) -> ExprErrorKind {
         format!("; a network needs `net` before it (`net {word}`)")
     } else if CloseReason::ALL.iter().any(|r| r.as_str() == lower) {
         format!("; a close reason needs `reason=` before it (`reason={lower}`)")
-    } else if STATES.iter().any(|s| s.as_str().eq_ignore_ascii_case(word)) {
+    } else if ConnState::ALL
+        .iter()
+        .any(|s| s.as_str().eq_ignore_ascii_case(word))
+    {
         format!("; a conn_state needs `state=` before it (`state={word}`)")
     } else if single_flags().any(|(_, n)| n == lower) {
         format!("; a flag needs `flag` before it (`flag {lower}`)")
@@ -1181,11 +1166,11 @@ fn parse_reasons(v: &Token<'_>) -> Result<ReasonSet, ExprError> {
 fn parse_states(v: &Token<'_>) -> Result<StateSet, ExprError> {
     let mut set = StateSet::default();
     for item in list_items("state", v)? {
-        let s = STATES
+        let s = ConnState::ALL
             .iter()
             .find(|s| s.as_str().eq_ignore_ascii_case(item))
             .ok_or_else(|| {
-                let names: Vec<&str> = STATES.iter().map(|s| s.as_str()).collect();
+                let names: Vec<&str> = ConnState::ALL.iter().map(|s| s.as_str()).collect();
                 bad_value("state", v, format!("a conn_state ({})", names.join(", ")))
             })?;
         set.insert(*s);
@@ -1458,7 +1443,7 @@ impl fmt::Display for Test {
                 write!(f, "reason={}", names.join(","))
             }
             Test::State(set) => {
-                let names: Vec<&str> = STATES
+                let names: Vec<&str> = ConnState::ALL
                     .iter()
                     .filter(|s| set.contains(**s))
                     .map(|s| s.as_str())
@@ -1508,6 +1493,62 @@ mod tests {
             arg: 0,
         },
     ];
+
+    #[test]
+    fn every_point_kind_state_and_close_reason_is_queryable() {
+        for kind in PointKind::ALL {
+            let e: Expr = format!("point={}", kind.as_str())
+                .parse()
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            let mut rec = rejected();
+            rec.points = Cow::Owned(vec![Point { kind, ..POINTS[1] }]);
+            assert!(e.matches(&rec), "{kind:?}");
+            rec.points = Cow::Owned(Vec::new());
+            assert!(!e.matches(&rec), "{kind:?}");
+        }
+        for state in ConnState::ALL {
+            let e: Expr = format!("state={}", state.as_str())
+                .parse()
+                .unwrap_or_else(|e| panic!("{state:?}: {e}"));
+            let rec = Record {
+                conn_state: state,
+                ..rejected()
+            };
+            assert!(e.matches(&rec), "{state:?}");
+            let other = ConnState::ALL
+                .into_iter()
+                .find(|s| *s != state)
+                .expect("another");
+            assert!(
+                !e.matches(&Record {
+                    conn_state: other,
+                    ..rejected()
+                }),
+                "{state:?}"
+            );
+        }
+        for reason in CloseReason::ALL {
+            let e: Expr = format!("reason={}", reason.as_str())
+                .parse()
+                .unwrap_or_else(|e| panic!("{reason:?}: {e}"));
+            let rec = Record {
+                close_reason: reason,
+                ..rejected()
+            };
+            assert!(e.matches(&rec), "{reason:?}");
+            let other = CloseReason::ALL
+                .into_iter()
+                .find(|r| *r != reason)
+                .expect("another");
+            assert!(
+                !e.matches(&Record {
+                    close_reason: other,
+                    ..rejected()
+                }),
+                "{reason:?}"
+            );
+        }
+    }
 
     /// A SYN to 192.0.2.1:445 answered by RST after 665 us, on VLAN 10.
     fn rejected() -> Record<'static> {

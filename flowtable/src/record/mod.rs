@@ -122,6 +122,24 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    /// Every state, in number order (what the log stores).
+    pub const ALL: [ConnState; 14] = [
+        ConnState::S0,
+        ConnState::S1,
+        ConnState::SF,
+        ConnState::REJ,
+        ConnState::S2,
+        ConnState::S3,
+        ConnState::RSTO,
+        ConnState::RSTR,
+        ConnState::RSTOS0,
+        ConnState::RSTRH,
+        ConnState::SH,
+        ConnState::SHR,
+        ConnState::OTH,
+        ConnState::None,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConnState::S0 => "S0",
@@ -433,4 +451,33 @@ pub fn icmp_type_name(v6: bool, icmp_type: u8) -> Option<&'static str> {
         (true, 136) => "neighbor advertisement",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL[n]` is the value stored as `n`, and `ALL.len()` is no value: a new variant must
+    /// join `ALL`, or the query language and the summaries would not know it.
+    fn in_number_order<T>(all: &[T])
+    where
+        T: Serialize + serde::de::DeserializeOwned + fmt::Debug,
+    {
+        for (n, v) in all.iter().enumerate() {
+            let bytes = rmp_serde::to_vec(v).expect("encodes");
+            assert_eq!(
+                bytes,
+                rmp_serde::to_vec(&(n as u8)).expect("encodes"),
+                "{v:?}"
+            );
+        }
+        let next = rmp_serde::to_vec(&(all.len() as u8)).expect("encodes");
+        assert!(rmp_serde::from_slice::<T>(&next).is_err());
+    }
+
+    #[test]
+    fn all_lists_every_close_reason_and_state_once_in_number_order() {
+        in_number_order(&CloseReason::ALL);
+        in_number_order(&ConnState::ALL);
+    }
 }
