@@ -62,11 +62,11 @@ use flowtable::table::{FlowTable, OpenFlow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::expr::{self, Expr};
 use crate::serve::{self, Limits, Server};
-use crate::show;
-use crate::units;
 use crate::watch::{self, Watch, WatchCost, WorkerWatches};
+use forensics::expr::{self, Expr};
+use forensics::show;
+use forensics::units;
 
 /// The control socket beside a log: `LOG.ctl`.
 pub fn default_path(log: &Path) -> PathBuf {

@@ -2,7 +2,7 @@
 //! new capture.
 //!
 //! The frames written are exactly those the connection's Wireshark filter selects
-//! ([`crate::filter::Selection`]: both directions, ICMP errors quoting it, its fragments when
+//! ([`forensics::filter::Selection`]: both directions, ICMP errors quoting it, its fragments when
 //! it had some, on its VLANs, within its time window); each frame is parsed with the
 //! tracker's own parser ([`flowtable::packet::parse`]) and keyed as the tracker keys it.
 //!
@@ -20,7 +20,7 @@
 //! Timestamps and frame bytes are copied unchanged.
 //!
 //! The output is never one of the captures read nor the log, and an existing file is replaced only with
-//! `--overwrite` ([`crate::evidence::check_outputs`]).
+//! `--overwrite` ([`forensics::evidence::check_outputs`]).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -44,9 +44,9 @@ use pcap_parser::traits::PcapNGPacketBlock;
 use pcap_parser::{create_reader, PcapBlockOwned, PcapError};
 use serde_json::json;
 
-use crate::filter::Selection;
-use crate::logs::RecordRef;
 use crate::source::pcap::ng_ts_ns;
+use forensics::filter::Selection;
+use forensics::logs::RecordRef;
 
 /// Jitter tolerated in a time-ordered capture, and how far past the window reading goes
 /// before it stops: 1 s.
@@ -112,15 +112,15 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     })?;
     let mut read = args.pcaps.clone();
     read.push(args.record.log.clone());
-    crate::evidence::check_outputs(
+    forensics::evidence::check_outputs(
         "extract",
         &[&args.output],
-        &crate::evidence::Inputs::of_paths(&read),
+        &forensics::evidence::Inputs::of_paths(&read),
         args.overwrite,
     )?;
     let format = output_format(&args.pcaps)?;
     let sel = Selection::of(&rec);
-    let file = crate::evidence::create_output(&args.output)?;
+    let file = forensics::evidence::create_output(&args.output)?;
     let mut out = Output::new(BufWriter::new(file), format)
         .with_context(|| format!("writing {}", args.output.display()))?;
     let mut reports = Vec::new();
@@ -147,7 +147,7 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
         summary_text(&rec, &args.output, format, &reports)
     };
     summary.push('\n');
-    crate::logs::print_and_exit(&summary, damaged > 0)
+    forensics::logs::print_and_exit(&summary, damaged > 0)
 }
 
 /// Why `path` cannot be read as a capture at all.
@@ -156,7 +156,7 @@ fn not_a_capture<I>(path: &Path, e: &PcapError<I>) -> anyhow::Error {
         let mut head = [0u8; 8];
         std::io::Read::read(&mut f, &mut head).map(|n| head[..n].to_vec())
     });
-    if head.is_ok_and(|h| crate::evidence::is_log_head(&h)) {
+    if head.is_ok_and(|h| forensics::evidence::is_log_head(&h)) {
         return anyhow::anyhow!(
             "{}: not a pcap or pcapng file (it is a conntrail log: give it as LOG:ID, and the \
              captures it was made from to --pcap)",
@@ -553,8 +553,8 @@ fn record_text(rec: &Record<'_>) -> String {
         "record {} ({} {} -> {})",
         rec.id,
         rec.proto.as_str(),
-        crate::units::endpoint_text(rec.client.ip, rec.client.port),
-        crate::units::endpoint_text(rec.server.ip, rec.server.port)
+        forensics::units::endpoint_text(rec.client.ip, rec.client.port),
+        forensics::units::endpoint_text(rec.server.ip, rec.server.port)
     )
 }
 

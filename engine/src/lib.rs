@@ -19,43 +19,27 @@
 //!     captures: vec!["capture.pcap".into()],
 //!     progress: false,
 //!     interface: None,
-//!     log_target: engine::evidence::LogTarget::New,
+//!     log_target: forensics::evidence::LogTarget::New,
 //! };
 //! let summary = replay(&Config::default(), &opts).expect("replay");
 //! println!("{} packets, {} records", summary.packets(), summary.records());
 //! ```
 
-pub mod cause;
-pub mod conntrace;
 pub mod contexts;
 pub mod control;
-pub mod correlate;
-pub mod diff;
-pub mod ecs;
-pub mod evidence;
-pub mod exit;
-pub mod expr;
 pub mod extract;
-pub mod filter;
-pub mod html;
 pub mod live;
-pub mod logs;
 pub mod metrics;
 pub mod nats;
-pub mod order;
 pub mod preflight;
 pub mod privilege;
-pub mod query;
 pub mod recover;
 pub mod replay;
 pub mod ringdir;
 pub mod serve;
-pub mod show;
 pub mod source;
 pub mod stats;
 pub mod synth;
 pub mod synth_proxy;
-pub mod timeline;
-pub mod units;
 pub mod watch;
 pub mod worker;

@@ -72,7 +72,6 @@ use flowtable::table::RecordMode;
 use recorder::thread::Progress;
 
 use crate::control::{self, ControlOptions, ControlSocket};
-use crate::exit;
 use crate::metrics::{ContextSample, MetricsListener, WorkerSample};
 use crate::privilege;
 use crate::source::xdp::{
@@ -80,6 +79,7 @@ use crate::source::xdp::{
 };
 use crate::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
 use crate::worker::{Frame, Worker, WorkerStats};
+use forensics::exit;
 
 /// Which connections to record.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -334,11 +334,11 @@ pub fn live(
     // A run continues its logs (a crashed run's, just completed from its rings, too), but
     // never writes onto a file that is not one: checked before anything is opened.
     let log_paths = crate::contexts::log_paths(cfg, &opts.log)?;
-    crate::evidence::check_logs(
+    forensics::evidence::check_logs(
         "run",
         &log_paths,
-        &crate::evidence::Inputs::default(),
-        crate::evidence::LogTarget::Continue,
+        &forensics::evidence::Inputs::default(),
+        forensics::evidence::LogTarget::Continue,
     )?;
     let (workers, umem_bytes) = crate::preflight::live_workers(cfg);
     crate::preflight::check_memory(cfg, workers, umem_bytes)?;
@@ -1152,7 +1152,7 @@ fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
         s.log_segments,
         opts.stats.display()
     )?;
-    crate::exit::warn_records_lost(s.ring_drops(), s.ring_checksum_failures, s.frames_lost);
+    forensics::exit::warn_records_lost(s.ring_drops(), s.ring_checksum_failures, s.frames_lost);
     Ok(())
 }
 

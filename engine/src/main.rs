@@ -6,8 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use engine::evidence::LogTarget;
-use engine::exit;
 use engine::replay::{ReplayOptions, ReplaySummary};
 use engine::synth::{self, SynthOptions};
 use engine::synth_proxy::{write_proxy, ProxyOptions};
@@ -15,6 +13,8 @@ use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
+use forensics::evidence::LogTarget;
+use forensics::exit;
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +72,7 @@ enum Command {
         export: engine::nats::ExportArgs,
     },
     /// Decode a log: one block per record, or JSON Lines.
-    Show(engine::show::ShowArgs),
+    Show(forensics::show::ShowArgs),
     /// Write a deterministic capture of concurrent flows with known anomalies, and its
     /// ground truth (PCAP.truth.jsonl); with `--proxy`, the two sides of a reverse proxy.
     Synth {
@@ -110,13 +110,13 @@ enum Command {
         v6_share: f64,
     },
     /// Select records with an expression; a one-line-per-session table, JSON, or counts.
-    Query(engine::query::QueryArgs),
+    Query(forensics::query::QueryArgs),
     /// A baseline and a problematic connection side by side.
-    Diff(engine::diff::DiffArgs),
+    Diff(forensics::diff::DiffArgs),
     /// Follow requests through a reverse proxy: front-end and back-end connections.
-    Correlate(engine::correlate::CorrelateArgs),
+    Correlate(forensics::correlate::CorrelateArgs),
     /// Wireshark display filter and BPF filter for one connection.
-    Filter(engine::filter::FilterArgs),
+    Filter(forensics::filter::FilterArgs),
     /// Write the packets of one connection from captures to a new capture.
     Extract(engine::extract::ExtractArgs),
     /// Capture live traffic with AF_XDP on the `[[capture]]` queues of the config into a log,
@@ -167,7 +167,7 @@ enum ConfigAction {
     Default,
 }
 
-/// What every command's exit status means: the scheme of `engine::exit`.
+/// What every command's exit status means: the scheme of `forensics::exit`.
 const EXIT_STATUS: &str = "Exit status:
   0  done, nothing lost and no damage seen
   1  damage found in an input (output complete up to it; each place reported on stderr)
@@ -244,15 +244,15 @@ fn manpages(dir: Option<&Path>, overwrite: bool) -> Result<ExitCode> {
         ));
     }
     let paths: Vec<&Path> = pages.iter().map(|(p, _)| p.as_path()).collect();
-    engine::evidence::check_outputs(
+    forensics::evidence::check_outputs(
         "manpage",
         &paths,
-        &engine::evidence::Inputs::default(),
+        &forensics::evidence::Inputs::default(),
         overwrite,
     )?;
     for (path, cmd) in &pages {
         let page = render(cmd.clone())?;
-        let mut file = engine::evidence::create_output(path)?;
+        let mut file = forensics::evidence::create_output(path)?;
         file.write_all(&page)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -339,7 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let damaged = summary.captures.iter().any(|(_, c)| c.is_damaged());
             Ok(exit::of_run(shipped, summary.records_lost(), damaged))
         }
-        Command::Show(a) => engine::show::run(a),
+        Command::Show(a) => forensics::show::run(a),
         Command::Synth {
             output,
             overwrite,
@@ -364,8 +364,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return synth_proxy(&opts, &output, overwrite);
             }
             let truth = truth_path(&output);
-            let inputs = engine::evidence::Inputs::default();
-            engine::evidence::check_outputs("synth", &[&output, &truth], &inputs, overwrite)?;
+            let inputs = forensics::evidence::Inputs::default();
+            forensics::evidence::check_outputs("synth", &[&output, &truth], &inputs, overwrite)?;
             let opts = SynthOptions {
                 flows,
                 packets,
@@ -383,10 +383,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Query(a) => engine::query::run(a),
-        Command::Diff(a) => engine::diff::run(a),
-        Command::Correlate(a) => engine::correlate::run(a),
-        Command::Filter(a) => engine::filter::run(a),
+        Command::Query(a) => forensics::query::run(a),
+        Command::Diff(a) => forensics::diff::run(a),
+        Command::Correlate(a) => forensics::correlate::run(a),
+        Command::Filter(a) => forensics::filter::run(a),
         Command::Extract(a) => engine::extract::run(a),
         Command::Run(a) => engine::live::run(a),
         Command::Export(a) => engine::nats::run_export(a),
@@ -429,8 +429,8 @@ fn synth_proxy(opts: &ProxyOptions, prefix: &Path, overwrite: bool) -> Result<Ex
     let (front, back) = (with(".front.pcap"), with(".back.pcap"));
     let (conntrace, truth) = (with(".conntrace.jsonl"), with(".truth.jsonl"));
     let outputs: [&Path; 4] = [&front, &back, &conntrace, &truth];
-    let inputs = engine::evidence::Inputs::default();
-    engine::evidence::check_outputs("synth", &outputs, &inputs, overwrite)?;
+    let inputs = forensics::evidence::Inputs::default();
+    forensics::evidence::check_outputs("synth", &outputs, &inputs, overwrite)?;
     let s = write_proxy(opts, &front, &back, &conntrace, &truth)?;
     println!(
         "front capture: {} ({} packets)",

@@ -25,8 +25,8 @@ use recorder::writer::Retention;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
-use crate::exit;
 use crate::ringdir::{self, RingDir};
+use forensics::exit;
 
 /// For each worker that has records in `logs`, the sequence number its next record must
 /// take so that no record id repeats in them: one more than the highest it left (an id is
@@ -275,7 +275,7 @@ fn recover_run(dir: &RingDir, name: &str, stem: &str) -> Result<Option<Recovered
     // new file where root may write and that user may not.
     let writer = rustix::fs::fstat(&file).map_or(u32::MAX, |st| st.st_uid);
     for log in &logs {
-        crate::evidence::check_continuable(log)?;
+        forensics::evidence::check_continuable(log)?;
         if writer != ringdir::euid() {
             let owner = std::fs::symlink_metadata(log).map(|m| m.uid()).ok();
             if owner != Some(writer) {

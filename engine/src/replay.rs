@@ -8,7 +8,7 @@
 //! drains and flushes, and the summary is returned.
 //!
 //! Before any of that ([`prepare`]) every capture is opened and checked to be one, and the
-//! logs are checked with [`crate::evidence`]: a log is never written onto a capture of the
+//! logs are checked with [`forensics::evidence`]: a log is never written onto a capture of the
 //! replay, an existing one is replaced or continued only when [`ReplayOptions::log_target`]
 //! says so, and a file that is not a log is never replaced. A replay that fails there has
 //! created nothing: no ring, run file, lock file or segment. A capture named `-` is read
@@ -27,8 +27,8 @@ use flowtable::key::{FlowKey, KeyKind};
 use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 
-use crate::evidence::{self, Inputs, LogTarget};
 use crate::source::pcap::{Capture, CaptureStats};
+use forensics::evidence::{self, Inputs, LogTarget};
 use recorder::thread::Progress;
 
 use crate::source::Batch;
@@ -112,7 +112,7 @@ pub struct Prepared {
 
 /// Checks what a replay of `opts` under `cfg` would read and write, creating nothing: the
 /// options, the memory it needs, every capture (opened, and checked to start like one) and
-/// every log (see [`crate::evidence::check_logs`]).
+/// every log (see [`forensics::evidence::check_logs`]).
 pub fn prepare(cfg: &Config, opts: &ReplayOptions) -> Result<Prepared> {
     if opts.workers == 0 || opts.workers > 256 {
         bail!("--workers must be between 1 and 256");

@@ -173,14 +173,14 @@ pub struct StatsArgs {
 
 /// What the file at `path` is when it is a log or a capture rather than a stats file.
 fn not_a_stats_file(path: &Path) -> Option<&'static str> {
-    if let Some(kind) = crate::evidence::capture_kind(path) {
+    if let Some(kind) = forensics::evidence::capture_kind(path) {
         return Some(kind);
     }
     let mut head = [0u8; 8];
     let n = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .ok()?;
-    crate::evidence::is_log_head(&head[..n]).then_some("a conntrail log")
+    forensics::evidence::is_log_head(&head[..n]).then_some("a conntrail log")
 }
 
 /// Prints a stats file: one line per socket and a total.

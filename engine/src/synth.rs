@@ -437,8 +437,8 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
         opts.duration_s
     );
 
-    let pcap_file = crate::evidence::create_output(pcap)?;
-    let truth_file = crate::evidence::create_output(truth)?;
+    let pcap_file = forensics::evidence::create_output(pcap)?;
+    let truth_file = forensics::evidence::create_output(truth)?;
     let header = PcapHeader {
         version_major: 2,
         version_minor: 4,

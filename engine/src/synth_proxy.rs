@@ -797,7 +797,7 @@ fn ephemeral(i: u64, mul: u64, offset: u64) -> u16 {
 
 /// `2024-01-01T00:00:01.234Z`: RFC 3339 with milliseconds, as Elasticsearch writes it.
 fn es_time(ns: u64) -> String {
-    let full = crate::units::rfc3339(ns);
+    let full = forensics::units::rfc3339(ns);
     match full.get(..23) {
         Some(ms) => format!("{ms}Z"),
         None => full,

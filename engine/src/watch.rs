@@ -1,7 +1,7 @@
 //! Runtime watches: record expressions that, while they are active, mark every connection
 //! that starts matching them `user`, so its record is kept whatever its outcome.
 //!
-//! A watch is written in the language of [`crate::expr`], restricted to what is known when
+//! A watch is written in the language of [`forensics::expr`], restricted to what is known when
 //! a connection starts: its ends (`host`, `net`, `port`, `client`, `server`,
 //! `client.port`, `server.port`), `proto`, `ip4`/`ip6`, `vlan`, `midstream` and `worker`,
 //! combined with `and`, `or`, `not`. Anything measured later (`reason`, `state`, `pkts`,
@@ -29,7 +29,7 @@ use std::time::Instant;
 use flowtable::table::FlowTable;
 use serde::{Deserialize, Serialize};
 
-use crate::expr::{Expr, ExprError, Field, Test};
+use forensics::expr::{Expr, ExprError, Field, Test};
 
 /// Why a watch expression is refused.
 #[derive(Debug, thiserror::Error)]

@@ -142,7 +142,7 @@ fn watch_add_past_the_cap_is_refused_and_the_list_stays_at_the_cap() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.code(),
-        Some(i32::from(engine::exit::USAGE)),
+        Some(i32::from(forensics::exit::USAGE)),
         "{stderr}"
     );
     assert!(

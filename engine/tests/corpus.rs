@@ -45,7 +45,7 @@ fn replay_all(capture: &Path, out: &Path) -> Vec<Record<'static>> {
         captures: vec![capture.to_path_buf()],
         progress: false,
         interface: None,
-        log_target: engine::evidence::LogTarget::New,
+        log_target: forensics::evidence::LogTarget::New,
     };
     let summary = replay(&cfg, &opts).expect("replay succeeds");
     assert_eq!(summary.ring_drops(), 0, "{}: ring drops", capture.display());

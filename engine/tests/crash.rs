@@ -172,7 +172,7 @@ impl Drop for Scene {
 
 /// The records of a log; `intact` requires no damage report.
 fn records(log: &Path, intact: bool) -> Vec<Record<'static>> {
-    engine::logs::Records::open(&[log.to_path_buf()])
+    forensics::logs::Records::open(&[log.to_path_buf()])
         .expect("log opens")
         .filter_map(|item| match item {
             Ok(rec) => Some(rec),

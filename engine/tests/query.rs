@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use engine::expr::Expr;
+use forensics::expr::Expr;
 use serde_json::Value;
 
 mod common;
@@ -281,7 +281,7 @@ fn time_ranges_split_the_capture() {
         .iter()
         .map(|c| c["first_ts_ns"].as_u64().expect("first_ts_ns"))
         .collect();
-    let t = |ns: u64| engine::units::rfc3339(ns);
+    let t = |ns: u64| forensics::units::rfc3339(ns);
     let all = format!("start>={} and end<={}", t(first), t(last));
     assert_eq!(count(&[&log], &all), 53);
     let middle = first + (last - first) / 2;
@@ -422,7 +422,7 @@ fn matching_real_records_allocates_nothing() {
         replay(&dir, "zeek_nmap-vsn.pcap"),
         replay(&dir, "suricata_dcerpc_zerologon.pcap"),
     ];
-    let records: Vec<_> = engine::logs::Records::open(&logs)
+    let records: Vec<_> = forensics::logs::Records::open(&logs)
         .expect("open")
         .map(|r| r.expect("intact"))
         .collect();

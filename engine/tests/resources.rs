@@ -85,7 +85,7 @@ impl Scene {
             .filter_map(|l| l.split_once(": "))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let records = engine::logs::Records::open(&[log])
+        let records = forensics::logs::Records::open(&[log])
             .expect("log")
             .map(|r| r.expect("intact"))
             .collect();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::html::{ERROR_RGB, LANE_RGB, WARN_RGB};
+use forensics::html::{ERROR_RGB, LANE_RGB, WARN_RGB};
 
 mod common;
 use common::{corpus as capture, s, temp_dir, text};

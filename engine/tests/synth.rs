@@ -30,7 +30,7 @@ fn run(dir: &Path, pcap: &Path, mode: RecordMode, workers: usize) -> Vec<Record<
         captures: vec![pcap.to_path_buf()],
         progress: false,
         interface: None,
-        log_target: engine::evidence::LogTarget::New,
+        log_target: forensics::evidence::LogTarget::New,
     };
     let s = replay(&cfg, &opts).expect("replay");
     assert_eq!(s.ring_drops(), 0);

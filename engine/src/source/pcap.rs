@@ -268,9 +268,9 @@ impl Capture {
     /// file. The capture is read as a stream, front to back, never sought in: a pipe is
     /// read like a file.
     pub fn open(path: &Path) -> Result<Capture, CaptureError> {
-        let stdin = path.as_os_str() == crate::evidence::STDIN;
+        let stdin = path.as_os_str() == forensics::evidence::STDIN;
         let path = if stdin {
-            Path::new(crate::evidence::STDIN_NAME)
+            Path::new(forensics::evidence::STDIN_NAME)
         } else {
             path
         };
@@ -328,7 +328,7 @@ impl Capture {
                     header_len: 24,
                     snaplen: hdr.snaplen,
                 }),
-                Err(_) if crate::evidence::is_log_head(b) => Err(format_err(
+                Err(_) if forensics::evidence::is_log_head(b) => Err(format_err(
                     "it is a conntrail log: read it with `conntrail show`".into(),
                 )),
                 Err(_) => Err(format_err(format!(

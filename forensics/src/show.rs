@@ -67,7 +67,7 @@ pub struct ShowArgs {
     pub order: crate::order::OrderArgs,
     /// The log's records from NATS JetStream (the log named HOST:LOG).
     #[command(flatten)]
-    pub nats: crate::nats::StreamArgs,
+    pub nats: crate::stream::StreamArgs,
 }
 
 /// What `show` reads: the log, and the ids asked for (none: every record).
@@ -97,7 +97,7 @@ impl Selection {
     /// The records of the log, from the file or from the stream with `--nats`.
     fn open(&self, args: &ShowArgs) -> anyhow::Result<Box<dyn Iterator<Item = crate::logs::Item>>> {
         Ok(match args.nats.nats {
-            Some(_) => Box::new(crate::nats::log_records(&args.nats, &self.log)?),
+            Some(_) => Box::new(crate::stream::log_records(&args.nats, &self.log)?),
             None => Box::new(crate::logs::Records::open(std::slice::from_ref(&self.log))?),
         })
     }

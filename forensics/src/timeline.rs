@@ -9,7 +9,7 @@
 //! here runs on the packet path.
 //!
 //! ```
-//! use engine::timeline::explain;
+//! use forensics::timeline::explain;
 //! # fn demo(rec: &flowtable::record::Record<'_>) {
 //! // "server reset the connection 3.1 ms after the ClientHello; SYN->SYN-ACK 212 ms is
 //! //  over the 100 ms threshold"

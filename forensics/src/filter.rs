@@ -41,7 +41,7 @@
 //! the quoted IPv6 header is taken as the fixed 40 bytes followed by TCP/UDP.
 //!
 //! ```
-//! use engine::filter::Selection;
+//! use forensics::filter::Selection;
 //! # fn demo(rec: &flowtable::record::Record<'_>) {
 //! let sel = Selection::of(rec);
 //! println!("tshark -Y '{}'", sel.wireshark());

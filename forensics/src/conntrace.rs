@@ -46,14 +46,14 @@
 //! element, never as a whole; a JSON Lines line is held whole (at most [`MAX_LINE_BYTES`]).
 //!
 //! ```no_run
-//! use engine::conntrace::{read_file, Event};
+//! use forensics::conntrace::{read_file, Event};
 //!
 //! let summary = read_file("conntrace.jsonl".as_ref(), |event| match event {
 //!     Event::Message(m) => println!("{:?}: {} -> {}", m.req_id, m.front.client, m.front.server),
 //!     Event::Invalid(e) => eprintln!("{e}"),
 //! })?;
 //! println!("{} messages, {} other messages skipped", summary.messages, summary.skipped);
-//! # Ok::<(), engine::conntrace::ConntraceError>(())
+//! # Ok::<(), forensics::conntrace::ConntraceError>(())
 //! ```
 
 use std::cell::Cell;

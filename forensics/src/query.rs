@@ -17,7 +17,7 @@
 //! ```
 //!
 //! With `--nats` the records come from the NATS JetStream stream the appliances export to
-//! (see [`crate::nats`]), in stream order, narrowed by `--host` and `--context`; a record's
+//! (see [`crate::stream`]), in stream order, narrowed by `--host` and `--context`; a record's
 //! `LOG:ID` is then `HOST:LOG:ID`, and the JSON forms add the host.
 
 use std::ffi::OsString;
@@ -77,7 +77,7 @@ pub struct QueryArgs {
     /// Records from NATS JetStream instead of logs (every positional argument is then part
     /// of the expression).
     #[command(flatten)]
-    pub fleet: crate::nats::FleetArgs,
+    pub fleet: crate::stream::FleetArgs,
 }
 
 /// The field of `--count-by`.
@@ -321,10 +321,10 @@ impl Query {
     /// The same over the records of a NATS JetStream stream.
     fn run_fleet(
         &mut self,
-        args: &crate::nats::FleetArgs,
+        args: &crate::stream::FleetArgs,
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
-        for item in crate::nats::fleet_records(args)? {
+        for item in crate::stream::fleet_records(args)? {
             let rec = match item {
                 Ok(rec) => rec,
                 Err(damage) => {

@@ -47,7 +47,7 @@ pub struct DiffArgs {
     pub json: bool,
     /// Both records from NATS JetStream, each named HOST:LOG:ID (as `query --nats` prints).
     #[command(flatten)]
-    pub nats: crate::nats::StreamArgs,
+    pub nats: crate::stream::StreamArgs,
 }
 
 pub fn run(args: DiffArgs) -> Result<ExitCode> {
@@ -58,8 +58,8 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
     };
     let (baseline, problem) = match args.nats.nats {
         Some(_) => (
-            crate::nats::load_record(&args.nats, &args.baseline, &mut damage)?,
-            crate::nats::load_record(&args.nats, &args.problem, &mut damage)?,
+            crate::stream::load_record(&args.nats, &args.baseline, &mut damage)?,
+            crate::stream::load_record(&args.nats, &args.problem, &mut damage)?,
         ),
         None => load_pair(&args.baseline, &args.problem, &mut damage)?,
     };

@@ -22,7 +22,7 @@
 //!   the name and creates a new file, so another name of the old file keeps its contents.
 //!
 //! ```no_run
-//! use engine::evidence::{check_logs, Inputs, LogTarget};
+//! use forensics::evidence::{check_logs, Inputs, LogTarget};
 //! # fn main() -> anyhow::Result<()> {
 //! let inputs = Inputs::of_paths(&["a.pcap".into()]);
 //! check_logs("replay", &["x.log".into()], &inputs, LogTarget::New)?;
@@ -214,7 +214,7 @@ pub fn display(path: &Path) -> std::path::Display<'_> {
     }
 }
 
-/// Checks that the logs at `logs` (each context's, from [`crate::contexts::log_paths`]) may
+/// Checks that the logs at `logs` (each context's, from the engine's `contexts::log_paths`) may
 /// be written by `command` as `target` says, with `inputs` read: fails, having touched
 /// nothing, when a file of a log (its base, a numbered segment, its lock file) is an input,
 /// when a log exists and `target` is [`LogTarget::New`], when a file of it is not a conntrail

@@ -5,7 +5,7 @@
 //! This module knows records and text, nothing of the command line, files or output.
 //!
 //! ```
-//! use engine::expr::Expr;
+//! use forensics::expr::Expr;
 //! let e = Expr::parse("reason=tcp-rst-server and port 443 and latency.syn_synack>100ms")
 //!     .expect("parses");
 //! assert_eq!(
