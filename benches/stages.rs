@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use engine::synth::{self, SynthOptions};
 use flowtable::config::Config;
 use flowtable::index::FlowIndex;
 use flowtable::key::FlowKey;
@@ -35,6 +34,7 @@ use flowtable::table::{FlowTable, RecordMode};
 use flowtable::tcp::{self, Findings, Segment, Tcp};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use recorder::writer::LogWriter;
+use synth::SynthOptions;
 
 /// Frames of one synthetic capture: (link, ts_ns, wire_len, bytes).
 struct Capture {

@@ -39,7 +39,5 @@ pub mod ringdir;
 pub mod serve;
 pub mod source;
 pub mod stats;
-pub mod synth;
-pub mod synth_proxy;
 pub mod watch;
 pub mod worker;

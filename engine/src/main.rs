@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use engine::replay::{ReplayOptions, ReplaySummary};
-use engine::synth::{self, SynthOptions};
-use engine::synth_proxy::{write_proxy, ProxyOptions};
 use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
 use forensics::evidence::LogTarget;
 use forensics::exit;
+use synth::proxy::{write_proxy, ProxyOptions};
+use synth::SynthOptions;
 
 #[derive(Parser)]
 #[command(

@@ -5,10 +5,10 @@
 
 use std::sync::atomic::Ordering;
 
-use engine::synth::{self, SynthOptions};
 use engine::worker::Worker;
 use flowtable::config::Config;
 use flowtable::table::RecordMode;
+use synth::SynthOptions;
 
 #[path = "common/counting.rs"]
 mod counting;

@@ -6,11 +6,11 @@
 use std::sync::atomic::Ordering;
 
 use engine::control;
-use engine::synth::{self, SynthOptions};
 use engine::watch::{self, Watch};
 use engine::worker::Worker;
 use flowtable::config::Config;
 use flowtable::table::RecordMode;
+use synth::SynthOptions;
 
 #[path = "common/counting.rs"]
 mod counting;

@@ -1,5 +1,5 @@
 //! `conntrail correlate` on a reverse-proxy scenario written by our own generator
-//! ([`engine::synth_proxy`]): the front-end and the back-end captures of a proxy are
+//! ([`synth::proxy`]): the front-end and the back-end captures of a proxy are
 //! replayed into two separate logs, then correlated with the proxy's conntrace log (every
 //! request must find its two connections, and the side that failed first must be the one
 //! the scenario broke), and without it, by time (`--proxy`), where most pairings must be
@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Output;
 
-use engine::synth_proxy::{write_proxy, ProxyOptions, PROXY_BACK, PROXY_FRONT_V4, PROXY_FRONT_V6};
 use serde_json::Value;
+use synth::proxy::{write_proxy, ProxyOptions, PROXY_BACK, PROXY_FRONT_V4, PROXY_FRONT_V6};
 
 mod common;
 use common::{conntrail, replay_to, s, text};

@@ -11,11 +11,11 @@ mod common;
 use std::path::Path;
 
 use engine::source::pcap::read_capture;
-use engine::synth::{self, SynthOptions};
 use engine::worker::{Frame, Worker};
 use flowtable::config::Config;
 use flowtable::packet::{parse, LinkType};
 use flowtable::table::{FlowTable, RecordMode};
+use synth::SynthOptions;
 
 type Frames = Vec<(LinkType, u64, u32, Vec<u8>)>;
 

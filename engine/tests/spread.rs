@@ -6,9 +6,9 @@ mod common;
 use std::path::Path;
 
 use engine::source::pcap::read_capture;
-use engine::synth::{self, SynthOptions};
 use flowtable::key::FlowKey;
 use flowtable::packet::parse;
+use synth::SynthOptions;
 
 /// Checks every frame of `path`; returns (frames, frames with a raw-bytes key).
 fn check(path: &Path) -> (usize, usize) {

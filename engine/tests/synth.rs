@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use engine::replay::{replay, ReplayOptions};
-use engine::synth::{self, SynthOptions};
 use flowtable::config::Config;
 use flowtable::record::Record;
 use flowtable::table::RecordMode;
 use serde_json::Value;
+use synth::SynthOptions;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("conntrail-{name}-{}", std::process::id()));

@@ -40,7 +40,7 @@
 //! wrong one), and are listed as alternatives. Front-end connections without a request, or
 //! whose candidates were all taken, are shown without a back end, and back-end connections
 //! left over are shown without a front end. On the generated proxy scenario
-//! (`engine::synth_proxy`: 300 requests, 40 % failing, a quarter in bursts of 2-4 within
+//! (`synth::proxy`: 300 requests, 40 % failing, a quarter in bursts of 2-4 within
 //! 1.5 ms) 93-99 % of the pairings are right over seeds 1-12, and the wrong ones have a
 //! lower mean confidence; the test requires 80 %.
 //!

@@ -17,7 +17,7 @@
 //! host's byte order, hash-map iteration or thread timing.
 //!
 //! ```no_run
-//! use engine::synth::{write, SynthOptions};
+//! use synth::{write, SynthOptions};
 //!
 //! let opts = SynthOptions { flows: 200, packets: 4000, seed: 1, ..SynthOptions::default() };
 //! let summary = write(&opts, "demo.pcap".as_ref(), "demo.truth.jsonl".as_ref())?;
@@ -72,6 +72,10 @@
 //! `close_reason`, `conn_state` and `flags` are [`FlowClass::expected`], except that a flow
 //! left open whose idle timeout runs out before the capture ends (only in captures longer
 //! than about 30 s) has `close_reason` `aged-out`, exactly as conntrail's timer wheel decides.
+
+#![forbid(unsafe_code)]
+
+pub mod proxy;
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;

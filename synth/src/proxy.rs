@@ -58,7 +58,7 @@
 //! requests.
 //!
 //! ```no_run
-//! use engine::synth_proxy::{write_proxy, ProxyOptions};
+//! use synth::proxy::{write_proxy, ProxyOptions};
 //!
 //! let opts = ProxyOptions { requests: 100, ..ProxyOptions::default() };
 //! let s = write_proxy(
@@ -83,7 +83,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 use serde_json::{json, Value};
 
-use crate::synth::{
+use crate::{
     checksum, put16, put32, sum16, Rng, EPOCH_NS, ETH_HDR, IPV4_HDR, IPV6_HDR, MSS_V6, NS_PER_MS,
     NS_PER_S, NS_PER_US, PCAP_SNAPLEN, PROTO_TCP, ROUTER_MAC, TCP_ACK, TCP_FIN, TCP_HDR, TCP_PSH,
     TCP_RST, TCP_SYN, WINDOW_CLIENT, WINDOW_SERVER,
