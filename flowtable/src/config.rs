@@ -131,26 +131,117 @@ impl Default for ErrorTriggers {
     }
 }
 
-/// `latency` triggers, in milliseconds; 0 switches one off.
+/// `latency` triggers, in milliseconds; 0 switches one off. The thresholds are converted
+/// to [`Limit`]s once, when the triggers are made (read from a file or defaulted), so the
+/// packet path compares integers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, from = "LatencyKeys", into = "LatencyKeys")]
 pub struct LatencyTriggers {
-    pub syn_synack_ms: f64,
-    pub synack_ack_ms: f64,
-    pub ttfb_ms: f64,
-    pub stall_ms: f64,
+    pub(crate) syn_synack_ms: f64,
+    pub(crate) synack_ack_ms: f64,
+    pub(crate) ttfb_ms: f64,
+    pub(crate) stall_ms: f64,
     pub syn_retransmit: bool,
+    /// SYN to SYN-ACK, SYN-ACK to ACK, first response byte, silence.
+    pub syn_synack: Limit,
+    pub synack_ack: Limit,
+    pub ttfb: Limit,
+    pub stall: Limit,
 }
 
-impl Default for LatencyTriggers {
+/// A latency threshold in integers: a measurement over `ns` trips it ([`Limit::over`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// The largest measurement that does not trip it; `u64::MAX` when it is off.
+    pub ns: u64,
+    /// The threshold in microseconds, as a threshold point's argument says it.
+    pub us: u32,
+}
+
+impl Limit {
+    pub const OFF: Limit = Limit {
+        ns: u64::MAX,
+        us: 0,
+    };
+
+    /// `ms` milliseconds; 0 (or less) is off. A measurement `v` trips it when `v > ms`
+    /// exactly: `v > floor(ms * 10^6)` for whole nanoseconds.
+    fn of_ms(ms: f64) -> Limit {
+        if ms > 0.0 {
+            Limit {
+                ns: (ms * 1e6).floor() as u64,
+                us: (ms * 1e3).min(f64::from(u32::MAX)) as u32,
+            }
+        } else {
+            Limit::OFF
+        }
+    }
+
+    pub fn is_on(self) -> bool {
+        self.ns != u64::MAX
+    }
+
+    /// Does a measurement of `value_ns` trip it?
+    #[inline]
+    pub fn over(self, value_ns: u64) -> bool {
+        value_ns > self.ns
+    }
+}
+
+/// The `latency` keys as the file writes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LatencyKeys {
+    syn_synack_ms: f64,
+    synack_ack_ms: f64,
+    ttfb_ms: f64,
+    stall_ms: f64,
+    syn_retransmit: bool,
+}
+
+impl Default for LatencyKeys {
     fn default() -> Self {
-        LatencyTriggers {
+        LatencyKeys {
             syn_synack_ms: 100.0,
             synack_ack_ms: 100.0,
             ttfb_ms: 1000.0,
             stall_ms: 5000.0,
             syn_retransmit: true,
         }
+    }
+}
+
+impl From<LatencyKeys> for LatencyTriggers {
+    fn from(k: LatencyKeys) -> LatencyTriggers {
+        LatencyTriggers {
+            syn_synack: Limit::of_ms(k.syn_synack_ms),
+            synack_ack: Limit::of_ms(k.synack_ack_ms),
+            ttfb: Limit::of_ms(k.ttfb_ms),
+            stall: Limit::of_ms(k.stall_ms),
+            syn_synack_ms: k.syn_synack_ms,
+            synack_ack_ms: k.synack_ack_ms,
+            ttfb_ms: k.ttfb_ms,
+            stall_ms: k.stall_ms,
+            syn_retransmit: k.syn_retransmit,
+        }
+    }
+}
+
+impl From<LatencyTriggers> for LatencyKeys {
+    fn from(t: LatencyTriggers) -> LatencyKeys {
+        LatencyKeys {
+            syn_synack_ms: t.syn_synack_ms,
+            synack_ack_ms: t.synack_ack_ms,
+            ttfb_ms: t.ttfb_ms,
+            stall_ms: t.stall_ms,
+            syn_retransmit: t.syn_retransmit,
+        }
+    }
+}
+
+impl Default for LatencyTriggers {
+    fn default() -> Self {
+        LatencyKeys::default().into()
     }
 }
 
@@ -1329,6 +1420,33 @@ fn merge(base: &mut toml::Value, patch: &toml::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_thresholds_become_integers_that_trip_exactly_above_them() {
+        let t: Triggers =
+            toml::from_str("[latency]\nsyn_synack_ms = 1.5\nsynack_ack_ms = 0\nttfb_ms = 0.0004\n")
+                .expect("triggers");
+        let l = &t.latency;
+        assert_eq!(
+            l.syn_synack,
+            Limit {
+                ns: 1_500_000,
+                us: 1_500
+            }
+        );
+        assert!(!l.syn_synack.over(1_500_000) && l.syn_synack.over(1_500_001));
+        assert_eq!(l.synack_ack, Limit::OFF);
+        assert!(!l.synack_ack.is_on() && !l.synack_ack.over(u64::MAX - 1));
+        // 400 ns: a 400 ns measurement is not over it, and the point says 0 us.
+        assert_eq!(l.ttfb, Limit { ns: 400, us: 0 });
+        assert_eq!(l.stall, Limit::of_ms(5000.0), "the default");
+        // Written back and read again, as contexts and overrides do.
+        let again: Triggers = toml::Value::try_from(&t)
+            .expect("serialises")
+            .try_into()
+            .expect("reads back");
+        assert_eq!(again, t);
+    }
 
     #[test]
     fn documented_default_is_the_default() {

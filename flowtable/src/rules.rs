@@ -1,7 +1,7 @@
 //! The anomaly rules: which triggers a closed connection trips, and so whether its record is
 //! kept. Evaluated once per connection, at close.
 
-use crate::config::Triggers;
+use crate::config::{Limit, Triggers};
 use crate::record::{CloseReason, ConnState, Flags, Proto, Record};
 
 /// Facts about a connection that its record does not carry in full (its trail may have been
@@ -41,8 +41,8 @@ impl Events {
     }
 }
 
-fn over_ms(value_ns: Option<u64>, threshold_ms: f64) -> bool {
-    threshold_ms > 0.0 && value_ns.is_some_and(|v| v as f64 > threshold_ms * 1e6)
+fn over(value_ns: Option<u64>, limit: Limit) -> bool {
+    value_ns.is_some_and(|v| limit.over(v))
 }
 
 /// The flags a connection earns under `t` (without `all` and `user`, which are the
@@ -67,10 +67,10 @@ pub fn evaluate(rec: &Record<'_>, ev: Events, t: &Triggers) -> Flags {
 
     let l = &t.latency;
     let lat = &rec.latency;
-    if over_ms(lat.syn_synack_ns, l.syn_synack_ms)
-        || over_ms(lat.synack_ack_ns, l.synack_ack_ms)
-        || over_ms(lat.ttfb_ns, l.ttfb_ms)
-        || (tcp && l.stall_ms > 0.0 && ev.has(Events::STALL))
+    if over(lat.syn_synack_ns, l.syn_synack)
+        || over(lat.synack_ack_ns, l.synack_ack)
+        || over(lat.ttfb_ns, l.ttfb)
+        || (tcp && l.stall.is_on() && ev.has(Events::STALL))
         || (l.syn_retransmit && ev.has(Events::SYN_RETRANSMIT))
     {
         flags.insert(Flags::LATENCY);

@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::DefaultHashBuilder;
 
-use crate::config::{Config, Triggers};
+use crate::config::{Config, Limit, Triggers};
 use crate::frag::FragTable;
 use crate::index::FlowIndex;
 use crate::key::{FlowKey, KeyKind};
@@ -1018,13 +1018,9 @@ impl Slot<'_> {
         self.f.max_stall = Span::of(gap);
         self.f.max_stall_end = Span::of(self.ts_ns.saturating_sub(self.f.start_ns));
         self.f.marks.set(Marks::STALL_END_1, self.d == 1);
-        let threshold_ms = self.triggers(cfg).latency.stall_ms;
+        let limit = self.triggers(cfg).latency.stall;
         let f = &mut *self.f;
-        if f.terminal == Terminal::Open
-            && !f.events.has(Events::STALL)
-            && threshold_ms > 0.0
-            && gap as f64 > threshold_ms * 1e6
-        {
+        if f.terminal == Terminal::Open && !f.events.has(Events::STALL) && limit.over(gap) {
             f.events.set(Events::STALL);
             self.point(PointKind::Stall, Severity::Warn, us(gap));
         }
@@ -1201,7 +1197,7 @@ impl Slot<'_> {
                     f.events.set(Events::SYN_SYNACK);
                 }
                 self.point(PointKind::SynAck, Severity::Info, lat.map_or(0, us));
-                self.threshold(lat, self.triggers(cfg).latency.syn_synack_ms);
+                self.threshold(lat, self.triggers(cfg).latency.syn_synack);
             }
         } else if ack && !syn && !rst && is_client {
             let f = &mut *self.f;
@@ -1209,7 +1205,7 @@ impl Slot<'_> {
                 let lat = ts_ns.saturating_sub(f.start_ns + sa);
                 f.synack_ack = Span::of(lat);
                 self.point(PointKind::HandshakeDone, Severity::Info, us(lat));
-                self.threshold(Some(lat), self.triggers(cfg).latency.synack_ack_ms);
+                self.threshold(Some(lat), self.triggers(cfg).latency.synack_ack);
             }
         }
 
@@ -1292,7 +1288,7 @@ impl Slot<'_> {
         let first = self.f.first_payload_at(d, ts_ns);
         if let Some(ttfb) = first {
             self.point(PointKind::FirstData, Severity::Info, ttfb.map_or(0, us));
-            self.threshold(ttfb, self.triggers(cfg).latency.ttfb_ms);
+            self.threshold(ttfb, self.triggers(cfg).latency.ttfb);
         }
         match tls::inspect(payload) {
             Some(TlsEvent::ClientHello { sni_hash }) if first.is_some() => {
@@ -1323,13 +1319,10 @@ impl Slot<'_> {
     }
 
     /// Adds a threshold point (arg: the threshold in microseconds) right after the point that
-    /// measured `value_ns`, when that is over `threshold_ms` (0 = off).
-    fn threshold(&mut self, value_ns: Option<u64>, threshold_ms: f64) {
-        if let Some(v) = value_ns {
-            if threshold_ms > 0.0 && v as f64 > threshold_ms * 1e6 {
-                let threshold_us = (threshold_ms * 1e3).min(f64::from(u32::MAX)) as u32;
-                self.point(PointKind::Threshold, Severity::Warn, threshold_us);
-            }
+    /// measured `value_ns`, when that is over `limit`.
+    fn threshold(&mut self, value_ns: Option<u64>, limit: Limit) {
+        if value_ns.is_some_and(|v| limit.over(v)) {
+            self.point(PointKind::Threshold, Severity::Warn, limit.us);
         }
     }
 }
