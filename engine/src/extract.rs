@@ -276,7 +276,7 @@ enum Output<W: Write> {
 }
 
 /// A frame to write, with its timestamp as the input stored it.
-struct Frame<'a> {
+struct OutFrame<'a> {
     /// Legacy pcap: seconds and the fraction in `nanos`' unit.
     legacy: Option<(u32, u32, bool)>,
     /// pcapng: raw timestamp units of its interface.
@@ -319,7 +319,7 @@ impl<W: Write> Output<W> {
         })
     }
 
-    fn write(&mut self, iface: &mut Interface, frame: &Frame<'_>) -> Result<()> {
+    fn write(&mut self, iface: &mut Interface, frame: &OutFrame<'_>) -> Result<()> {
         match self {
             Output::Pcap { writer, nanos } => {
                 let (ts_sec, frac, frac_nanos) = frame.legacy.unwrap_or_default();
@@ -437,7 +437,7 @@ fn copy_capture<W: Write>(
             }
         };
         // The frame, its interface and its time, when the block is a frame.
-        let mut seen: Option<(u64, Frame<'_>, &mut Interface)> = None;
+        let mut seen: Option<(u64, OutFrame<'_>, &mut Interface)> = None;
         match &block {
             PcapBlockOwned::LegacyHeader(h) => {
                 let nanos = h.is_nanosecond_precision();
@@ -465,7 +465,7 @@ fn copy_capture<W: Write>(
                     };
                     let ts = u64::from(b.ts_sec) * 1_000_000_000 + frac_ns;
                     let units = u64::from(b.ts_sec) * iface.resolution + u64::from(b.ts_usec);
-                    let frame = Frame {
+                    let frame = OutFrame {
                         legacy: Some((b.ts_sec, b.ts_usec, *nanos)),
                         units,
                         orig_len: b.origlen,
@@ -494,7 +494,7 @@ fn copy_capture<W: Write>(
                 report.frames_read += 1;
                 if let Some(iface) = interfaces.get_mut(epb.if_id as usize) {
                     let ts = ng_ts_ns(epb.ts_high, epb.ts_low, iface.resolution, iface.offset_s);
-                    let frame = Frame {
+                    let frame = OutFrame {
                         legacy: None,
                         units: u64::from(epb.ts_high) << 32 | u64::from(epb.ts_low),
                         orig_len: epb.origlen,

@@ -78,7 +78,7 @@ use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
 use crate::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
-use crate::worker::{Frame, Worker, WorkerStats};
+use crate::worker::{SourceFrame, Worker, WorkerStats};
 use forensics::exit;
 
 /// Which connections to record.
@@ -388,7 +388,7 @@ pub fn live(
             .unwrap_or(1)
             .max(xdp::rx_queue_count(&c.interface).unwrap_or(1));
         let program = XdpProgram::load(&c.interface, slots)
-            .map_err(|e| at(&opts.config_name, c, entry, e.config_key(), e))?;
+            .map_err(|e| capture_error(&opts.config_name, c, entry, e.config_key(), e))?;
         programs.push((c.interface.clone(), Arc::new(program)));
     }
     let (ready_tx, ready_rx) = bounded::<(u16, Result<Ready, (&'static str, String)>)>(plans.len());
@@ -516,7 +516,7 @@ pub fn live(
             Ok((w, Err((key, e)))) => {
                 let p = &plans[w as usize];
                 let c = &cfg.captures[p.entry];
-                failure = Some(at(
+                failure = Some(capture_error(
                     &opts.config_name,
                     c,
                     p.entry,
@@ -556,7 +556,7 @@ pub fn live(
             candidates.retain(|a| allowed.contains(a));
         }
         if candidates.is_empty() {
-            failure = Some(at(
+            failure = Some(capture_error(
                 &opts.config_name,
                 c,
                 first,
@@ -568,7 +568,13 @@ pub fn live(
         match program.attach(&candidates) {
             Ok((attach, tried)) => modes.push((name.clone(), attach, tried)),
             Err(e) => {
-                failure = Some(at(&opts.config_name, c, first, e.config_key(), e));
+                failure = Some(capture_error(
+                    &opts.config_name,
+                    c,
+                    first,
+                    e.config_key(),
+                    e,
+                ));
             }
         }
     }
@@ -907,7 +913,7 @@ fn capture_loop(
 fn feed(socket: &mut XdpSocket, worker: &mut Worker, interface: u16, n: usize, ts_ns: u64) {
     worker.frames(n, |i| {
         let bytes = socket.frame(i);
-        Frame {
+        SourceFrame {
             link: LinkType::Ethernet,
             ts_ns,
             wire_len: bytes.len() as u32,
@@ -968,7 +974,13 @@ fn assemble(template: &StatsFile, slots: &[Slot], progress: &Progress, now_ns: u
 }
 
 /// An error about a `[[capture]]` entry: file, line, entry and key.
-fn at(origin: &str, c: &Capture, entry: usize, key: &str, message: impl Display) -> anyhow::Error {
+fn capture_error(
+    origin: &str,
+    c: &Capture,
+    entry: usize,
+    key: &str,
+    message: impl Display,
+) -> anyhow::Error {
     match c.line_of(key) {
         Some(line) => anyhow!(
             "{origin} line {line}: [[capture]] {} key `{key}`: {message}",
@@ -995,13 +1007,15 @@ fn plan(cfg: &Config, origin: &str) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
     let mut umem_bytes = 0u64;
     for (entry, c) in cfg.captures.iter().enumerate() {
-        xdp::check_interface(&c.interface).map_err(|e| at(origin, c, entry, "interface", e))?;
+        xdp::check_interface(&c.interface)
+            .map_err(|e| capture_error(origin, c, entry, "interface", e))?;
         for (i, &queue) in c.queues.iter().enumerate() {
-            xdp::check_queue(&c.interface, queue).map_err(|e| at(origin, c, entry, "queues", e))?;
+            xdp::check_queue(&c.interface, queue)
+                .map_err(|e| capture_error(origin, c, entry, "queues", e))?;
             let core = c.cores.get(i).copied();
             if let Some(core) = core {
                 if !cores.contains(&core) {
-                    return Err(at(
+                    return Err(capture_error(
                         origin,
                         c,
                         entry,
@@ -1015,8 +1029,9 @@ fn plan(cfg: &Config, origin: &str) -> Result<Vec<Plan>> {
                 }
             }
             plans.push(Plan {
-                worker: u16::try_from(plans.len())
-                    .map_err(|_| at(origin, c, entry, "queues", "more than 65536 sockets"))?,
+                worker: u16::try_from(plans.len()).map_err(|_| {
+                    capture_error(origin, c, entry, "queues", "more than 65536 sockets")
+                })?,
                 entry,
                 queue,
                 core,
@@ -1031,7 +1046,7 @@ fn plan(cfg: &Config, origin: &str) -> Result<Vec<Plan>> {
             .enumerate()
             .max_by_key(|(_, c)| c.umem_bytes())
             .unwrap_or((0, &cfg.captures[0]));
-        return Err(at(
+        return Err(capture_error(
             origin,
             c,
             entry,

@@ -85,7 +85,7 @@ impl Shipping {
         for (exporter, log) in self.exporters {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let report = exporter.finish(left)?;
-            if say(&report, &log)? != ExitCode::SUCCESS {
+            if print_export_report(&report, &log)? != ExitCode::SUCCESS {
                 code = ExitCode::from(EXIT_EXPORT_PENDING);
             }
         }
@@ -104,7 +104,7 @@ impl Shipping {
 
 /// Prints the outcome of an export; the exit status is [`EXIT_EXPORT_PENDING`] when records
 /// are pending.
-fn say(report: &fleet::Report, log: &Path) -> Result<ExitCode> {
+fn print_export_report(report: &fleet::Report, log: &Path) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -155,5 +155,5 @@ pub fn run_export(args: ExportCmdArgs) -> Result<ExitCode> {
     );
     let exporter = fleet::Exporter::spawn(settings, &args.log, fleet::Start::Existing)?;
     let report = exporter.finish(Duration::from_secs_f64(wait))?;
-    say(&report, &args.log)
+    print_export_report(&report, &args.log)
 }

@@ -12,7 +12,7 @@ use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
 use flowtable::prefetch;
 use flowtable::record::codec;
 use flowtable::record::Record;
-use flowtable::table::{FlowTable, Looked, RecordMode, TableCounters};
+use flowtable::table::{FlowTable, PacketKey, RecordMode, TableCounters};
 use ring::spsc::Producer;
 
 use crate::control::WorkerControl;
@@ -99,7 +99,7 @@ const FETCH_AHEAD: usize = 4;
 
 /// A frame as a source hands it to a worker.
 #[derive(Clone, Copy, Debug)]
-pub struct Frame<'a> {
+pub struct SourceFrame<'a> {
     pub link: LinkType,
     pub ts_ns: u64,
     pub wire_len: u32,
@@ -114,7 +114,7 @@ struct Pending<'a> {
     wire_len: u32,
     interface: u16,
     parsed: Result<Packet<'a>, Malformed>,
-    looked: Option<Looked>,
+    looked: Option<PacketKey>,
 }
 
 impl Pending<'_> {
@@ -196,7 +196,7 @@ impl Worker {
     /// prefetched halfway. So the memory a packet needs is on its way while the ones before
     /// it are processed, instead of stalling the worker when its turn comes.
     #[inline]
-    pub fn frames<'a>(&mut self, n: usize, frame: impl Fn(usize) -> Frame<'a>) {
+    pub fn frames<'a>(&mut self, n: usize, frame: impl Fn(usize) -> SourceFrame<'a>) {
         for i in 0..n.min(FETCH_AHEAD) {
             prefetch::head(frame(i).bytes);
         }
@@ -232,7 +232,7 @@ impl Worker {
     /// Parses `frame` straight into its ring slot (a `Pending` is large: built elsewhere
     /// and moved in, it costs a copy per frame), then hashes its key.
     #[inline]
-    fn look<'a>(&mut self, frame: Frame<'a>, slot: &mut Pending<'a>) {
+    fn look<'a>(&mut self, frame: SourceFrame<'a>, slot: &mut Pending<'a>) {
         self.stats.bytes += u64::from(frame.wire_len);
         slot.ts_ns = frame.ts_ns;
         slot.wire_len = frame.wire_len;

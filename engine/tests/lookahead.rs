@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 
 use engine::source::pcap::read_capture;
-use engine::worker::{Frame, Worker};
+use engine::worker::{SourceFrame, Worker};
 use flowtable::config::Config;
 use flowtable::packet::{parse, LinkType};
 use flowtable::table::{FlowTable, RecordMode};
@@ -40,7 +40,7 @@ fn through_worker(cfg: &Config, frames: &Frames, batch: usize, ring_path: &Path)
     for chunk in frames.chunks(batch) {
         worker.frames(chunk.len(), |i| {
             let (link, ts, wire, bytes) = &chunk[i];
-            Frame {
+            SourceFrame {
                 link: *link,
                 ts_ns: *ts,
                 wire_len: *wire,

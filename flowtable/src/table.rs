@@ -292,7 +292,7 @@ pub struct TableCounters {
 /// A packet's flow key and its hash, worked out by [`FlowTable::look`] a few packets before
 /// the table processes it; valid for that table only.
 #[derive(Clone, Copy, Debug)]
-pub struct Looked {
+pub struct PacketKey {
     key: FlowKey,
     src_is_lo: bool,
     hash: u64,
@@ -444,7 +444,7 @@ impl FlowTable {
     /// cache meanwhile. `None` (nothing to do ahead) for fragments, ICMP errors and packets
     /// of no flow. Changes nothing.
     #[inline]
-    pub fn look(&self, pkt: &Packet<'_>) -> Option<Looked> {
+    pub fn look(&self, pkt: &Packet<'_>) -> Option<PacketKey> {
         if pkt.fragment.is_some()
             || matches!(
                 pkt.l4,
@@ -459,7 +459,7 @@ impl FlowTable {
         let (key, src_is_lo) = FlowKey::of(pkt)?;
         let hash = self.hasher.hash_one(key);
         self.index.prefetch(hash);
-        Some(Looked {
+        Some(PacketKey {
             key,
             src_is_lo,
             hash,
@@ -471,7 +471,7 @@ impl FlowTable {
     /// (read from its bucket, by now in the cache; no key compared), and notes it in
     /// `looked`, where processing tries it before going through the bucket again.
     #[inline]
-    pub fn prefetch_flow(&self, looked: &mut Looked) {
+    pub fn prefetch_flow(&self, looked: &mut PacketKey) {
         if let Some(slot) = self.index.likely_slot(looked.hash) {
             looked.likely = slot;
             if let Some(f) = self.flows.get(slot as usize) {
@@ -501,7 +501,7 @@ impl FlowTable {
     pub fn process_looked<F: FnMut(&Record<'_>)>(
         &mut self,
         pkt: &Packet<'_>,
-        looked: Option<&Looked>,
+        looked: Option<&PacketKey>,
         ts_ns: u64,
         frame_len: u32,
         emit: &mut F,
@@ -553,7 +553,7 @@ impl FlowTable {
     fn track<F: FnMut(&Record<'_>)>(
         &mut self,
         pkt: &Packet<'_>,
-        looked: Option<&Looked>,
+        looked: Option<&PacketKey>,
         ts_ns: u64,
         frame_len: u32,
         fragmented: bool,
@@ -750,7 +750,7 @@ impl FlowTable {
         let Some(f) = self.flows.get_mut(idx as usize) else {
             return;
         };
-        let mut slot = Slot {
+        let mut slot = PacketFlow {
             f,
             arena: &mut self.arena,
             idx,
@@ -785,7 +785,7 @@ impl FlowTable {
         let arg = u32::from(icmp_type) << 8 | u32::from(code);
         // The error travels towards the sender of the quoted packet.
         let d = usize::from(pkt.dst != f.key.hi_ip);
-        let mut slot = Slot {
+        let mut slot = PacketFlow {
             f,
             arena: &mut self.arena,
             idx,
@@ -911,7 +911,7 @@ fn mark_longest_silence(points: &mut Vec<Point>, stall: Point) {
 
 /// A flow and the arena its points go to, borrowed once for the whole of a packet (rather
 /// than indexing the table at every step), with the packet's direction and time.
-struct Slot<'a> {
+struct PacketFlow<'a> {
     f: &'a mut Flow,
     arena: &'a mut Arena,
     idx: u32,
@@ -919,7 +919,7 @@ struct Slot<'a> {
     ts_ns: u64,
 }
 
-impl Slot<'_> {
+impl PacketFlow<'_> {
     fn point(&mut self, kind: PointKind, severity: Severity, arg: u32) {
         let p = Point {
             t_ns: self.ts_ns.saturating_sub(self.f.start_ns),
@@ -1062,7 +1062,7 @@ impl Slot<'_> {
 
     /// A segment [`tcp::steady`] takes, on a connection past its handshake with nothing
     /// pending that such a segment would settle: to the same effect as
-    /// [`Slot::tcp_segment`], in fewer steps. False (and nothing changed) for any other.
+    /// [`PacketFlow::tcp_segment`], in fewer steps. False (and nothing changed) for any other.
     #[inline]
     fn steady_segment(&mut self, cfg: &Config, seg: &Segment, payload: &[u8]) -> bool {
         let (d, ts_ns) = (self.d, self.ts_ns);

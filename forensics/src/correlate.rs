@@ -5,7 +5,7 @@
 //!
 //! # Two ways to pair the sides
 //!
-//! **With the proxy's conntrace logs** (`--conntrace FILE`, read by [`crate::conntrace`]):
+//! **With the proxy's conntrace logs** (`--conntrace FILE`, read by [`crate::proxy_log`]):
 //! each message names both connections of one request. The logs are streamed once; only the
 //! records whose endpoints a message names are kept (a map from the endpoint pair to its
 //! records), in either orientation (a record picked up mid-stream may have its ends swapped).
@@ -102,8 +102,8 @@ use flowtable::record::{Addr, CloseReason, Record};
 use serde_json::{json, Value};
 
 use crate::cause::{self, Cause, Evidence};
-use crate::conntrace::{self, Event, Leg, Message};
 use crate::logs::Records;
+use crate::proxy_log::{self, Event, Leg, Message};
 use crate::timeline::point_label;
 use crate::units::{duration_text, endpoint_text, rfc3339, utc_text};
 
@@ -325,7 +325,7 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
     let mut messages: Vec<Message> = Vec::new();
     let (mut skipped, mut invalid) = (0u64, 0u64);
     for path in &args.conntrace {
-        let summary = conntrace::read_file(path, |event| match event {
+        let summary = proxy_log::read_file(path, |event| match event {
             Event::Message(m) => {
                 if args.req_id.is_empty()
                     || m.req_id.as_ref().is_some_and(|id| args.req_id.contains(id))

@@ -3,7 +3,7 @@
 //! **Owns**: reading logs and the NATS stream into records, with damage typed and reported
 //! ([`logs`], [`stream`]); the query language ([`expr`]); how records are written for people
 //! and tools ([`units`], [`show`], [`timeline`], [`html`], [`ecs`]); the commands `show`,
-//! `query`, `diff`, `filter` and `correlate` (with the proxy logs it reads, [`conntrace`],
+//! `query`, `diff`, `filter` and `correlate` (with the proxy logs it reads, [`proxy_log`],
 //! and its reasoning, [`cause`]); which files may be read or written ([`evidence`]); and the
 //! exit codes every command shares ([`exit`]).
 //!
@@ -13,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cause;
-pub mod conntrace;
 pub mod correlate;
 pub mod diff;
 pub mod ecs;
@@ -24,6 +23,7 @@ pub mod filter;
 pub mod html;
 pub mod logs;
 pub mod order;
+pub mod proxy_log;
 pub mod query;
 pub mod show;
 pub mod stream;

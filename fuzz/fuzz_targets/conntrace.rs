@@ -1,7 +1,7 @@
 //! The conntrace JSON reader: any bytes give messages and reported problems, never a panic.
 #![no_main]
 
-use forensics::conntrace::{read_from, Event};
+use forensics::proxy_log::{read_from, Event};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -43,7 +43,7 @@ pub mod segments;
 pub mod thread;
 pub mod writer;
 
-pub use reader::{Damage, DamageKind, Frame, LogReader};
+pub use reader::{Damage, DamageKind, LogFrame, LogReader};
 pub use thread::RecorderStats;
 pub use writer::{LogWriter, Retention, WriterStats};
 

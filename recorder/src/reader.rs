@@ -16,7 +16,7 @@ const WINDOW_BYTES: usize = 64 * 1024;
 
 /// One intact frame of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+pub struct LogFrame {
     /// The payload (one encoded record).
     pub payload: Vec<u8>,
     /// The segment file it was read from.
@@ -101,7 +101,7 @@ pub enum DamageKind {
 }
 
 /// What a [`LogReader`] yields.
-pub type Item = Result<Frame, Damage>;
+pub type Item = Result<LogFrame, Damage>;
 
 /// Reads the base file of a log and then its numbered segments in order, yielding every
 /// intact frame and a [`Damage`] for everything else. Streaming: it holds one segment file
@@ -250,7 +250,7 @@ struct SegmentReader {
     position: u64,
     header_checked: bool,
     /// A frame found by resynchronisation, yielded right after its damage.
-    resumed: Option<Frame>,
+    resumed: Option<LogFrame>,
     done: bool,
 }
 
@@ -335,7 +335,7 @@ impl SegmentReader {
     }
 
     /// Reads and checks the frame at `offset`; on success moves past it.
-    fn read_frame(&mut self, offset: u64) -> Result<Frame, DamageKind> {
+    fn read_frame(&mut self, offset: u64) -> Result<LogFrame, DamageKind> {
         let available = self.file.len.saturating_sub(offset);
         if available < FRAME_HEADER_LEN as u64 {
             return Err(DamageKind::Truncated {
@@ -368,7 +368,7 @@ impl SegmentReader {
             });
         }
         self.position = offset + needed;
-        Ok(Frame {
+        Ok(LogFrame {
             payload,
             segment: Arc::clone(&self.path),
             segment_index: self.index,

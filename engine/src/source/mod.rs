@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pcap::{Chunk, FrameRef};
 
-use crate::worker::Frame;
+use crate::worker::SourceFrame;
 
 /// A batch of frames: where each lies in the chunks of capture the batch holds (shared,
 /// never copied) and what the capture says about it.
@@ -71,9 +71,9 @@ impl Batch {
         self.frames.len()
     }
 
-    /// Frame `i` of the batch, as a worker takes it (no frame, empty, past the end).
+    /// SourceFrame `i` of the batch, as a worker takes it (no frame, empty, past the end).
     #[inline]
-    pub fn frame(&self, i: usize) -> Frame<'_> {
+    pub fn frame(&self, i: usize) -> SourceFrame<'_> {
         match self.frames.get(i) {
             Some(h) => h.frame.frame(
                 self.chunks

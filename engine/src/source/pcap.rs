@@ -27,7 +27,7 @@ use pcap_parser::parse_pcap_header;
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
 
-use crate::worker::Frame;
+use crate::worker::SourceFrame;
 
 /// Reading a capture failed before any packet could be delivered.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +229,8 @@ impl FrameRef {
 
     /// This frame as a worker takes it, its bytes in `chunk` (the chunk it came with).
     #[inline]
-    pub fn frame<'a>(&self, chunk: &'a [u8]) -> Frame<'a> {
-        Frame {
+    pub fn frame<'a>(&self, chunk: &'a [u8]) -> SourceFrame<'a> {
+        SourceFrame {
             link: self.link,
             ts_ns: self.ts_ns,
             wire_len: self.wire_len,

@@ -60,7 +60,7 @@ pub fn frames(path: &std::path::Path) -> Vec<(u64, u32, Vec<u8>)> {
 pub fn feed(worker: &mut engine::worker::Worker, chunk: &[(u64, u32, Vec<u8>)]) {
     worker.frames(chunk.len(), |i| {
         let (ts, wire, bytes) = &chunk[i];
-        engine::worker::Frame {
+        engine::worker::SourceFrame {
             link: flowtable::packet::LinkType::Ethernet,
             ts_ns: *ts,
             wire_len: *wire,

@@ -1,4 +1,5 @@
-//! Reverse-proxy conntrace logs: which front-end connection (client -> proxy) and which
+//! Proxy logs of requests (Airlock Gateway conntrace messages, with an optional status and
+//! termination from an access log): which front-end connection (client -> proxy) and which
 //! back-end connection (proxy -> server) carried one request, as an Airlock Gateway logs it
 //! in its `WR-SG-CONNTRACE` messages. `conntrail correlate` reads them with [`read_file`].
 //!
@@ -46,14 +47,14 @@
 //! element, never as a whole; a JSON Lines line is held whole (at most [`MAX_LINE_BYTES`]).
 //!
 //! ```no_run
-//! use forensics::conntrace::{read_file, Event};
+//! use forensics::proxy_log::{read_file, Event};
 //!
 //! let summary = read_file("conntrace.jsonl".as_ref(), |event| match event {
 //!     Event::Message(m) => println!("{:?}: {} -> {}", m.req_id, m.front.client, m.front.server),
 //!     Event::Invalid(e) => eprintln!("{e}"),
 //! })?;
 //! println!("{} messages, {} other messages skipped", summary.messages, summary.skipped);
-//! # Ok::<(), forensics::conntrace::ConntraceError>(())
+//! # Ok::<(), forensics::proxy_log::ConntraceError>(())
 //! ```
 
 use std::cell::Cell;
