@@ -105,11 +105,8 @@ pub enum OutputFormat {
 }
 
 pub fn run(args: ExtractArgs) -> Result<ExitCode> {
-    let mut damaged = 0u64;
-    let rec = args.record.load(|d| {
-        damaged += 1;
-        eprintln!("conntrail: damaged log: {d}");
-    })?;
+    let mut damaged = forensics::exit::Damaged::default();
+    let rec = args.record.load(|d| damaged.log(d))?;
     let mut read = args.pcaps.clone();
     read.push(args.record.log.clone());
     forensics::evidence::check_outputs(
@@ -127,8 +124,7 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     for path in &args.pcaps {
         let report = copy_capture(path, &sel, !args.read_all, &mut out)?;
         if let Some(d) = &report.damage {
-            damaged += 1;
-            eprintln!("conntrail: damaged capture {}: {d}", path.display());
+            damaged.report(&format!("capture {}", path.display()), d);
         }
         reports.push(report);
     }
@@ -147,7 +143,7 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
         summary_text(&rec, &args.output, format, &reports)
     };
     summary.push('\n');
-    forensics::logs::print_and_exit(&summary, damaged > 0)
+    forensics::logs::print_and_exit(&summary, &damaged)
 }
 
 /// Why `path` cannot be read as a capture at all.

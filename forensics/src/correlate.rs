@@ -102,6 +102,7 @@ use flowtable::record::{Addr, CloseReason, Record};
 use serde_json::{json, Value};
 
 use crate::cause::{self, Cause, Evidence};
+use crate::exit::Damaged;
 use crate::logs::Records;
 use crate::proxy_log::{self, Event, Leg, Message};
 use crate::timeline::point_label;
@@ -149,11 +150,11 @@ pub struct CorrelateArgs {
 }
 
 pub fn run(args: CorrelateArgs) -> Result<ExitCode> {
-    let mut problems = 0u64;
+    let mut damaged = Damaged::default();
     let report = if args.conntrace.is_empty() {
-        by_time(&args, &mut problems)?
+        by_time(&args, &mut damaged)?
     } else {
-        by_conntrace(&args, &mut problems)?
+        by_conntrace(&args, &mut damaged)?
     };
     let style = if args.ecs {
         Style::Ecs
@@ -168,11 +169,7 @@ pub fn run(args: CorrelateArgs) -> Result<ExitCode> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(e.into()),
         _ => {}
     }
-    Ok(if problems > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(damaged.status())
 }
 
 /// A record kept for correlation, and which log (index into the log list) it came from.
@@ -300,20 +297,17 @@ fn leg_key(leg: &Leg) -> TupleKey {
 }
 
 /// Streams every log, handing each record and its log index to `each`; damage is reported
-/// on stderr and counted in `problems`.
+/// on stderr and counted in `damaged`.
 fn scan(
     logs: &[PathBuf],
-    problems: &mut u64,
+    damaged: &mut Damaged,
     mut each: impl FnMut(usize, Record<'static>),
 ) -> Result<()> {
     for (i, log) in logs.iter().enumerate() {
         for item in Records::open(std::slice::from_ref(log))? {
             match item {
                 Ok(rec) => each(i, rec),
-                Err(damage) => {
-                    *problems += 1;
-                    eprintln!("conntrail: damaged log: {damage}");
-                }
+                Err(damage) => damaged.log(damage),
             }
         }
     }
@@ -321,7 +315,7 @@ fn scan(
 }
 
 /// Pairs by conntrace messages.
-fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
+fn by_conntrace(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
     let mut messages: Vec<Message> = Vec::new();
     let (mut skipped, mut invalid) = (0u64, 0u64);
     for path in &args.conntrace {
@@ -333,12 +327,11 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
                     messages.push(m);
                 }
             }
-            Event::Invalid(e) => eprintln!("conntrail: conntrace: {e}"),
+            Event::Invalid(e) => damaged.report("conntrace message", e),
         })?;
         skipped += summary.skipped;
         invalid += summary.invalid;
     }
-    *problems += invalid;
 
     // The endpoint pairs the messages name, each with the records found for it.
     let mut wanted: HashMap<TupleKey, Vec<usize>> = HashMap::new();
@@ -349,7 +342,7 @@ fn by_conntrace(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
         }
     }
     let mut kept: Vec<Kept> = Vec::new();
-    scan(&args.logs, problems, |log, rec| {
+    scan(&args.logs, damaged, |log, rec| {
         let (c, s) = (rec.client, rec.server);
         let slot = match wanted.get_mut(&(c.ip, c.port, s.ip, s.port)) {
             Some(slot) => Some(slot),
@@ -447,12 +440,12 @@ pub fn nearest(spans: &[(u64, u64)], ts: Option<u64>) -> Option<usize> {
 }
 
 /// Pairs by time (`--proxy`).
-fn by_time(args: &CorrelateArgs, problems: &mut u64) -> Result<Report> {
+fn by_time(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
     let proxies: HashSet<Addr> = args.proxy.iter().map(|&ip| Addr::from_ip(ip)).collect();
     let listen: HashSet<u16> = args.listen_port.iter().copied().collect();
     let mut kept: Vec<Kept> = Vec::new();
     let (mut fronts, mut backs) = (Vec::new(), Vec::new());
-    scan(&args.logs, problems, |log, rec| {
+    scan(&args.logs, damaged, |log, rec| {
         if proxies.contains(&rec.client.ip) {
             backs.push(kept.len());
         } else if proxies.contains(&rec.server.ip) || listen.contains(&rec.server.port) {

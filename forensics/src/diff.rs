@@ -51,11 +51,8 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: DiffArgs) -> Result<ExitCode> {
-    let mut damaged = 0u64;
-    let mut damage = |d: &str| {
-        damaged += 1;
-        eprintln!("conntrail: damaged log: {d}");
-    };
+    let mut damaged = crate::exit::Damaged::default();
+    let mut damage = |d: &str| damaged.log(d);
     let (baseline, problem) = match args.nats.nats {
         Some(_) => (
             crate::stream::load_record(&args.nats, &args.baseline, &mut damage)?,
@@ -69,7 +66,7 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
     } else {
         diff.to_text(&args.baseline, &args.problem)
     };
-    crate::logs::print_and_exit(&text, damaged > 0)
+    crate::logs::print_and_exit(&text, &damaged)
 }
 
 /// Loads both records, in one pass when they are in the same log.

@@ -50,7 +50,61 @@ pub fn warn_records_lost(ring_drops: u64, ring_checksum_failures: u64, no_space:
     }
 }
 
+/// The damaged places a read command met. Each one is said on standard error when it is
+/// met (`conntrail: damaged log: FILE at byte N: ...`), and any of them makes the exit
+/// status [`DAMAGE`]. Every read command counts its damage here.
+#[derive(Debug, Default)]
+pub struct Damaged(u64);
+
+impl Damaged {
+    /// Says `conntrail: damaged WHAT: PLACE` and counts it.
+    pub fn report(&mut self, what: &str, place: impl std::fmt::Display) {
+        self.0 += 1;
+        eprintln!("conntrail: damaged {what}: {place}");
+    }
+
+    /// A damaged place of a log.
+    pub fn log(&mut self, place: impl std::fmt::Display) {
+        self.report("log", place);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0
+    }
+
+    /// [`DAMAGE`] when any place was damaged, else [`OK`].
+    pub fn code(&self) -> u8 {
+        if self.0 > 0 {
+            DAMAGE
+        } else {
+            OK
+        }
+    }
+
+    pub fn status(&self) -> ExitCode {
+        ExitCode::from(self.code())
+    }
+}
+
 /// The status for the worst of `codes`.
 pub fn worst(codes: impl IntoIterator<Item = u8>) -> ExitCode {
     ExitCode::from(codes.into_iter().max().unwrap_or(OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_makes_status_one_and_a_lost_record_outweighs_it() {
+        let mut d = Damaged::default();
+        assert_eq!((d.count(), d.code()), (0, OK));
+        d.log("t.log at byte 4096: frame checksum mismatch");
+        d.report("capture a.pcap", "at byte 24: record header cut short");
+        assert_eq!((d.count(), d.code()), (2, DAMAGE));
+        assert_eq!(
+            of_run(ExitCode::SUCCESS, 1, d.count() > 0),
+            ExitCode::from(RECORDS_LOST)
+        );
+    }
 }

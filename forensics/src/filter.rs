@@ -77,11 +77,8 @@ pub struct FilterArgs {
 }
 
 pub fn run(args: FilterArgs) -> anyhow::Result<ExitCode> {
-    let mut damaged = 0u64;
-    let rec = args.record.load(|d| {
-        damaged += 1;
-        eprintln!("conntrail: damaged log: {d}");
-    })?;
+    let mut damaged = crate::exit::Damaged::default();
+    let rec = args.record.load(|d| damaged.log(d))?;
     let sel = Selection::of(&rec);
     let mut text = if args.json {
         json!({
@@ -104,7 +101,7 @@ pub fn run(args: FilterArgs) -> anyhow::Result<ExitCode> {
         )
     };
     text.push('\n');
-    crate::logs::print_and_exit(&text, damaged > 0)
+    crate::logs::print_and_exit(&text, &damaged)
 }
 
 /// The Wireshark display filter for exactly this connection (see the module documentation).

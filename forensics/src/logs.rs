@@ -144,17 +144,13 @@ impl RecordRef {
 
 /// Writes a command's output to stdout (a reader that went away, as `head` does, is not an
 /// error) and gives its exit status: 1 when damage was reported on the way, else 0.
-pub fn print_and_exit(text: &str, damaged: bool) -> Result<ExitCode> {
+pub fn print_and_exit(text: &str, damaged: &crate::exit::Damaged) -> Result<ExitCode> {
     if let Err(e) = io::stdout().lock().write_all(text.as_bytes()) {
         if e.kind() != io::ErrorKind::BrokenPipe {
             return Err(e.into());
         }
     }
-    Ok(if damaged {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(damaged.status())
 }
 
 #[cfg(test)]

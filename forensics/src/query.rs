@@ -30,6 +30,7 @@ use flowtable::record::{Addr, CloseReason, ConnState, Flags, Proto, Record};
 use hashbrown::HashMap;
 use serde_json::{json, Value};
 
+use crate::exit::Damaged;
 use crate::expr::{Expr, ExprErrorKind};
 use crate::logs::Records;
 use crate::units::{duration_text, endpoint_text, utc_text};
@@ -176,7 +177,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         held: Vec::new(),
         output,
         selected: 0,
-        damaged: 0,
+        damaged: Damaged::default(),
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -189,11 +190,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
         Err(e) => return Err(e),
     }
-    Ok(if query.damaged > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(query.damaged.status())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -289,7 +286,7 @@ struct Query {
     held: Vec<(Record<'static>, Option<String>, String)>,
     output: Output,
     selected: u64,
-    damaged: u64,
+    damaged: Damaged,
 }
 
 impl Query {
@@ -303,8 +300,7 @@ impl Query {
                 let rec = match item {
                     Ok(rec) => rec,
                     Err(damage) => {
-                        self.damaged += 1;
-                        eprintln!("conntrail: damaged log: {damage}");
+                        self.damaged.log(damage);
                         continue;
                     }
                 };
@@ -328,8 +324,7 @@ impl Query {
             let rec = match item {
                 Ok(rec) => rec,
                 Err(damage) => {
-                    self.damaged += 1;
-                    eprintln!("conntrail: damaged stream message: {damage}");
+                    self.damaged.report("stream message", damage);
                     continue;
                 }
             };

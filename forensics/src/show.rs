@@ -13,6 +13,7 @@ use anyhow::Context;
 use flowtable::record::{icmp_type_name, ConnState, DirStats, Endpoint, Record};
 use serde_json::{json, Value};
 
+use crate::exit::Damaged;
 use crate::html::HtmlPage;
 use crate::timeline::{self, Paint};
 use crate::units::{dir_text, duration_text, endpoint_text, icmp_text, latency_text, utc_text};
@@ -140,7 +141,7 @@ impl Selection {
 
 /// The exit status of a `show` that printed what it found: 2 when an id asked for is not in
 /// the log (said on stderr), 1 when damage was reported, else 0.
-fn status(log: &std::path::Path, missing: &[u64], damaged: u64) -> ExitCode {
+fn status(log: &std::path::Path, missing: &[u64], damaged: &Damaged) -> ExitCode {
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(u64::to_string).collect();
         eprintln!(
@@ -150,11 +151,7 @@ fn status(log: &std::path::Path, missing: &[u64], damaged: u64) -> ExitCode {
         );
         return ExitCode::from(crate::exit::USAGE);
     }
-    if damaged > 0 {
-        ExitCode::from(crate::exit::DAMAGE)
-    } else {
-        ExitCode::SUCCESS
-    }
+    damaged.status()
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -171,7 +168,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let mut out = BufWriter::new(stdout.lock());
-    let mut damaged = 0u64;
+    let mut damaged = Damaged::default();
     let shown = sel.each(&args, |item| match item {
         Ok(rec) if json => {
             let doc = if args.ecs {
@@ -183,8 +180,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(rec) => write_text_painted(&mut out, rec, paint),
         Err(damage) => {
-            damaged += 1;
-            eprintln!("conntrail: damaged log: {damage}");
+            damaged.log(damage);
             Ok(())
         }
     });
@@ -198,7 +194,7 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }
-    Ok(status(&sel.log, &missing, damaged))
+    Ok(status(&sel.log, &missing, &damaged))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -213,15 +209,14 @@ fn run_html(args: &ShowArgs, sel: &Selection, path: &std::path::Path) -> anyhow:
     let file = crate::evidence::create_output(path)?;
     let mut page = HtmlPage::start(BufWriter::new(file), &sel.log.display().to_string())
         .with_context(|| format!("writing {}", path.display()))?;
-    let (mut shown, mut damaged) = (0u64, 0u64);
+    let (mut shown, mut damaged) = (0u64, Damaged::default());
     let missing = sel.each(args, |item| match item {
         Ok(rec) => {
             shown += 1;
             page.record(rec)
         }
         Err(damage) => {
-            damaged += 1;
-            eprintln!("conntrail: damaged log: {damage}");
+            damaged.log(damage);
             page.damage(damage)
         }
     });
@@ -233,7 +228,7 @@ fn run_html(args: &ShowArgs, sel: &Selection, path: &std::path::Path) -> anyhow:
         if shown == 1 { "" } else { "s" },
         path.display()
     );
-    Ok(status(&sel.log, &missing, damaged))
+    Ok(status(&sel.log, &missing, &damaged))
 }
 
 /// One record as the `show --json` object.
