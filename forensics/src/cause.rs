@@ -657,14 +657,16 @@ fn from_packets(
     }
 }
 
-fn front_sender(dir: Dir) -> Actor {
+/// Who sends in direction `dir` on the front end (client -> proxy).
+pub fn front_sender(dir: Dir) -> Actor {
     match dir {
         Dir::C2s => Actor::Client,
         Dir::S2c => Actor::Proxy,
     }
 }
 
-fn back_sender(dir: Dir) -> Actor {
+/// Who sends in direction `dir` on the back end (proxy -> server).
+pub fn back_sender(dir: Dir) -> Actor {
     match dir {
         Dir::C2s => Actor::Proxy,
         Dir::S2c => Actor::Server,

@@ -197,11 +197,11 @@ impl Side {
 
     /// Who sends in direction `dir` on this side.
     fn sender(self, dir: Dir) -> &'static str {
-        match (self, dir) {
-            (Side::Front, Dir::C2s) => "client",
-            (Side::Front, Dir::S2c) | (Side::Back, Dir::C2s) => "proxy",
-            (Side::Back, Dir::S2c) => "server",
+        match self {
+            Side::Front => cause::front_sender(dir),
+            Side::Back => cause::back_sender(dir),
         }
+        .as_str()
     }
 }
 
@@ -263,6 +263,9 @@ pub struct Report {
     pub logs: Vec<PathBuf>,
     pub kept: Vec<Kept>,
     pub requests: Vec<Correlation>,
+    /// The cause of each request ([`cause_of`]), in `requests` order: worked out once, for
+    /// the summary and the output alike.
+    pub causes: Vec<Cause>,
     pub summary: String,
 }
 
@@ -398,6 +401,7 @@ fn by_conntrace(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
             .filter(|r| matches!(side(r), Found::NotRecorded { .. }))
             .count()
     };
+    let causes: Vec<Cause> = requests.iter().map(|r| cause_of(r, &kept)).collect();
     let (front_missing, back_missing) = (count(|r| &r.front), count(|r| &r.back));
     let mut summary = format!(
         "{} requests: front not recorded {}, back not recorded {}, no back end {}; {}; {} other \
@@ -406,7 +410,7 @@ fn by_conntrace(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
         front_missing,
         back_missing,
         requests.iter().filter(|r| r.back == Found::Absent).count(),
-        blame_summary(&requests, &kept),
+        blame_summary(&causes),
         skipped,
         invalid
     );
@@ -420,6 +424,7 @@ fn by_conntrace(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
         logs: args.logs.clone(),
         kept,
         requests,
+        causes,
         summary,
     })
 }
@@ -553,6 +558,7 @@ fn by_time(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
         }
     }
     let paired = sure + ambiguous;
+    let causes: Vec<Cause> = requests.iter().map(|r| cause_of(r, &kept)).collect();
     let summary = format!(
         "{} front-end connections: {paired} paired by time ({sure} with one candidate, \
          confidence 1.0; {ambiguous} ambiguous; mean confidence {:.3}), {no_request} without \
@@ -565,12 +571,13 @@ fn by_time(args: &CorrelateArgs, damaged: &mut Damaged) -> Result<Report> {
             0.0
         },
         backs.len(),
-        blame_summary(&requests, &kept)
+        blame_summary(&causes)
     );
     Ok(Report {
         logs: args.logs.clone(),
         kept,
         requests,
+        causes,
         summary,
     })
 }
@@ -767,11 +774,10 @@ pub fn cause_of(r: &Correlation, kept: &[Kept]) -> Cause {
 }
 
 /// `blame: back 3, front 1, ...; causes: server-silent 2, ...`.
-fn blame_summary(requests: &[Correlation], kept: &[Kept]) -> String {
+fn blame_summary(causes: &[Cause]) -> String {
     let mut sides: HashMap<&'static str, usize> = HashMap::new();
     let mut kinds: HashMap<&'static str, usize> = HashMap::new();
-    for r in requests {
-        let c = cause_of(r, kept);
+    for c in causes {
         *sides.entry(c.failed_first()).or_default() += 1;
         *kinds.entry(c.kind.as_str()).or_default() += 1;
     }
@@ -840,11 +846,11 @@ fn write_report(
     filters: bool,
 ) -> io::Result<()> {
     let logs = &report.logs;
-    for r in &report.requests {
+    for (r, c) in report.requests.iter().zip(&report.causes) {
         match style {
-            Style::Text => write_text(out, r, &report.kept, logs, filters)?,
-            Style::Json => writeln!(out, "{}", to_json(r, &report.kept, logs, filters))?,
-            Style::Ecs => writeln!(out, "{}", to_ecs(r, &report.kept, logs, filters))?,
+            Style::Text => write_text(out, r, c, &report.kept, logs, filters)?,
+            Style::Json => writeln!(out, "{}", to_json(r, c, &report.kept, logs, filters))?,
+            Style::Ecs => writeln!(out, "{}", to_ecs(r, c, &report.kept, logs, filters))?,
         }
     }
     if style == Style::Text {
@@ -954,8 +960,13 @@ fn pairing_json(p: &Pairing, kept: &[Kept], logs: &[PathBuf]) -> Value {
 }
 
 /// One request as a `correlate --json` object.
-pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -> Value {
-    let cause = cause_of(r, kept);
+pub fn to_json(
+    r: &Correlation,
+    cause: &Cause,
+    kept: &[Kept],
+    logs: &[PathBuf],
+    filters: bool,
+) -> Value {
     let front = record_of(&r.front, kept).map(|k| &k.rec);
     let back = record_of(&r.back, kept).map(|k| &k.rec);
     json!({
@@ -967,7 +978,7 @@ pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) 
         "back": side_json(&r.back, Side::Back, kept, logs, filters),
         "latency_ns": latency_json(&proxy_latency(front, back)),
         "failed_first": cause.failed_first(),
-        "cause": cause_json(&cause),
+        "cause": cause_json(cause),
         "proxy_log": evidence_json(&r.evidence),
         "pairing": pairing_json(&r.pairing, kept, logs),
     })
@@ -976,10 +987,15 @@ pub fn to_json(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) 
 /// One request as an ECS document: `source` is the client, `destination` the back-end
 /// server, `http.request.id` the `req_id`; each side's record as `show --ecs` writes it under
 /// `conntrail.front` / `conntrail.back`.
-pub fn to_ecs(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -> Value {
+pub fn to_ecs(
+    r: &Correlation,
+    cause: &Cause,
+    kept: &[Kept],
+    logs: &[PathBuf],
+    filters: bool,
+) -> Value {
     let front = record_of(&r.front, kept);
     let back = record_of(&r.back, kept);
-    let cause = cause_of(r, kept);
     let endpoint = |found: &Found, client: bool| match found {
         Found::Recorded { kept: k, .. } => kept.get(*k).map(|k| {
             let e = if client { k.rec.client } else { k.rec.server };
@@ -1036,7 +1052,7 @@ pub fn to_ecs(r: &Correlation, kept: &[Kept], logs: &[PathBuf], filters: bool) -
             "sess_id": r.sess_id,
             "conntrace": r.source,
             "failed_first": cause.failed_first(),
-            "cause": cause_json(&cause),
+            "cause": cause_json(cause),
             "proxy_log": evidence_json(&r.evidence),
             "latency_ns": latency_json(&proxy_latency(front.map(|k| &k.rec), back.map(|k| &k.rec))),
             "pairing": pairing_json(&r.pairing, kept, logs),
@@ -1062,6 +1078,7 @@ fn opt_text(ns: Option<u64>) -> String {
 fn write_text(
     out: &mut impl Write,
     r: &Correlation,
+    c: &Cause,
     kept: &[Kept],
     logs: &[PathBuf],
     filters: bool,
@@ -1223,7 +1240,6 @@ fn write_text(
         describe(front, Side::Front),
         describe(back, Side::Back)
     )?;
-    let c = cause_of(r, kept);
     let verdict = match (c.fault, c.actor) {
         (Some(true), Some(a)) => format!("the {}'s fault", a.as_str()),
         (Some(false), _) => "nothing failed".to_string(),

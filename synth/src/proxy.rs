@@ -595,6 +595,7 @@ impl Scenario {
                 return;
             }
             Outcome::BackSlow => rng.between(1_200 * NS_PER_MS, 2_500 * NS_PER_MS),
+            // Never answers: the proxy's timeout (below) comes first.
             Outcome::BackTimeout => SERVER_TIMEOUT_NS * 10,
             Outcome::ClientAbort => rng.between(300 * NS_PER_MS, 800 * NS_PER_MS),
             _ => rng.between(500 * NS_PER_US, 60 * NS_PER_MS),
