@@ -56,7 +56,7 @@ impl Capture {
         };
         synth::write(&opts, &pcap, &dir.join("stages.truth.jsonl")).expect("synth capture");
         let mut frames = Vec::new();
-        engine::source::pcap::read_capture(
+        capture::read_capture(
             &pcap,
             |link, ts, wire, bytes| frames.push((link, ts, wire, bytes.to_vec())),
             |_| {},

@@ -27,7 +27,6 @@
 
 pub mod contexts;
 pub mod control;
-pub mod extract;
 pub mod live;
 pub mod metrics;
 pub mod nats;

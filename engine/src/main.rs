@@ -118,7 +118,7 @@ enum Command {
     /// Wireshark display filter and BPF filter for one connection.
     Filter(forensics::filter::FilterArgs),
     /// Write the packets of one connection from captures to a new capture.
-    Extract(engine::extract::ExtractArgs),
+    Extract(forensics::extract::ExtractArgs),
     /// Capture live traffic with AF_XDP on the `[[capture]]` queues of the config into a log,
     /// until SIGINT or SIGTERM.
     Run(engine::live::RunArgs),
@@ -387,7 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(a) => forensics::diff::run(a),
         Command::Correlate(a) => forensics::correlate::run(a),
         Command::Filter(a) => forensics::filter::run(a),
-        Command::Extract(a) => engine::extract::run(a),
+        Command::Extract(a) => forensics::extract::run(a),
         Command::Run(a) => engine::live::run(a),
         Command::Export(a) => engine::nats::run_export(a),
         Command::Stats(a) => engine::stats::run(a),

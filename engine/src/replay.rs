@@ -14,6 +14,7 @@
 //! created nothing: no ring, run file, lock file or segment. A capture named `-` is read
 //! from standard input, as a stream.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use flowtable::key::{FlowKey, KeyKind};
 use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 
-use crate::source::pcap::{Capture, CaptureStats};
+use capture::{Capture, CaptureStats, InterfaceInfo};
 use forensics::evidence::{self, Inputs, LogTarget};
 use recorder::thread::Progress;
 
@@ -385,20 +386,22 @@ fn read_all(
     for (capture, size) in captures.into_iter().zip(sizes) {
         let path = capture.path().to_path_buf();
         let mut send_failed = false;
-        let interface_id = |name: Option<&str>| {
-            name.or(opts.interface.as_deref())
+        let interface_id = |iface: &InterfaceInfo<'_>| {
+            iface
+                .name
+                .or(opts.interface.as_deref())
                 .map_or(0, |n| cfg.interface_id(n))
         };
         let stats = capture.frames(
             interface_id,
-            |f, chunk| {
+            |f, chunk, _| {
                 if send_failed {
-                    return;
+                    return ControlFlow::Break(());
                 }
                 let w = spreader.worker_for(f.link, f.bytes(chunk));
                 let slot = &mut current[w];
                 if slot.as_mut().is_some_and(|b| b.push(f, chunk)) {
-                    return;
+                    return ControlFlow::Continue(());
                 }
                 // No batch for this worker yet, or its batch has no room: a fresh one.
                 if let Some(full) = slot.take() {
@@ -410,8 +413,12 @@ fn read_all(
                         let taken = b.push(f, chunk);
                         debug_assert!(taken, "an empty batch refused a frame");
                         *slot = Some(b);
+                        ControlFlow::Continue(())
                     }
-                    Err(_) => send_failed = true,
+                    Err(_) => {
+                        send_failed = true;
+                        ControlFlow::Break(())
+                    }
                 }
             },
             |walked| {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use capture::FrameRef;
 use flowtable::config::Config;
 use flowtable::packet::{parse_into, LinkType, Malformed, Packet};
 use flowtable::prefetch;
@@ -106,6 +107,20 @@ pub struct SourceFrame<'a> {
     /// The interface it came in on (an id of `Config::interface_id`).
     pub interface: u16,
     pub bytes: &'a [u8],
+}
+
+impl<'a> SourceFrame<'a> {
+    /// A frame of a capture, its bytes in `chunk` (the chunk it came with).
+    #[inline]
+    pub fn of(frame: &FrameRef, chunk: &'a [u8]) -> SourceFrame<'a> {
+        SourceFrame {
+            link: frame.link,
+            ts_ns: frame.ts_ns,
+            wire_len: frame.wire_len,
+            interface: frame.interface,
+            bytes: frame.bytes(chunk),
+        }
+    }
 }
 
 /// A frame looked at, waiting its turn.

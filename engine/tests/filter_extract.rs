@@ -65,12 +65,8 @@ fn filters(log: &Path, id: u64) -> Value {
 /// Every frame of a capture (pcap or pcapng): capture time in ns and bytes.
 fn frames(path: &Path) -> Vec<(u64, Vec<u8>)> {
     let mut v = Vec::new();
-    let stats = engine::source::pcap::read_capture(
-        path,
-        |_, ts, _, bytes| v.push((ts, bytes.to_vec())),
-        |_| {},
-    )
-    .expect("readable capture");
+    let stats = capture::read_capture(path, |_, ts, _, bytes| v.push((ts, bytes.to_vec())), |_| {})
+        .expect("readable capture");
     assert!(
         stats.damage.is_empty(),
         "{}: {:?}",

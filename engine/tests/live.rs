@@ -36,7 +36,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use engine::source::pcap::read_capture;
+use capture::read_capture;
 use engine::stats::{RunState, StatsFile};
 use flowtable::packet::LinkType;
 use serde_json::Value;

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use engine::source::pcap::read_capture;
+use capture::read_capture;
 use engine::worker::{SourceFrame, Worker};
 use flowtable::config::Config;
 use flowtable::packet::{parse, LinkType};

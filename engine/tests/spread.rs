@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use engine::source::pcap::read_capture;
+use capture::read_capture;
 use flowtable::key::FlowKey;
 use flowtable::packet::parse;
 use synth::SynthOptions;

@@ -38,10 +38,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use recorder::format::MAGIC;
 
-/// The name standing for standard input among a command's captures.
-pub const STDIN: &str = "-";
-/// How standard input is named in messages.
-pub const STDIN_NAME: &str = "<stdin>";
+/// The name standing for standard input among a command's captures, and how messages
+/// name it.
+pub use capture::{STDIN, STDIN_NAME};
 
 /// What to do with a log that already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -19,6 +19,7 @@ pub mod ecs;
 pub mod evidence;
 pub mod exit;
 pub mod expr;
+pub mod extract;
 pub mod filter;
 pub mod html;
 pub mod logs;

@@ -84,11 +84,9 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::{DataLink, Endianness, TsResolution};
+use capture::PcapWriter;
 use serde::Serialize;
 
 /// Time of the capture's first possible packet: 2024-01-01T00:00:00Z, in ns since the Unix
@@ -118,7 +116,11 @@ const ICMP_HDR: usize = 8;
 const MAX_HDRS: usize = ETH_HDR + VLAN_TAG + IPV6_HDR + TCP_HDR;
 /// Largest frame written: a full-size segment in a tagged frame.
 const FRAME_MAX: usize = ETH_HDR + VLAN_TAG + 1500;
+/// The captures' snapshot length.
 pub(crate) const PCAP_SNAPLEN: u32 = 65_535;
+
+/// The captures' link type: Ethernet.
+pub(crate) const LINKTYPE_ETHERNET: u32 = 1;
 
 /// TCP payload of a full-size segment (1500-byte MTU, no TCP options).
 pub(crate) const MSS_V4: u16 = 1460;
@@ -443,19 +445,13 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
 
     let pcap_file = forensics::evidence::create_output(pcap)?;
     let truth_file = forensics::evidence::create_output(truth)?;
-    let header = PcapHeader {
-        version_major: 2,
-        version_minor: 4,
-        ts_correction: 0,
-        ts_accuracy: 0,
-        snaplen: PCAP_SNAPLEN,
-        datalink: DataLink::ETHERNET,
-        ts_resolution: TsResolution::NanoSecond,
-        endianness: Endianness::Little,
-    };
-    let mut pcap_out =
-        PcapWriter::with_header(BufWriter::with_capacity(1 << 20, pcap_file), header)
-            .with_context(|| format!("writing capture {}", pcap.display()))?;
+    let mut pcap_out = PcapWriter::new(
+        BufWriter::with_capacity(1 << 20, pcap_file),
+        LINKTYPE_ETHERNET,
+        true,
+        PCAP_SNAPLEN,
+    )
+    .with_context(|| format!("writing capture {}", pcap.display()))?;
     let mut truth_out = TruthWriter::new(truth_file);
 
     let counts = class_counts(opts);
@@ -479,9 +475,8 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
         let bytes = frame
             .get(..len)
             .context("synth: frame longer than its buffer")?;
-        let packet = PcapPacket::new(Duration::from_nanos(EPOCH_NS + ts_ns), len as u32, bytes);
         pcap_out
-            .write_packet(&packet)
+            .frame_at(EPOCH_NS + ts_ns, len as u32, bytes)
             .with_context(|| format!("writing capture {}", pcap.display()))?;
         packets += 1;
         truth_out.age(EPOCH_NS + ts_ns);
@@ -497,8 +492,7 @@ pub fn write(opts: &SynthOptions, pcap: &Path, truth: &Path) -> Result<SynthSumm
         gen.free.push(slot_of(order));
     }
     pcap_out
-        .into_writer()
-        .flush()
+        .finish()
         .with_context(|| format!("writing capture {}", pcap.display()))?;
     truth_out
         .finish()

@@ -76,11 +76,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::{DataLink, Endianness, TsResolution};
+use capture::PcapWriter;
 use serde_json::{json, Value};
 
 use crate::{
@@ -817,18 +815,13 @@ fn write_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
 /// Writes `pkts` (sorted) as a nanosecond pcap; returns the packets written.
 fn write_capture(path: &Path, pkts: &[Pkt], conns: &[Conn]) -> Result<u64> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let header = PcapHeader {
-        version_major: 2,
-        version_minor: 4,
-        ts_correction: 0,
-        ts_accuracy: 0,
-        snaplen: PCAP_SNAPLEN,
-        datalink: DataLink::ETHERNET,
-        ts_resolution: TsResolution::NanoSecond,
-        endianness: Endianness::Little,
-    };
-    let mut out = PcapWriter::with_header(BufWriter::with_capacity(1 << 20, file), header)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut out = PcapWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        crate::LINKTYPE_ETHERNET,
+        true,
+        PCAP_SNAPLEN,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     let mut ip_ids: Vec<[u16; 2]> = conns.iter().map(|c| c.ip_id).collect();
     let mut frame = vec![0u8; FRAME_MAX];
     let mut written = 0u64;
@@ -841,16 +834,11 @@ fn write_capture(path: &Path, pkts: &[Pkt], conns: &[Conn]) -> Result<u64> {
         ids[p.dir] = id.wrapping_add(1);
         let len = encode(conn, p, id, &mut frame);
         let bytes = frame.get(..len).context("synth proxy: frame overflow")?;
-        out.write_packet(&PcapPacket::new(
-            Duration::from_nanos(EPOCH_NS + p.ts_ns),
-            len as u32,
-            bytes,
-        ))
-        .with_context(|| format!("writing {}", path.display()))?;
+        out.frame_at(EPOCH_NS + p.ts_ns, len as u32, bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
         written += 1;
     }
-    out.into_writer()
-        .flush()
+    out.finish()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(written)
 }

@@ -1,12 +1,11 @@
 //! Packet sources. A source hands frames to workers in [`Batch`]es; batches are recycled, so
 //! steady-state delivery allocates nothing, and a replayed frame is never copied.
 
-pub mod pcap;
 pub mod xdp;
 
 use std::sync::Arc;
 
-use pcap::{Chunk, FrameRef};
+use capture::{Chunk, FrameRef};
 
 use crate::worker::SourceFrame;
 
@@ -75,12 +74,13 @@ impl Batch {
     #[inline]
     pub fn frame(&self, i: usize) -> SourceFrame<'_> {
         match self.frames.get(i) {
-            Some(h) => h.frame.frame(
+            Some(h) => SourceFrame::of(
+                &h.frame,
                 self.chunks
                     .get(usize::from(h.chunk))
                     .map_or(&[], |c| c.buffer()),
             ),
-            None => FrameRef::EMPTY.frame(&[]),
+            None => SourceFrame::of(&FrameRef::EMPTY, &[]),
         }
     }
 }

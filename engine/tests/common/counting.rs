@@ -46,7 +46,7 @@ static GLOBAL: Counting = Counting;
 /// Reads a nanosecond legacy pcap (as `synth` writes it) into (ts_ns, wire_len, bytes).
 pub fn frames(path: &std::path::Path) -> Vec<(u64, u32, Vec<u8>)> {
     let mut out = Vec::new();
-    engine::source::pcap::read_capture(
+    capture::read_capture(
         path,
         |_, ts, wire, bytes| out.push((ts, wire, bytes.to_vec())),
         |_| {},

@@ -1,4 +1,4 @@
-//! Replay source: pcap and pcapng files, read in chunks and walked in place.
+//! The pcap and pcapng reader: files read in chunks and walked in place.
 //!
 //! A capture is read with plain `read` calls into a few reused chunks ([`Chunk`]) and its
 //! frames are handed out as places in them: no byte of a frame is copied again on its way
@@ -22,12 +22,15 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::ops::ControlFlow;
+
 use flowtable::packet::LinkType;
 use pcap_parser::parse_pcap_header;
 use pcap_parser::pcapng::{parse_block_be, parse_block_le, Block};
 use pcap_parser::traits::PcapNGPacketBlock;
+use recorder::format::MAGIC;
 
-use crate::worker::SourceFrame;
+use crate::{STDIN, STDIN_NAME};
 
 /// Reading a capture failed before any packet could be delivered.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum CaptureError {
     },
     #[error("{path}: not a pcap or pcapng file ({what})")]
     Format { path: PathBuf, what: String },
+    #[error(
+        "{path}: not a pcap or pcapng file (it is a conntrail log: read it with `conntrail show`)"
+    )]
+    Log { path: PathBuf },
 }
 
 /// What reading one capture file found besides its packets.
@@ -51,9 +58,25 @@ pub struct CaptureStats {
     pub damage: Vec<Damage>,
     /// Damaged places past the first [`MAX_DAMAGE_REPORTS`], counted only.
     pub damage_unlisted: u64,
+    /// Bytes of the file walked: read, or skipped as damaged.
+    pub walked: u64,
+    /// The caller stopped the walk before the end of the file.
+    pub stopped: bool,
 }
 
 impl CaptureStats {
+    /// The stats of a capture that could not be read at all, for this reason.
+    fn unreadable(what: String) -> CaptureStats {
+        let mut stats = CaptureStats::default();
+        stats.damaged(Damage {
+            offset: 0,
+            skipped: 0,
+            resumed: false,
+            what,
+        });
+        stats
+    }
+
     fn damaged(&mut self, d: Damage) {
         if self.damage.len() < MAX_DAMAGE_REPORTS {
             self.damage.push(d);
@@ -124,7 +147,7 @@ impl Chunk {
     /// The whole buffer, read or not: for a frame already handed out, which lies in the
     /// part read, one step less than [`Chunk::deref`] (a worker takes this per frame).
     #[inline]
-    pub(crate) fn buffer(&self) -> &[u8] {
+    pub fn buffer(&self) -> &[u8] {
         &self.buf
     }
 }
@@ -227,18 +250,6 @@ impl FrameRef {
         interface: 0,
     };
 
-    /// This frame as a worker takes it, its bytes in `chunk` (the chunk it came with).
-    #[inline]
-    pub fn frame<'a>(&self, chunk: &'a [u8]) -> SourceFrame<'a> {
-        SourceFrame {
-            link: self.link,
-            ts_ns: self.ts_ns,
-            wire_len: self.wire_len,
-            interface: self.interface,
-            bytes: self.bytes(chunk),
-        }
-    }
-
     /// The captured bytes of this frame in `chunk` (the chunk it came with).
     #[inline]
     pub fn bytes<'a>(&self, chunk: &'a [u8]) -> &'a [u8] {
@@ -247,13 +258,60 @@ impl FrameRef {
     }
 }
 
-struct Interface {
+/// An interface as the walk keeps it: what a frame of it needs.
+struct Known {
     link: Option<LinkType>,
-    /// Its number from the caller's `interface_id`.
+    /// Its number from the caller's `interface` callback.
     id: u16,
     /// Timestamp units per second.
     resolution: u64,
     offset_s: i64,
+}
+
+/// An interface frames were captured on, as the file describes it: a pcapng interface
+/// description block, or for a pcap file its file header. The walk tells the caller of each
+/// one before any frame of it.
+#[derive(Clone, Copy, Debug)]
+pub struct InterfaceInfo<'a> {
+    /// Its link type number (`LINKTYPE_*`), decoded by conntrail or not.
+    pub linktype: u32,
+    /// The link type, when conntrail decodes it.
+    pub link: Option<LinkType>,
+    /// The largest captured length it allows (0: not said).
+    pub snaplen: u32,
+    /// Its timestamp resolution as the file codes it (`if_tsresol`: 6 is microseconds, 9
+    /// nanoseconds).
+    pub tsresol: u8,
+    /// Timestamp units per second.
+    pub resolution: u64,
+    /// Seconds added to its timestamps (`if_tsoffset`).
+    pub offset_s: i64,
+    /// Its name (`if_name`), if it has one.
+    pub name: Option<&'a str>,
+}
+
+/// A frame's timestamp as the capture stores it, for a writer that copies it unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// A pcap record: seconds and the fraction in its file's unit (micro- or nanoseconds).
+    Pcap { secs: u32, frac: u32 },
+    /// A pcapng enhanced packet: units of its interface's resolution, offset not applied.
+    PcapNg { units: u64 },
+    /// A pcapng simple packet block, which has no timestamp.
+    None,
+}
+
+/// What a pcap or pcapng file is, from its file header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A pcap file: one link type, a timestamp precision and a snapshot length.
+    Pcap {
+        linktype: u32,
+        nanos: bool,
+        snaplen: u32,
+    },
+    /// A pcapng file: its interfaces are described inside it.
+    PcapNg,
 }
 
 /// Bytes walked between calls of the progress callback.
@@ -268,12 +326,8 @@ impl Capture {
     /// file. The capture is read as a stream, front to back, never sought in: a pipe is
     /// read like a file.
     pub fn open(path: &Path) -> Result<Capture, CaptureError> {
-        let stdin = path.as_os_str() == forensics::evidence::STDIN;
-        let path = if stdin {
-            Path::new(forensics::evidence::STDIN_NAME)
-        } else {
-            path
-        };
+        let stdin = path.as_os_str() == STDIN;
+        let path = if stdin { Path::new(STDIN_NAME) } else { path };
         let open_err = |source| CaptureError::Open {
             path: path.to_path_buf(),
             source,
@@ -311,6 +365,24 @@ impl Capture {
         self.file.metadata()
     }
 
+    /// Whether it is a pcap file (with its link type, precision and snapshot length) or a
+    /// pcapng file.
+    pub fn kind(&self) -> FileKind {
+        match self.format() {
+            Ok(Format::Legacy {
+                linktype,
+                nanos,
+                snaplen,
+                ..
+            }) => FileKind::Pcap {
+                linktype,
+                nanos,
+                snaplen,
+            },
+            _ => FileKind::PcapNg,
+        }
+    }
+
     fn format(&self) -> Result<Format, CaptureError> {
         let format_err = |what: String| CaptureError::Format {
             path: self.path.clone(),
@@ -321,6 +393,7 @@ impl Capture {
             Some([0x0a, 0x0d, 0x0d, 0x0a]) => Ok(Format::PcapNg),
             Some(_) => match parse_pcap_header(b) {
                 Ok((_, hdr)) => Ok(Format::Legacy {
+                    linktype: hdr.network.0 as u32,
                     link: LinkType::from_linktype(hdr.network.0),
                     nanos: hdr.is_nanosecond_precision(),
                     big_endian: hdr.is_bigendian(),
@@ -328,9 +401,11 @@ impl Capture {
                     header_len: 24,
                     snaplen: hdr.snaplen,
                 }),
-                Err(_) if forensics::evidence::is_log_head(b) => Err(format_err(
-                    "it is a conntrail log: read it with `conntrail show`".into(),
-                )),
+                Err(_) if b.starts_with(&MAGIC[..b.len().min(MAGIC.len())]) => {
+                    Err(CaptureError::Log {
+                        path: self.path.clone(),
+                    })
+                }
                 Err(_) => Err(format_err(format!(
                     "it starts with {:02x?} rather than a pcap or pcapng magic number",
                     b.get(..4).unwrap_or(b)
@@ -340,268 +415,83 @@ impl Capture {
         }
     }
 
-    /// Walks every frame in file order and calls `frame` with it and the chunk its bytes
-    /// are in; `progress(bytes_walked)` is called now and then. Frames say which interface
-    /// they were captured on by the number `interface_id` gives its name (pcapng `if_name`;
-    /// `None` for a pcap file or an unnamed interface). The walk goes on past a damaged
-    /// record or block where it finds a plausible one after it; the stats list each damaged
-    /// place.
+    /// Walks every frame in file order and calls `frame` with it, the chunk its bytes are in
+    /// and its timestamp as stored; the walk stops early when `frame` breaks.
+    /// `progress(bytes_walked)` is called now and then. Each interface is handed to
+    /// `interface` before its first frame, and its frames carry the number that call gave
+    /// back. The walk goes on past a damaged record or block where it finds a plausible one
+    /// after it; the stats list each damaged place.
     pub fn frames(
         self,
-        interface_id: impl Fn(Option<&str>) -> u16,
-        frame: impl FnMut(FrameRef, &Arc<Chunk>),
+        interface: impl FnMut(&InterfaceInfo<'_>) -> u16,
+        frame: impl FnMut(FrameRef, &Arc<Chunk>, Stamp) -> ControlFlow<()>,
         progress: impl FnMut(u64),
     ) -> CaptureStats {
-        self.walk(CHUNK_BYTES, interface_id, frame, progress)
+        self.walk(CHUNK_BYTES, interface, frame, progress)
     }
 
     /// [`Capture::frames`] with chunks of `chunk_bytes`.
     fn walk(
         mut self,
         chunk_bytes: usize,
-        interface_id: impl Fn(Option<&str>) -> u16,
-        mut frame: impl FnMut(FrameRef, &Arc<Chunk>),
+        mut interface: impl FnMut(&InterfaceInfo<'_>) -> u16,
+        mut frame: impl FnMut(FrameRef, &Arc<Chunk>, Stamp) -> ControlFlow<()>,
         mut progress: impl FnMut(u64),
     ) -> CaptureStats {
-        let mut stats = CaptureStats::default();
         let format = match self.format() {
             Ok(f) => f,
-            Err(e) => {
-                let what = match e {
-                    CaptureError::Format { what, .. } => what,
-                    CaptureError::Open { source, .. } => source.to_string(),
-                };
-                stats.damaged(Damage {
-                    offset: 0,
-                    skipped: 0,
-                    resumed: false,
-                    what,
-                });
-                return stats;
-            }
+            Err(e) => return CaptureStats::unreadable(e.to_string()),
         };
         let mut chunks = Chunks::new(chunk_bytes);
         let mut eof = false;
         let mut chunk = match chunks.next(&self.head, 0, &mut self.file, &mut eof) {
             Ok(c) => c,
-            Err(e) => {
-                stats.damaged(Damage {
-                    offset: 0,
-                    skipped: 0,
-                    resumed: false,
-                    what: e.to_string(),
-                });
-                return stats;
-            }
+            Err(e) => return CaptureStats::unreadable(e.to_string()),
         };
-        // File offset of the chunk's first byte, and where the walk is in the chunk.
-        let mut base: u64 = 0;
-        let mut pos = 0usize;
-        let mut since_progress: u64 = 0;
-        let mut interfaces: Vec<Interface> = Vec::new();
-        let unnamed = interface_id(None);
-        let mut ng_big_endian = false;
-        // The damaged place being skipped over, and the seconds of the last good record.
-        let mut pending: Option<Damage> = None;
-        let mut last_s: Option<u32> = None;
-        // Read once: the record header's length, the largest captured length, time units.
-        let limits = legacy_limits(&format);
-        if let Format::Legacy { header_len, .. } = format {
-            pos = header_len.min(chunk.len());
+        let mut walk = Walk::new(format);
+        if let Some(info) = format.file_interface() {
+            walk.file_interface = interface(&info);
         }
+        if let Format::Legacy { header_len, .. } = format {
+            walk.pos = header_len.min(chunk.len());
+        }
+        let mut since_progress: u64 = 0;
         loop {
-            let rest = chunk.get(pos..).unwrap_or(&[]);
-            let at = base + pos as u64;
+            let rest = chunk.get(walk.pos..).unwrap_or(&[]);
+            let at = walk.base + walk.pos as u64;
             if rest.is_empty() && eof {
-                if let Some(mut d) = pending.take() {
-                    d.skipped = at - d.offset;
-                    stats.damaged(d);
-                }
+                walk.end_of_file(at);
                 break;
             }
-            let step = if let Some(d) = pending.as_mut() {
-                let found = match format {
-                    Format::Legacy { .. } => scan_legacy(&format, rest, eof, last_s),
-                    Format::PcapNg => scan_ng(rest, eof, ng_big_endian),
-                };
-                match found {
-                    Scan::Found(i) => {
-                        d.skipped = at + i as u64 - d.offset;
-                        d.resumed = true;
-                        if d.what == CUT_SHORT {
-                            d.what = "a record runs past the end of the file".into();
-                        }
-                        if let Some(d) = pending.take() {
-                            stats.damaged(d);
-                        }
-                        Step::Skip(i)
-                    }
-                    Scan::More { from, need } if !eof => Step::Refill { from, need },
-                    Scan::More { .. } | Scan::None => {
-                        d.skipped = base + chunk.len() as u64 - d.offset;
-                        if let Some(d) = pending.take() {
-                            stats.damaged(d);
-                        }
-                        break;
-                    }
-                }
+            let step = if walk.pending.is_some() {
+                walk.resync(rest, at, eof, walk.base + chunk.len() as u64)
             } else {
                 match format {
-                    Format::Legacy { link, nanos, .. } => {
-                        match check_legacy(&format, limits, rest, eof) {
-                            // The header is checked and the record is whole in the chunk: the
-                            // frame is taken from what the check read, without parsing again.
-                            Check::Good(h) => {
-                                stats.frames += 1;
-                                last_s = Some(h.secs);
-                                let (header_len, _, _) = limits;
-                                let start = rest.as_ptr() as usize - chunk.as_ptr() as usize;
-                                match link {
-                                    Some(link) => frame(
-                                        FrameRef {
-                                            interface: unnamed,
-                                            ..legacy_frame(
-                                                link,
-                                                nanos,
-                                                &h,
-                                                (start + header_len) as u32,
-                                            )
-                                        },
-                                        &chunk,
-                                    ),
-                                    None => stats.unsupported_link += 1,
-                                }
-                                Step::Skip(header_len + h.caplen as usize)
-                            }
-                            Check::More(need) => Step::Refill { from: 0, need },
-                            Check::Bad(what) => Step::Damaged(1, what),
-                        }
-                    }
-                    Format::PcapNg => match check_ng(rest, eof, ng_big_endian) {
-                        Check::Good(()) => {
-                            let parsed = if ng_big_endian {
-                                parse_block_be(rest)
-                            } else {
-                                parse_block_le(rest)
-                            };
-                            match parsed {
-                                Ok((next, block)) => {
-                                    let offset_of = |s: &[u8]| {
-                                        (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32
-                                    };
-                                    match block {
-                                        Block::SectionHeader(shb) => {
-                                            ng_big_endian = shb.big_endian();
-                                            interfaces.clear();
-                                        }
-                                        Block::InterfaceDescription(idb) => {
-                                            interfaces.push(Interface {
-                                                link: LinkType::from_linktype(idb.linktype.0),
-                                                id: interface_id(
-                                                    idb.if_name().and_then(Result::ok),
-                                                ),
-                                                resolution: idb
-                                                    .ts_resolution()
-                                                    .unwrap_or(1_000_000),
-                                                offset_s: idb.ts_offset(),
-                                            })
-                                        }
-                                        Block::EnhancedPacket(epb) => {
-                                            stats.frames += 1;
-                                            match interfaces.get(epb.if_id as usize) {
-                                                Some(Interface {
-                                                    link: Some(link),
-                                                    id,
-                                                    resolution,
-                                                    offset_s,
-                                                }) => {
-                                                    let data = epb.packet_data();
-                                                    frame(
-                                                        FrameRef {
-                                                            link: *link,
-                                                            ts_ns: ng_ts_ns(
-                                                                epb.ts_high,
-                                                                epb.ts_low,
-                                                                *resolution,
-                                                                *offset_s,
-                                                            ),
-                                                            wire_len: epb.origlen,
-                                                            offset: offset_of(data),
-                                                            caplen: data.len() as u32,
-                                                            interface: *id,
-                                                        },
-                                                        &chunk,
-                                                    );
-                                                }
-                                                _ => stats.unsupported_link += 1,
-                                            }
-                                        }
-                                        Block::SimplePacket(spb) => {
-                                            stats.frames += 1;
-                                            match interfaces.first() {
-                                                Some(Interface {
-                                                    link: Some(link),
-                                                    id,
-                                                    ..
-                                                }) => {
-                                                    let data = spb.packet_data();
-                                                    frame(
-                                                        FrameRef {
-                                                            link: *link,
-                                                            ts_ns: 0,
-                                                            wire_len: spb.origlen,
-                                                            offset: offset_of(data),
-                                                            caplen: data.len() as u32,
-                                                            interface: *id,
-                                                        },
-                                                        &chunk,
-                                                    );
-                                                }
-                                                _ => stats.unsupported_link += 1,
-                                            }
-                                        }
-                                        _ => {}
-                                    }
-                                    Step::Skip(rest.len() - next.len())
-                                }
-                                Err(_) => {
-                                    // Both ends agree on its length: only this block is lost.
-                                    let len = ng_header(rest, ng_big_endian).map_or(4, |h| h.1);
-                                    stats.damaged(Damage {
-                                        offset: at,
-                                        skipped: len as u64,
-                                        resumed: true,
-                                        what: format!(
-                                            "block of type {:#x} ({len} bytes) is malformed",
-                                            ng_header(rest, ng_big_endian).map_or(0, |h| h.0)
-                                        ),
-                                    });
-                                    Step::Skip(len)
-                                }
-                            }
-                        }
-                        Check::More(need) => Step::Refill { from: 0, need },
-                        Check::Bad(what) => Step::Damaged(4, what),
-                    },
+                    Format::Legacy { .. } => walk.legacy(&chunk, rest, eof, &mut frame),
+                    Format::PcapNg => walk.ng(&chunk, rest, at, eof, &mut interface, &mut frame),
                 }
             };
             match step {
-                Step::Skip(n) => {
-                    pos += n;
+                Step::Skip(n) | Step::Last(n) => {
+                    walk.pos += n;
                     since_progress += n as u64;
                     if since_progress > PROGRESS_BYTES {
-                        progress(base + pos as u64);
+                        progress(walk.base + walk.pos as u64);
                         since_progress = 0;
+                    }
+                    if matches!(step, Step::Last(_)) {
+                        walk.stats.stopped = true;
+                        break;
                     }
                 }
                 Step::Damaged(n, what) => {
-                    pending = Some(Damage {
+                    walk.pending = Some(Damage {
                         offset: at,
                         skipped: 0,
                         resumed: false,
                         what,
                     });
-                    pos += n.min(rest.len());
+                    walk.pos += n.min(rest.len());
                 }
                 Step::Refill { from, need } => {
                     // What is left from `from` is carried over to the start of the next chunk,
@@ -611,12 +501,12 @@ impl Capture {
                     let from_at = at + from as u64;
                     match chunks.next(keep, need, &mut self.file, &mut eof) {
                         Ok(next) => {
-                            base = from_at;
-                            pos = 0;
+                            walk.base = from_at;
+                            walk.pos = 0;
                             chunk = next;
                         }
                         Err(e) => {
-                            stats.damaged(Damage {
+                            walk.stats.damaged(Damage {
                                 offset: from_at,
                                 skipped: 0,
                                 resumed: false,
@@ -626,10 +516,249 @@ impl Capture {
                         }
                     }
                 }
+                Step::End => break,
             }
         }
-        progress(base + pos as u64);
-        stats
+        let walked = walk.base + walk.pos as u64;
+        progress(walked);
+        walk.stats.walked = walked;
+        walk.stats
+    }
+}
+
+/// The state of one walk, apart from the chunk being walked and the file.
+struct Walk {
+    format: Format,
+    /// Read once: the record header's length, the largest captured length, time units.
+    limits: (usize, u32, u32),
+    /// File offset of the chunk's first byte, and where the walk is in the chunk.
+    base: u64,
+    pos: usize,
+    /// The number the caller gave a pcap file's one interface.
+    file_interface: u16,
+    /// The interfaces of the pcapng section being walked.
+    interfaces: Vec<Known>,
+    ng_big_endian: bool,
+    /// The damaged place being skipped over, and the seconds of the last good record.
+    pending: Option<Damage>,
+    last_s: Option<u32>,
+    stats: CaptureStats,
+}
+
+impl Walk {
+    fn new(format: Format) -> Walk {
+        Walk {
+            format,
+            limits: legacy_limits(&format),
+            base: 0,
+            pos: 0,
+            file_interface: 0,
+            interfaces: Vec::new(),
+            ng_big_endian: false,
+            pending: None,
+            last_s: None,
+            stats: CaptureStats::default(),
+        }
+    }
+
+    /// The file ends at `at`: a damaged place being skipped over ends there too.
+    fn end_of_file(&mut self, at: u64) {
+        if let Some(mut d) = self.pending.take() {
+            d.skipped = at - d.offset;
+            self.stats.damaged(d);
+        }
+    }
+
+    /// Past a damaged place: looks in `rest` (at file offset `at`; the chunk ends at
+    /// `chunk_end`) for the next plausible record or block.
+    fn resync(&mut self, rest: &[u8], at: u64, eof: bool, chunk_end: u64) -> Step {
+        let found = match self.format {
+            Format::Legacy { .. } => scan_legacy(&self.format, rest, eof, self.last_s),
+            Format::PcapNg => scan_ng(rest, eof, self.ng_big_endian),
+        };
+        let Some(mut d) = self.pending.take() else {
+            return Step::Skip(0);
+        };
+        match found {
+            Scan::Found(i) => {
+                d.skipped = at + i as u64 - d.offset;
+                d.resumed = true;
+                if d.what == CUT_SHORT {
+                    d.what = "a record runs past the end of the file".into();
+                }
+                self.stats.damaged(d);
+                Step::Skip(i)
+            }
+            Scan::More { from, need } if !eof => {
+                self.pending = Some(d);
+                Step::Refill { from, need }
+            }
+            Scan::More { .. } | Scan::None => {
+                // Nothing to go on from: the rest of the file is skipped.
+                d.skipped = chunk_end - d.offset;
+                self.stats.damaged(d);
+                self.pos = (chunk_end - self.base) as usize;
+                Step::End
+            }
+        }
+    }
+
+    /// The legacy record at the start of `rest`, a part of `chunk`.
+    #[inline]
+    fn legacy(
+        &mut self,
+        chunk: &Arc<Chunk>,
+        rest: &[u8],
+        eof: bool,
+        frame: &mut impl FnMut(FrameRef, &Arc<Chunk>, Stamp) -> ControlFlow<()>,
+    ) -> Step {
+        let Format::Legacy { link, nanos, .. } = self.format else {
+            return Step::End;
+        };
+        match check_legacy(&self.format, self.limits, rest, eof) {
+            // The header is checked and the record is whole in the chunk: the frame is taken
+            // from what the check read, without parsing again.
+            Check::Good(h) => {
+                self.stats.frames += 1;
+                self.last_s = Some(h.secs);
+                let (header_len, _, _) = self.limits;
+                let len = header_len + h.caplen as usize;
+                let start = rest.as_ptr() as usize - chunk.as_ptr() as usize;
+                let Some(link) = link else {
+                    self.stats.unsupported_link += 1;
+                    return Step::Skip(len);
+                };
+                let found = FrameRef {
+                    interface: self.file_interface,
+                    ..legacy_frame(link, nanos, &h, (start + header_len) as u32)
+                };
+                let stamp = Stamp::Pcap {
+                    secs: h.secs,
+                    frac: h.frac,
+                };
+                match frame(found, chunk, stamp) {
+                    ControlFlow::Continue(()) => Step::Skip(len),
+                    ControlFlow::Break(()) => Step::Last(len),
+                }
+            }
+            Check::More(need) => Step::Refill { from: 0, need },
+            Check::Bad(what) => Step::Damaged(1, what),
+        }
+    }
+
+    /// The pcapng block at the start of `rest` (at file offset `at`), a part of `chunk`.
+    fn ng(
+        &mut self,
+        chunk: &Arc<Chunk>,
+        rest: &[u8],
+        at: u64,
+        eof: bool,
+        interface: &mut impl FnMut(&InterfaceInfo<'_>) -> u16,
+        frame: &mut impl FnMut(FrameRef, &Arc<Chunk>, Stamp) -> ControlFlow<()>,
+    ) -> Step {
+        match check_ng(rest, eof, self.ng_big_endian) {
+            Check::Good(()) => {}
+            Check::More(need) => return Step::Refill { from: 0, need },
+            Check::Bad(what) => return Step::Damaged(4, what),
+        }
+        let parsed = if self.ng_big_endian {
+            parse_block_be(rest)
+        } else {
+            parse_block_le(rest)
+        };
+        let (next, block) = match parsed {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                // Both ends agree on its length: only this block is lost.
+                let (kind, len) =
+                    ng_header(rest, self.ng_big_endian).map_or((0, 4), |h| (h.0, h.1));
+                self.stats.damaged(Damage {
+                    offset: at,
+                    skipped: len as u64,
+                    resumed: true,
+                    what: format!("block of type {kind:#x} ({len} bytes) is malformed"),
+                });
+                return Step::Skip(len);
+            }
+        };
+        let len = rest.len() - next.len();
+        let offset_of = |s: &[u8]| (s.as_ptr() as usize - chunk.as_ptr() as usize) as u32;
+        let (found, stamp) = match block {
+            Block::SectionHeader(shb) => {
+                self.ng_big_endian = shb.big_endian();
+                self.interfaces.clear();
+                return Step::Skip(len);
+            }
+            Block::InterfaceDescription(idb) => {
+                let info = InterfaceInfo {
+                    linktype: idb.linktype.0 as u32,
+                    link: LinkType::from_linktype(idb.linktype.0),
+                    snaplen: idb.snaplen,
+                    tsresol: idb.if_tsresol,
+                    resolution: idb.ts_resolution().unwrap_or(1_000_000),
+                    offset_s: idb.ts_offset(),
+                    name: idb.if_name().and_then(Result::ok),
+                };
+                self.interfaces.push(Known {
+                    link: info.link,
+                    id: interface(&info),
+                    resolution: info.resolution,
+                    offset_s: info.offset_s,
+                });
+                return Step::Skip(len);
+            }
+            Block::EnhancedPacket(epb) => {
+                self.stats.frames += 1;
+                let Some(Known {
+                    link: Some(link),
+                    id,
+                    resolution,
+                    offset_s,
+                }) = self.interfaces.get(epb.if_id as usize)
+                else {
+                    self.stats.unsupported_link += 1;
+                    return Step::Skip(len);
+                };
+                let data = epb.packet_data();
+                let found = FrameRef {
+                    link: *link,
+                    ts_ns: ng_ts_ns(epb.ts_high, epb.ts_low, *resolution, *offset_s),
+                    wire_len: epb.origlen,
+                    offset: offset_of(data),
+                    caplen: data.len() as u32,
+                    interface: *id,
+                };
+                let units = u64::from(epb.ts_high) << 32 | u64::from(epb.ts_low);
+                (found, Stamp::PcapNg { units })
+            }
+            Block::SimplePacket(spb) => {
+                self.stats.frames += 1;
+                let Some(Known {
+                    link: Some(link),
+                    id,
+                    ..
+                }) = self.interfaces.first()
+                else {
+                    self.stats.unsupported_link += 1;
+                    return Step::Skip(len);
+                };
+                let data = spb.packet_data();
+                let found = FrameRef {
+                    link: *link,
+                    ts_ns: 0,
+                    wire_len: spb.origlen,
+                    offset: offset_of(data),
+                    caplen: data.len() as u32,
+                    interface: *id,
+                };
+                (found, Stamp::None)
+            }
+            _ => return Step::Skip(len),
+        };
+        match frame(found, chunk, stamp) {
+            ControlFlow::Continue(()) => Step::Skip(len),
+            ControlFlow::Break(()) => Step::Last(len),
+        }
     }
 }
 
@@ -641,6 +770,10 @@ enum Step {
     Damaged(usize, String),
     /// Read on, keeping the chunk's bytes from `from`: `need` bytes from there.
     Refill { from: usize, need: usize },
+    /// Past a frame of this many bytes, after which the caller stopped the walk.
+    Last(usize),
+    /// Nothing more can be read.
+    End,
 }
 
 /// A record or block header at the walk's place, checked before it is parsed.
@@ -950,6 +1083,8 @@ fn scan_ng(rest: &[u8], eof: bool, big_endian: bool) -> Scan {
 #[derive(Clone, Copy)]
 enum Format {
     Legacy {
+        /// The file header's link type number, and the link type when we decode it.
+        linktype: u32,
         link: Option<LinkType>,
         nanos: bool,
         big_endian: bool,
@@ -959,6 +1094,31 @@ enum Format {
         snaplen: u32,
     },
     PcapNg,
+}
+
+impl Format {
+    /// The one interface of a pcap file, as its file header describes it.
+    fn file_interface(&self) -> Option<InterfaceInfo<'static>> {
+        let Format::Legacy {
+            linktype,
+            link,
+            nanos,
+            snaplen,
+            ..
+        } = *self
+        else {
+            return None;
+        };
+        Some(InterfaceInfo {
+            linktype,
+            link,
+            snaplen,
+            tsresol: if nanos { 9 } else { 6 },
+            resolution: if nanos { 1_000_000_000 } else { 1_000_000 },
+            offset_s: 0,
+            name: None,
+        })
+    }
 }
 
 #[inline]
@@ -988,7 +1148,10 @@ pub fn read_capture(
     let capture = Capture::open(path)?;
     Ok(capture.frames(
         |_| 0,
-        |f, chunk| frame(f.link, f.ts_ns, f.wire_len, f.bytes(chunk)),
+        |f, chunk, _| {
+            frame(f.link, f.ts_ns, f.wire_len, f.bytes(chunk));
+            ControlFlow::Continue(())
+        },
         progress,
     ))
 }
@@ -1075,7 +1238,10 @@ mod tests {
         let stats = Capture::open(path).expect("opens").walk(
             chunk_bytes,
             |_| 0,
-            |f, chunk| seen.push((f.link, f.ts_ns, f.wire_len, f.bytes(chunk).to_vec())),
+            |f, chunk, _| {
+                seen.push((f.link, f.ts_ns, f.wire_len, f.bytes(chunk).to_vec()));
+                ControlFlow::Continue(())
+            },
             |_| {},
         );
         let damage: Vec<String> = stats.damage.iter().map(ToString::to_string).collect();
@@ -1092,7 +1258,10 @@ mod tests {
         let stats = Capture::open(path).expect("opens").walk(
             chunk_bytes,
             |_| 0,
-            |f, chunk| seen.push(f.bytes(chunk).to_vec()),
+            |f, chunk, _| {
+                seen.push(f.bytes(chunk).to_vec());
+                ControlFlow::Continue(())
+            },
             |_| {},
         );
         (seen, stats.damage)
