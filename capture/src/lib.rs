@@ -1,8 +1,8 @@
 //! Capture files: one pcap/pcapng reader and one writer.
 //!
-//! [`read`] walks a capture in chunks and hands out its frames in place, with their
+//! [`mod@read`] walks a capture in chunks and hands out its frames in place, with their
 //! timestamps both as nanoseconds and as stored, and every damaged place with its byte
-//! offset: replay feeds workers from it, `extract` copies from it. [`write`] writes pcap
+//! offset: replay feeds workers from it, `extract` copies from it. [`mod@write`] writes pcap
 //! and pcapng files: `extract`'s output and the generators' captures.
 //!
 //! This crate reads and writes files and knows the link types the flow table decodes; it
