@@ -463,11 +463,13 @@ impl Capture {
                 walk.end_of_file(at);
                 break;
             }
-            let step = if walk.pending.is_some() {
-                walk.resync(rest, at, eof, walk.base + chunk.len() as u64)
+            let step = if let Some(d) = walk.pending.take() {
+                walk.resync(d, rest, at, eof, walk.base + chunk.len() as u64)
             } else {
                 match format {
-                    Format::Legacy { .. } => walk.legacy(&chunk, rest, eof, &mut frame),
+                    Format::Legacy { link, nanos, .. } => {
+                        walk.legacy(link, nanos, &chunk, rest, eof, &mut frame)
+                    }
                     Format::PcapNg => walk.ng(&chunk, rest, at, eof, &mut interface, &mut frame),
                 }
             };
@@ -569,15 +571,12 @@ impl Walk {
         }
     }
 
-    /// Past a damaged place: looks in `rest` (at file offset `at`; the chunk ends at
+    /// Past the damaged place `d`: looks in `rest` (at file offset `at`; the chunk ends at
     /// `chunk_end`) for the next plausible record or block.
-    fn resync(&mut self, rest: &[u8], at: u64, eof: bool, chunk_end: u64) -> Step {
+    fn resync(&mut self, mut d: Damage, rest: &[u8], at: u64, eof: bool, chunk_end: u64) -> Step {
         let found = match self.format {
             Format::Legacy { .. } => scan_legacy(&self.format, rest, eof, self.last_s),
             Format::PcapNg => scan_ng(rest, eof, self.ng_big_endian),
-        };
-        let Some(mut d) = self.pending.take() else {
-            return Step::Skip(0);
         };
         match found {
             Scan::Found(i) => {
@@ -603,18 +602,18 @@ impl Walk {
         }
     }
 
-    /// The legacy record at the start of `rest`, a part of `chunk`.
+    /// The legacy record at the start of `rest`, a part of `chunk`, in a file of `link`
+    /// (when decoded) stamped in nanoseconds when `nanos`.
     #[inline]
     fn legacy(
         &mut self,
+        link: Option<LinkType>,
+        nanos: bool,
         chunk: &Arc<Chunk>,
         rest: &[u8],
         eof: bool,
         frame: &mut impl FnMut(FrameRef, &Arc<Chunk>, Stamp) -> ControlFlow<()>,
     ) -> Step {
-        let Format::Legacy { link, nanos, .. } = self.format else {
-            return Step::End;
-        };
         match check_legacy(&self.format, self.limits, rest, eof) {
             // The header is checked and the record is whole in the chunk: the frame is taken
             // from what the check read, without parsing again.
