@@ -8,7 +8,7 @@
 //! does not need: no allocation, lock or syscall per packet in a worker.
 //!
 //! ```no_run
-//! use engine::replay::{replay, ReplayOptions};
+//! use engine::pipeline::replay::{replay, ReplayOptions};
 //! use flowtable::config::Config;
 //! use flowtable::table::RecordMode;
 //!
@@ -27,16 +27,12 @@
 
 pub mod contexts;
 pub mod control;
-pub mod live;
-pub mod metrics;
+pub mod crash;
 pub mod nats;
+pub mod observe;
+pub mod pipeline;
 pub mod preflight;
 pub mod privilege;
-pub mod recover;
-pub mod replay;
 pub mod ringdir;
 pub mod serve;
 pub mod source;
-pub mod stats;
-pub mod watch;
-pub mod worker;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use engine::replay::{ReplayOptions, ReplaySummary};
+use engine::pipeline::replay::{ReplayOptions, ReplaySummary};
 use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
@@ -121,14 +121,14 @@ enum Command {
     Extract(forensics::extract::ExtractArgs),
     /// Capture live traffic with AF_XDP on the `[[capture]]` queues of the config into a log,
     /// until SIGINT or SIGTERM.
-    Run(engine::live::RunArgs),
+    Run(engine::pipeline::live::RunArgs),
     /// Ship the records of a log to NATS JetStream, from where an earlier export stopped.
     Export(engine::nats::ExportCmdArgs),
     /// Print the counters a running (or stopped) `conntrail run` publishes every second.
-    Stats(engine::stats::StatsArgs),
+    Stats(engine::observe::stats::StatsArgs),
     /// Write the records that crashed engines left in their shared-memory rings to their
     /// logs, exactly once (the engine also does this when it starts).
-    Recover(engine::recover::RecoverArgs),
+    Recover(engine::crash::RecoverArgs),
     /// Runtime watches of a running `conntrail run`: connections that start matching an
     /// expression are recorded (flag `user`) whatever their outcome.
     Watch(engine::control::WatchArgs),
@@ -316,7 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     _ => LogTarget::New,
                 },
             };
-            let prepared = engine::replay::prepare(&cfg, &opts)?;
+            let prepared = engine::pipeline::replay::prepare(&cfg, &opts)?;
             let shipping = engine::nats::start(
                 &cfg,
                 &export,
@@ -388,10 +388,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Correlate(a) => forensics::correlate::run(a),
         Command::Filter(a) => forensics::filter::run(a),
         Command::Extract(a) => forensics::extract::run(a),
-        Command::Run(a) => engine::live::run(a),
+        Command::Run(a) => engine::pipeline::live::run(a),
         Command::Export(a) => engine::nats::run_export(a),
-        Command::Stats(a) => engine::stats::run(a),
-        Command::Recover(a) => engine::recover::run(a),
+        Command::Stats(a) => engine::observe::stats::run(a),
+        Command::Recover(a) => engine::crash::run(a),
         Command::Watch(a) => engine::control::run_watch(a),
         Command::Sessions(a) => engine::control::run_sessions(a),
         Command::Session(a) => engine::control::run_session(a),

@@ -1,5 +1,5 @@
 //! One request and one reply per connection, for the side doors of a run: the metrics
-//! endpoint ([`crate::metrics`]) and the control socket ([`crate::control`]). One thread
+//! endpoint ([`crate::observe::metrics`]) and the control socket ([`crate::control`]). One thread
 //! drives every connection over nonblocking sockets with poll(2), so no client can keep
 //! another waiting; it never touches a worker.
 //!

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use engine::worker::Worker;
+use engine::pipeline::worker::Worker;
 use flowtable::config::Config;
 use flowtable::table::RecordMode;
 use synth::SynthOptions;

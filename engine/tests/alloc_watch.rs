@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 
 use engine::control;
-use engine::watch::{self, Watch};
-use engine::worker::Worker;
+use engine::control::watch::{self, Watch};
+use engine::pipeline::worker::Worker;
 use flowtable::config::Config;
 use flowtable::table::RecordMode;
 use synth::SynthOptions;

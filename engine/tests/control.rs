@@ -33,7 +33,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use engine::stats::{RunState, StatsFile};
+use engine::observe::stats::{RunState, StatsFile};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 use serde_json::Value;

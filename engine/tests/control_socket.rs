@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use engine::control::watch::MAX_WATCHES;
 use engine::control::{ask, channels, ControlOptions, ControlSocket, Reply, Request};
-use engine::watch::MAX_WATCHES;
 use flowtable::config::Config;
 use flowtable::table::FlowTable;
 

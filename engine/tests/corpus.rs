@@ -18,7 +18,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use engine::replay::{replay, ReplayOptions};
+use engine::pipeline::replay::{replay, ReplayOptions};
 use flowtable::config::Config;
 use flowtable::record::{Proto, Record};
 use flowtable::table::RecordMode;

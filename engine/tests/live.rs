@@ -37,7 +37,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capture::read_capture;
-use engine::stats::{RunState, StatsFile};
+use engine::observe::stats::{RunState, StatsFile};
 use flowtable::packet::LinkType;
 use serde_json::Value;
 

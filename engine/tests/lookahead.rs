@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 
 use capture::read_capture;
-use engine::worker::{SourceFrame, Worker};
+use engine::pipeline::worker::{SourceFrame, Worker};
 use flowtable::config::Config;
 use flowtable::packet::{parse, LinkType};
 use flowtable::table::{FlowTable, RecordMode};

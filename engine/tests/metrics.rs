@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use engine::metrics::{ContextSample, MetricsListener, WorkerSample};
+use engine::observe::metrics::{ContextSample, MetricsListener, WorkerSample};
 
 /// A responder on a free loopback port, stopped on drop.
 struct Endpoint {

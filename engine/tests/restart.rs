@@ -10,7 +10,7 @@ use std::time::Duration;
 mod common;
 use common::lab::{skip_reason, wait_for, Lab, Running};
 use common::{bin, corpus, text};
-use engine::stats::StatsFile;
+use engine::observe::stats::StatsFile;
 
 const CAPTURE: &str = "zeek_http_methods.pcap";
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use engine::replay::{replay, ReplayOptions};
+use engine::pipeline::replay::{replay, ReplayOptions};
 use flowtable::config::Config;
 use flowtable::record::Record;
 use flowtable::table::RecordMode;

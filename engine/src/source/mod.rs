@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use capture::{Chunk, FrameRef};
 
-use crate::worker::SourceFrame;
+use crate::pipeline::worker::SourceFrame;
 
 /// A batch of frames: where each lies in the chunks of capture the batch holds (shared,
 /// never copied) and what the capture says about it.

@@ -57,10 +57,10 @@ pub fn frames(path: &std::path::Path) -> Vec<(u64, u32, Vec<u8>)> {
 
 /// Hands `chunk` (frames of [`frames`]) to `worker` as one batch of Ethernet frames, as a
 /// live socket hands over its RX ring.
-pub fn feed(worker: &mut engine::worker::Worker, chunk: &[(u64, u32, Vec<u8>)]) {
+pub fn feed(worker: &mut engine::pipeline::worker::Worker, chunk: &[(u64, u32, Vec<u8>)]) {
     worker.frames(chunk.len(), |i| {
         let (ts, wire, bytes) = &chunk[i];
-        engine::worker::SourceFrame {
+        engine::pipeline::worker::SourceFrame {
             link: flowtable::packet::LinkType::Ethernet,
             ts_ns: *ts,
             wire_len: *wire,

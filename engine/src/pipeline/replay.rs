@@ -16,24 +16,21 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flowtable::config::Config;
-use flowtable::key::{FlowKey, KeyKind};
-use flowtable::packet::{parse, LinkType, L4};
 use flowtable::table::RecordMode;
 
 use capture::{Capture, CaptureStats, InterfaceInfo};
 use forensics::evidence::{self, Inputs, LogTarget};
-use recorder::thread::Progress;
 
+use super::spread::Spreader;
+use super::worker::{Worker, WorkerStats};
+use super::Pipeline;
 use crate::source::Batch;
-use crate::worker::{Worker, WorkerStats};
 
 /// What to replay and how.
 #[derive(Clone, Debug)]
@@ -163,46 +160,32 @@ fn run(cfg: &Config, opts: &ReplayOptions, prepared: Prepared) -> Result<ReplayS
     let started = Instant::now();
     let cpu_at_start = recorder::thread::thread_cpu_time();
     let ring_dir = crate::ringdir::RingDir::open(&cfg.ring.dir)?;
-    crate::recover::recover_at_start(&ring_dir);
+    let ids: Vec<u16> = (0..opts.workers as u16).collect();
     let resume = opts.log_target == LogTarget::Continue;
-    // Continuing a log, record ids go on from the highest each worker left in it.
-    let sequences = if resume {
-        crate::recover::next_sequences(&log_paths)
-    } else {
-        Default::default()
-    };
-    let run_file =
-        crate::recover::RunFile::create(ring_dir, &log_paths, 0..opts.workers, &cfg.log)?;
-    let ring_paths = run_file.rings().to_vec();
+    let (pipeline, ends) = Pipeline::start(cfg, ring_dir, log_paths, &ids, resume)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     // Workers are pinned when every thread can have a core of its own: the reader, the
     // workers and the recorder. With fewer cores, fixed places only keep the scheduler from
     // balancing the threads that must share them (two cores, two workers: ~1.25x faster
     // unpinned).
     let pin = cores.len() >= opts.workers + 2;
-    let mut consumers = Vec::new();
     let mut worker_handles = Vec::new();
-    // Set once the recorder thread has ended: workers stop waiting for room in their rings.
-    let recorder_gone = Arc::new(AtomicBool::new(false));
     let mut to_workers: Vec<Sender<Batch>> = Vec::new();
     let (recycle_tx, recycle_rx) = bounded::<Batch>(opts.workers * BATCHES_PER_WORKER);
     for _ in 0..opts.workers * BATCHES_PER_WORKER {
         recycle_tx.send(Batch::new()).context("preparing batches")?;
     }
-    for w in 0..opts.workers {
-        let path = &ring_paths[w];
-        let (producer, consumer) = ring::create(path, cfg.ring.bytes as usize)
-            .with_context(|| format!("creating ring {}", path.display()))?;
-        consumers.push(consumer);
+    for end in ends {
+        let w = usize::from(end.id);
         let (tx, rx) = bounded::<Batch>(BATCHES_PER_WORKER);
         to_workers.push(tx);
         // Worker w on core w + 1, core 0 left to the reader.
         let core = pin.then(|| cores[w + 1]);
-        let mut worker = Worker::new(cfg, w as u16, opts.mode, producer);
-        if let Some(sequence) = sequences.get(&(w as u16)) {
-            worker.continue_ids(*sequence);
+        let mut worker = Worker::new(cfg, end.id, opts.mode, end.producer);
+        if let Some(sequence) = end.first_sequence {
+            worker.continue_ids(sequence);
         }
-        worker.wait_for_recorder(Arc::clone(&recorder_gone));
+        worker.wait_for_recorder(pipeline.recorder_gone());
         let recycle = recycle_tx.clone();
         let handle = thread::Builder::new()
             .name(format!("conntrail-w{w}"))
@@ -219,62 +202,31 @@ fn run(cfg: &Config, opts: &ReplayOptions, prepared: Prepared) -> Result<ReplayS
     }
     drop(recycle_tx);
 
-    let logs = crate::contexts::open_logs(cfg, &log_paths, |_| resume)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Progress::new(consumers.len(), logs.len());
-    let recorder = recorder::thread::spawn(consumers, logs, Arc::clone(&stop), progress);
-    let gone = Arc::clone(&recorder_gone);
-    let recorder = thread::Builder::new()
-        .name("conntrail-recorder-watch".into())
-        .spawn(move || {
-            let ended = recorder.join();
-            gone.store(true, std::sync::atomic::Ordering::Release);
-            ended
-        })
-        .context("starting the recorder's watch")?;
-
     let read_result = read_all(cfg, opts, captures, &to_workers, &recycle_rx);
     let reader_cpu = recorder::thread::thread_cpu_time().saturating_sub(cpu_at_start);
     drop(to_workers);
     let mut workers = Vec::new();
+    let mut panicked = false;
     for h in worker_handles {
-        workers.push(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?,
-        );
-    }
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let rec_stats = match recorder.join().unwrap_or_else(Err) {
-        Ok(Ok(stats)) => stats,
-        failed => {
-            // The rings may still hold records: leave them to a recovery.
-            run_file.keep();
-            return Err(match failed {
-                Ok(Err(e)) => anyhow::Error::from(e).context("writing the log"),
-                _ => anyhow::anyhow!("the recorder thread panicked"),
-            });
+        match h.join() {
+            Ok(stats) => workers.push(stats),
+            Err(_) => panicked = true,
         }
-    };
-    drop(run_file);
+    }
+    let recorded = pipeline.finish(cfg, panicked)?;
     let captures = read_result?;
-    let total = rec_stats.writers_total();
-    let contexts = crate::contexts::summaries(cfg, log_paths, &rec_stats.frames_per_log);
     Ok(ReplaySummary {
         captures,
         workers,
-        contexts,
-        frames_written: total.frames,
-        log_bytes: total.file_bytes,
-        log_segments: total.segments,
-        log_writer: total,
-        ring_checksum_failures: rec_stats
-            .checksum_failures_per_ring
-            .iter()
-            .map(|f| f.frames)
-            .sum(),
+        frames_written: recorded.total.frames,
+        log_bytes: recorded.total.file_bytes,
+        log_segments: recorded.total.segments,
+        ring_checksum_failures: recorded.ring_checksum_failures(),
+        recorder_cpu: recorded.stats.cpu,
+        log_writer: recorded.total,
+        contexts: recorded.contexts,
         elapsed: started.elapsed(),
         reader_cpu,
-        recorder_cpu: rec_stats.cpu,
     })
 }
 
@@ -284,68 +236,6 @@ fn run_worker(worker: &mut Worker, rx: &Receiver<Batch>, recycle: &Sender<Batch>
         batch.clear();
         // The reader may be gone already at the end; a lost batch is fine then.
         let _ = recycle.send(batch);
-    }
-}
-
-/// Decides which worker a frame goes to: a symmetric hash of its flow key, so both
-/// directions of a connection meet on one worker. Fragments of one datagram follow its first
-/// fragment (remembered in a small direct-mapped table), so they meet too.
-struct Spreader {
-    workers: u64,
-    /// (tag, worker) of recent first fragments, indexed by tag.
-    first_fragments: Box<[(u64, u32)]>,
-}
-
-impl Spreader {
-    const FRAGMENT_SLOTS: usize = 4096;
-
-    fn new(workers: usize) -> Spreader {
-        Spreader {
-            workers: workers as u64,
-            first_fragments: vec![(0, 0); Spreader::FRAGMENT_SLOTS].into_boxed_slice(),
-        }
-    }
-
-    fn worker_for(&mut self, link: LinkType, frame: &[u8]) -> usize {
-        if self.workers == 1 {
-            return 0;
-        }
-        // Most frames: the key from the raw bytes, without the full parse (a plain TCP
-        // segment is never a fragment, an ICMP error or a tunnel).
-        if let Some((key, _)) = FlowKey::of_plain_tcp_frame(link, frame) {
-            return (key.spread_hash() % self.workers) as usize;
-        }
-        let Ok(pkt) = parse(link, frame) else {
-            // Malformed frames are counted by worker 0.
-            return 0;
-        };
-        let (pair, _) = FlowKey::from_endpoints(0, pkt.src, 0, pkt.dst, 0, KeyKind::Ports);
-        let by_pair = (pair.spread_hash() % self.workers) as usize;
-        let key = match pkt.l4 {
-            L4::Icmp {
-                quoted: Some(q), ..
-            } => Some(
-                FlowKey::from_endpoints(q.proto, q.src, q.sport, q.dst, q.dport, KeyKind::Ports).0,
-            ),
-            _ => FlowKey::of(&pkt).map(|(k, _)| k),
-        };
-        let by_key = key.map(|k| (k.spread_hash() % self.workers) as usize);
-        let Some(frag) = pkt.fragment else {
-            return by_key.unwrap_or(by_pair);
-        };
-        let tag = pair.spread_hash()
-            ^ (u64::from(frag.id) << 8 | u64::from(frag.proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let slot = (tag % Spreader::FRAGMENT_SLOTS as u64) as usize;
-        match by_key {
-            Some(w) if frag.offset == 0 => {
-                self.first_fragments[slot] = (tag, w as u32);
-                w
-            }
-            _ => match self.first_fragments[slot] {
-                (t, w) if t == tag => w as usize,
-                _ => by_pair,
-            },
-        }
     }
 }
 

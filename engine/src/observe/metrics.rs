@@ -19,7 +19,7 @@
 //! sending its request).
 //!
 //! ```
-//! use engine::metrics::{render, ContextSample, WorkerSample};
+//! use engine::observe::metrics::{render, ContextSample, WorkerSample};
 //! let text = render(
 //!     &[WorkerSample { worker: 0, interface: "eth0".into(), queue: 0,
 //!         ..WorkerSample::default() }],
@@ -40,9 +40,9 @@ use std::time::Duration;
 use flowtable::packet::Malformed;
 use flowtable::record::CloseReason;
 
+use crate::pipeline::worker::WorkerStats;
 use crate::serve::{Limits, Request, Server};
 use crate::source::xdp::KernelStats;
-use crate::worker::WorkerStats;
 
 /// One worker's counters as last published.
 #[derive(Clone, Debug, Default)]

@@ -18,11 +18,11 @@
 //!
 //! Counters: each worker copies its counters (and reads the kernel's counters of its socket)
 //! into a slot of its own once a second; a stats thread writes the slots to the stats file
-//! ([`crate::stats`]). Nothing is shared per packet.
+//! ([`crate::observe::stats`]). Nothing is shared per packet.
 //!
 //! Control: a control socket (default `LOG.ctl`, [`crate::control`]) takes runtime
 //! watches, answers the live sessions view and reloads thresholds (also on SIGHUP); with
-//! `--metrics ADDR` the counters are served in the Prometheus format ([`crate::metrics`]).
+//! `--metrics ADDR` the counters are served in the Prometheus format ([`crate::observe::metrics`]).
 //!
 //! Stopping: SIGINT or SIGTERM (a second one kills at once) stops the loops; each worker
 //! takes what is still in its RX ring, closes every open flow with reason `shutdown`, and
@@ -31,7 +31,7 @@
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
 //! use std::sync::Arc;
-//! use engine::live::{live, LiveOptions};
+//! use engine::pipeline::live::{live, LiveOptions};
 //! use flowtable::config::Config;
 //! use flowtable::table::RecordMode;
 //!
@@ -72,13 +72,13 @@ use flowtable::table::RecordMode;
 use recorder::thread::Progress;
 
 use crate::control::{self, ControlOptions, ControlSocket};
-use crate::metrics::{ContextSample, MetricsListener, WorkerSample};
+use crate::observe::metrics::{ContextSample, MetricsListener, WorkerSample};
+use crate::observe::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
+use crate::pipeline::worker::{SourceFrame, Worker, WorkerStats};
 use crate::privilege;
 use crate::source::xdp::{
     self, BindMode, KernelStats, SocketCounters, XdpAttach, XdpProgram, XdpSocket,
 };
-use crate::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
-use crate::worker::{SourceFrame, Worker, WorkerStats};
 use forensics::exit;
 
 /// Which connections to record.
@@ -361,8 +361,8 @@ pub fn live(
         None => crate::ringdir::euid(),
     };
     let ring_dir = crate::ringdir::RingDir::open_for(&cfg.ring.dir, ring_owner)?;
-    crate::recover::recover_at_start(&ring_dir);
-    let run_file = crate::recover::RunFile::create(
+    crate::crash::recover_at_start(&ring_dir);
+    let run_file = crate::crash::RunFile::create(
         ring_dir,
         &log_paths,
         plans.iter().map(|p| p.worker),
@@ -371,7 +371,7 @@ pub fn live(
     // A run continues its logs, whether the last run ended cleanly, crashed (its records
     // just recovered) or never was; record ids go on from the highest each worker left.
     let logs = crate::contexts::open_logs(cfg, &log_paths, |_| true)?;
-    let sequences = crate::recover::next_sequences(&log_paths);
+    let sequences = crate::crash::next_sequences(&log_paths);
     let clock = Clock::new();
     // One XDP program per interface; frames reach the sockets once it is attached.
     let mut programs: Vec<(String, Arc<XdpProgram>)> = Vec::new();

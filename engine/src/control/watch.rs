@@ -17,7 +17,7 @@
 //! [`BUDGET_NS`] per new connection.
 //!
 //! ```
-//! use engine::watch::compile;
+//! use engine::control::watch::compile;
 //! assert!(compile("port 443 and not net 10.0.0.0/8").is_ok());
 //! let e = compile("port 443 and reason=tcp-rst-server").unwrap_err();
 //! assert!(e.to_string().contains("not known when a connection starts"), "{e}");

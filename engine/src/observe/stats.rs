@@ -8,7 +8,7 @@
 //! counts.
 //!
 //! ```no_run
-//! use engine::stats::StatsFile;
+//! use engine::observe::stats::StatsFile;
 //!
 //! let stats = StatsFile::read("tracker.log.stats.json".as_ref()).expect("stats file");
 //! println!("{} packets", stats.total().packets);
