@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use engine::pipeline::replay::{ReplayOptions, ReplaySummary};
+use engine::pipeline::summary;
 use flowtable::config::{Config, DEFAULT_TOML};
 use flowtable::packet::Malformed;
-use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
 use forensics::evidence::LogTarget;
 use forensics::exit;
@@ -461,11 +461,16 @@ fn truth_path(pcap: &Path) -> PathBuf {
 fn print_summary(s: &ReplaySummary) -> Result<()> {
     let mut out = io::stdout().lock();
     let secs = s.elapsed.as_secs_f64();
-    writeln!(out, "packets: {}", s.packets())?;
-    writeln!(out, "flows: {}", s.flows())?;
-    writeln!(out, "records: {}", s.records())?;
-    writeln!(out, "ring drops: {}", s.ring_drops())?;
-    writeln!(out, "elapsed: {secs:.3} s")?;
+    summary::write_totals(
+        &mut out,
+        &summary::Totals {
+            packets: s.packets(),
+            flows: s.flows(),
+            records: s.records(),
+            ring_drops: s.ring_drops(),
+            elapsed: s.elapsed,
+        },
+    )?;
     writeln!(out, "pps: {:.0}", s.pps())?;
     // Each thread's CPU time against the elapsed time: the busiest thread sets the pace.
     let share = |cpu: std::time::Duration| 100.0 * cpu.as_secs_f64() / secs.max(1e-9);
@@ -475,27 +480,14 @@ fn print_summary(s: &ReplaySummary) -> Result<()> {
     }
     threads.push(format!("recorder {:.0} %", share(s.recorder_cpu)));
     writeln!(out, "thread cpu / elapsed: {}", threads.join(", "))?;
-    let mut closed = [0u64; 8];
     let mut malformed = [0u64; Malformed::COUNT];
     for w in &s.workers {
-        for (a, b) in closed.iter_mut().zip(w.table.flows_closed) {
-            *a += b;
-        }
         for (a, b) in malformed.iter_mut().zip(w.malformed) {
             *a += b;
         }
     }
-    let reasons: Vec<String> = CloseReason::ALL
-        .iter()
-        .zip(closed)
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{} {n}", r.as_str()))
-        .collect();
-    writeln!(out, "closed: {}", reasons.join(", "))?;
     let tables: Vec<_> = s.workers.iter().map(|w| &w.table).collect();
-    for line in engine::contexts::summary_lines(&s.contexts, &tables) {
-        writeln!(out, "{line}")?;
-    }
+    summary::write_closed(&mut out, &tables, &s.contexts)?;
     let not_ip = malformed[Malformed::NotIp.index()];
     let bad: Vec<String> = Malformed::ALL
         .iter()

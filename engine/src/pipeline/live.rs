@@ -67,10 +67,10 @@ use clap::ValueEnum;
 use crossbeam_channel::bounded;
 use flowtable::config::{Capture, Config};
 use flowtable::packet::LinkType;
-use flowtable::record::CloseReason;
 use flowtable::table::RecordMode;
 use recorder::thread::Progress;
 
+use super::summary;
 use crate::control::{self, ControlOptions, ControlSocket};
 use crate::observe::metrics::{ContextSample, MetricsListener, WorkerSample};
 use crate::observe::stats::{self, ContextStats, RunState, SocketStats, StatsFile, STATS_VERSION};
@@ -1112,28 +1112,18 @@ impl Clock {
 
 fn print_summary(s: &LiveSummary, opts: &LiveOptions) -> Result<()> {
     let mut out = io::stdout().lock();
-    writeln!(out, "packets: {}", s.packets())?;
-    writeln!(out, "flows: {}", s.flows())?;
-    writeln!(out, "records: {}", s.records_written)?;
-    writeln!(out, "ring drops: {}", s.ring_drops())?;
-    writeln!(out, "elapsed: {:.3} s", s.elapsed.as_secs_f64())?;
-    let mut closed = [0u64; 8];
-    for w in &s.sockets {
-        for (a, b) in closed.iter_mut().zip(w.worker.table.flows_closed) {
-            *a += b;
-        }
-    }
-    let reasons: Vec<String> = CloseReason::ALL
-        .iter()
-        .zip(closed)
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| format!("{} {n}", r.as_str()))
-        .collect();
-    writeln!(out, "closed: {}", reasons.join(", "))?;
+    summary::write_totals(
+        &mut out,
+        &summary::Totals {
+            packets: s.packets(),
+            flows: s.flows(),
+            records: s.records_written,
+            ring_drops: s.ring_drops(),
+            elapsed: s.elapsed,
+        },
+    )?;
     let tables: Vec<_> = s.sockets.iter().map(|x| &x.worker.table).collect();
-    for line in crate::contexts::summary_lines(&s.contexts, &tables) {
-        writeln!(out, "{line}")?;
-    }
+    summary::write_closed(&mut out, &tables, &s.contexts)?;
     for x in &s.sockets {
         let w = &x.worker;
         writeln!(
